@@ -1,0 +1,30 @@
+# The two entry points the README opens with: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+STORE  ?= qdrant-edge://./agrame-data
+
+.PHONY: setup demo test bench clean
+
+# Pin torch first (the CPU wheel), then the package with its test extras under the same pin.
+$(BIN)/agrame-vdb: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -c constraints.txt torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e ".[test,milvus]"
+	touch $@
+
+setup: $(BIN)/agrame-vdb
+
+demo: setup
+	HF_HUB_OFFLINE=1 $(BIN)/agrame-vdb demo --store $(STORE)
+
+test: setup
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+bench: setup
+	$(BIN)/python benchmarks/encoder.py
+
+clean:
+	rm -rf $(VENV) agrame-data .pytest_cache

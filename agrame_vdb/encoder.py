@@ -1,0 +1,340 @@
+"""The multi-vector encoder: transformer → projection to ``dim`` → L2 normalisation.
+
+Documents are encoded as ``[CLS] [D] text [SEP]``; every position is kept, so a
+passage of ``n`` text tokens has ``n + 3`` token vectors, and units are token
+ranges into that matrix. Queries are ``[CLS] [Q] text [SEP]`` padded with
+``[MASK]`` to ``query_maxlen`` (query augmentation); AGRaME's sub-passage marker
+``[Q']`` replaces ``[Q]`` when ranking sentences or propositions.
+
+Markers reuse vocabulary slots (``[unused0..2]`` by default) and are inserted as
+token ids, so each is exactly one token and the vocabulary does not grow.
+
+>>> enc = MultiVectorEncoder.load()                      # the shipped default
+>>> q = enc.encode_queries(["when was the tower built?"])
+>>> q.shape
+(1, 32, 128)
+>>> p = Passage.create("d", 0, "The tower is tall. It was built in 1889.")
+>>> [e] = enc.encode_passages([p])
+>>> e.token_vectors.shape, [u.token_ranges for u in e.units]
+((14, 128), [((2, 7),), ((7, 13),)])
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .checkpoints import Checkpoint, EncoderConfig, Projection, load_checkpoint, save_checkpoint
+from .errors import InvalidInputError, ModelLoadError
+from .units import AlignedUnits, Passage, Span, TruncatedUnit, Unit, align_units, segment
+
+__all__ = ["MultiVectorEncoder", "EncodedPassage", "EncoderConfig", "resolve_device", "resolve_dtype"]
+
+log = logging.getLogger(__name__)
+
+Marker = Literal["query", "subpassage", "document"]
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16,
+}
+
+
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """``"auto"`` (CUDA when present, else CPU), or any torch device spec."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise InvalidInputError(f"unknown device {device!r}; use 'auto', 'cpu' or 'cuda[:N]'") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidInputError(f"device {device!r} asked for, but torch sees no CUDA device")
+    return resolved
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``float32``/``fp32``, ``bfloat16``/``bf16`` or ``float16``/``fp16``."""
+    if isinstance(dtype, torch.dtype):
+        if dtype not in _DTYPES.values():
+            raise InvalidInputError(f"dtype {dtype} is not supported; use float32, bfloat16 or float16")
+        return dtype
+    try:
+        return _DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise InvalidInputError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedPassage:
+    """One passage's encoding: a token-vector matrix and its aligned units.
+
+    ``token_ids[i]`` is the vocabulary id of row ``i`` and ``token_offsets[i]``
+    its character span in the passage text (``None`` for ``[CLS]``, ``[D]`` and
+    ``[SEP]``). ``truncated`` lists units the ``doc_maxlen`` cut or dropped.
+    """
+
+    passage: Passage
+    token_vectors: np.ndarray
+    units: tuple[Unit, ...]
+    token_ids: tuple[int, ...]
+    token_offsets: tuple[Span | None, ...]
+    encoded_chars: int
+    truncated: tuple[TruncatedUnit, ...] = ()
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.token_vectors.shape[0])
+
+    @property
+    def pooled(self) -> np.ndarray:
+        """The L2-normalised mean of the token vectors (a first-stage vector)."""
+        mean = self.token_vectors.mean(axis=0)
+        return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
+
+
+@dataclass(frozen=True, slots=True)
+class _DocTokens:
+    ids: list[int]
+    offsets: tuple[Span | None, ...]
+    encoded_chars: int
+
+
+class MultiVectorEncoder:
+    """A ColBERT-style encoder with AGRaME's query markers.
+
+    Build it with :meth:`load`; it is safe to share between threads for
+    inference (no state changes after construction).
+    """
+
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        *,
+        device: str | torch.device | None = "auto",
+        dtype: str | torch.dtype = "float32",
+    ) -> None:
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype)
+        self.tokenizer = checkpoint.tokenizer
+        self.transformer = self._placed(checkpoint.transformer)
+        self.projection: Projection | None = (
+            self._placed(checkpoint.projection) if checkpoint.projection is not None else None
+        )
+        self.checkpoint = replace(checkpoint, transformer=self.transformer, projection=self.projection)
+        max_positions = getattr(self.transformer.config, "max_position_embeddings", 512) or 512
+        config = checkpoint.config
+        if config.doc_maxlen > max_positions:
+            config = replace(config, doc_maxlen=max_positions)
+        self.config: EncoderConfig = config
+        self._cls, self._sep = self._special_ids()
+        self._pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self._mask = self.tokenizer.mask_token_id
+        if self._mask is None:
+            raise ModelLoadError(f"the tokenizer of {checkpoint.path} has no [MASK] token for query augmentation")
+        self.marker_ids = {
+            "query": self._marker_id(config.query_marker),
+            "document": self._marker_id(config.doc_marker),
+            "subpassage": self._marker_id(config.subpassage_marker),
+        }
+        if len(set(self.marker_ids.values())) != 3:
+            raise ModelLoadError(f"markers must be three distinct tokens, got {config.query_marker!r}, "
+                                 f"{config.doc_marker!r}, {config.subpassage_marker!r}")
+
+    def _placed(self, module: torch.nn.Module) -> torch.nn.Module:
+        """``module`` on this encoder's device and dtype; a copy if it must move, so
+        encoders built from one checkpoint never change each other."""
+        first = next(module.parameters())
+        if first.device != self.device or first.dtype != self.dtype:
+            module = copy.deepcopy(module).to(device=self.device, dtype=self.dtype)
+        return module.eval()
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(
+        cls,
+        path: str | Path | None = None,
+        *,
+        projection: str | Path | None = None,
+        device: str | torch.device | None = "auto",
+        dtype: str | torch.dtype = "float32",
+    ) -> MultiVectorEncoder:
+        """Load a model directory in any format :mod:`agrame_vdb.checkpoints` accepts.
+
+        ``path=None`` loads the shipped default (MiniLM + projection to 128).
+        """
+        # Weights load in float32 and are cast once placed, so every dtype sees the same values.
+        return cls(load_checkpoint(path, projection=projection), device=device, dtype=dtype)
+
+    def save(self, path: str | Path, *, include_transformer: bool = True) -> Path:
+        """Save in the agrame format (see :func:`agrame_vdb.checkpoints.save_checkpoint`)."""
+        return save_checkpoint(
+            Checkpoint(self.transformer, self.tokenizer, self.projection, self.config, "agrame", Path(path)),
+            path,
+            include_transformer=include_transformer,
+        )
+
+    @property
+    def dim(self) -> int:
+        return self.config.dim
+
+    def _special_ids(self) -> tuple[int, int]:
+        tok = self.tokenizer
+        cls_id = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
+        sep_id = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
+        if cls_id is None or sep_id is None:
+            raise ModelLoadError("the tokenizer has no [CLS]/[SEP] (or <s>/</s>) tokens")
+        return int(cls_id), int(sep_id)
+
+    def _marker_id(self, marker: str) -> int:
+        # PyLate registers its prefixes with their trailing space ("[Q] ").
+        for candidate in dict.fromkeys((marker, marker.strip())):
+            token_id = self.tokenizer.convert_tokens_to_ids(candidate)
+            if token_id is not None and token_id != self.tokenizer.unk_token_id:
+                return int(token_id)
+        raise ModelLoadError(
+            f"marker {marker!r} is not one token of the vocabulary; use a reserved slot such as '[unused0]'"
+        )
+
+    # --------------------------------------------------------------- tokenising
+    def tokenize_queries(self, texts: Sequence[str], marker: Marker = "query") -> dict[str, torch.Tensor]:
+        """``[CLS] marker text [SEP] [MASK]…`` ids and attention mask, ``query_maxlen`` long."""
+        texts = _check_texts(texts, "queries")
+        length = self.config.query_maxlen
+        body = self.tokenizer(texts, add_special_tokens=False, truncation=True, max_length=length - 3, verbose=False)
+        ids = torch.full((len(texts), length), self._mask, dtype=torch.long)
+        attention = torch.zeros((len(texts), length), dtype=torch.long)
+        marker_id = self.marker_ids[marker]
+        for row, tokens in enumerate(body["input_ids"]):
+            seq = [self._cls, marker_id, *tokens, self._sep]
+            ids[row, : len(seq)] = torch.tensor(seq)
+            attention[row, : len(seq)] = 1
+        if self.config.attend_to_mask_tokens:
+            attention[:] = 1
+        return {"input_ids": ids, "attention_mask": attention}
+
+    def _tokenize_documents(self, texts: Sequence[str]) -> list[_DocTokens]:
+        budget = self.config.doc_maxlen - 3
+        enc = self.tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        out: list[_DocTokens] = []
+        marker = self.marker_ids["document"]
+        for text, tokens, offsets in zip(texts, enc["input_ids"], enc["offset_mapping"], strict=True):
+            kept = tokens[:budget]
+            kept_offsets = [tuple(o) for o in offsets[:budget]]
+            encoded_chars = len(text) if len(tokens) <= budget else int(kept_offsets[-1][1]) if kept_offsets else 0
+            out.append(
+                _DocTokens(
+                    [self._cls, marker, *kept, self._sep],
+                    (None, None, *kept_offsets, None),  # type: ignore[arg-type]
+                    encoded_chars,
+                )
+            )
+        return out
+
+    # ---------------------------------------------------------------- encoding
+    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Normalised token vectors ``[B, L, dim]`` (float32), with gradients if enabled."""
+        hidden = self.transformer(
+            input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device)
+        ).last_hidden_state
+        if self.projection is not None:
+            hidden = self.projection(hidden)
+        return F.normalize(hidden.float(), p=2, dim=-1)
+
+    def encode_queries(
+        self, texts: Sequence[str], *, subpassage: bool = False, batch_size: int = 64
+    ) -> np.ndarray:
+        """Query token vectors ``[B, query_maxlen, dim]`` (float32).
+
+        ``subpassage=True`` uses the ``[Q']`` marker (for sentence and proposition
+        ranking) instead of ``[Q]``.
+        """
+        batch = self.tokenize_queries(texts, "subpassage" if subpassage else "query")
+        _check_batch_size(batch_size)
+        parts = []
+        with torch.inference_mode():
+            for start in range(0, batch["input_ids"].shape[0], batch_size):
+                sl = slice(start, start + batch_size)
+                parts.append(self.embed(batch["input_ids"][sl], batch["attention_mask"][sl]).cpu())
+        return torch.cat(parts).numpy()
+
+    def encode_passages(
+        self,
+        passages: Sequence[Passage],
+        units: Sequence[Sequence[Unit]] | None = None,
+        *,
+        sentences: bool = True,
+        batch_size: int = 32,
+    ) -> list[EncodedPassage]:
+        """Encode passages, in the order given, with their units aligned to tokens.
+
+        ``units[i]`` are extra units of passage ``i`` (propositions, custom spans,
+        or sentences that replace the splitter's); sentences are found
+        automatically unless ``sentences=False``. Passages are batched by length.
+        Units past a truncation are reported in ``EncodedPassage.truncated``
+        and logged, never silently dropped.
+        """
+        if isinstance(passages, Passage):
+            raise InvalidInputError("encode_passages takes a list of passages, not one Passage")
+        for p in passages:
+            if not isinstance(p, Passage):
+                raise InvalidInputError(f"encode_passages takes Passage records, got {type(p).__name__}")
+        if units is not None and len(units) != len(passages):
+            raise InvalidInputError(f"got units for {len(units)} passages but {len(passages)} passages")
+        _check_batch_size(batch_size)
+        segmented = [
+            segment(p, sentences=sentences, units=units[i] if units is not None else ()) for i, p in enumerate(passages)
+        ]
+        docs = self._tokenize_documents([p.text for p in passages])
+        order = sorted(range(len(docs)), key=lambda i: len(docs[i].ids), reverse=True)
+        vectors: list[np.ndarray | None] = [None] * len(docs)
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                chunk = order[start : start + batch_size]
+                width = max(len(docs[i].ids) for i in chunk)
+                ids = torch.full((len(chunk), width), self._pad, dtype=torch.long)
+                mask = torch.zeros((len(chunk), width), dtype=torch.long)
+                for row, i in enumerate(chunk):
+                    ids[row, : len(docs[i].ids)] = torch.tensor(docs[i].ids)
+                    mask[row, : len(docs[i].ids)] = 1
+                out = self.embed(ids, mask).cpu().numpy()
+                for row, i in enumerate(chunk):
+                    vectors[i] = np.ascontiguousarray(out[row, : len(docs[i].ids)])
+        results = []
+        for passage, doc, found, vecs in zip(passages, docs, segmented, vectors, strict=True):
+            aligned: AlignedUnits = align_units(found, doc.offsets, doc.encoded_chars)
+            for report in aligned.truncated:
+                log.warning("passage %s: %s", passage.id, report)
+            assert vecs is not None
+            results.append(
+                EncodedPassage(passage, vecs, aligned.units, tuple(doc.ids), doc.offsets, doc.encoded_chars, aligned.truncated)
+            )
+        return results
+
+
+def _check_texts(texts: Sequence[str], what: str) -> list[str]:
+    if isinstance(texts, str):
+        raise InvalidInputError(f"{what} must be a list of strings, not one string")
+    out = list(texts)
+    for t in out:
+        if not isinstance(t, str):
+            raise InvalidInputError(f"{what} must be strings, got {type(t).__name__}")
+        if not t.strip():
+            raise InvalidInputError(f"{what} must not be empty or whitespace")
+    if not out:
+        raise InvalidInputError(f"no {what} given")
+    return out
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise InvalidInputError(f"batch_size must be a positive int, got {batch_size!r}")
+

@@ -1,0 +1,29 @@
+"""Shared fixtures: the real data sets beside the checkout, and one loaded encoder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("AGRAME_DATA", ROOT.parent / "shared" / "data"))
+
+
+def data_file(*parts: str) -> Path:
+    """A file of ../shared/data, or a skip naming what is missing."""
+    path = DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"data set file {path} is not present (set AGRAME_DATA to the data folder)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def encoder():
+    from agrame_vdb.encoder import MultiVectorEncoder
+
+    return MultiVectorEncoder.load(device="cpu")

@@ -1,0 +1,42 @@
+"""The `agrame-vdb` command: help, model info, encode, and errors as exit code 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from agrame_vdb.cli import app
+
+runner = CliRunner()
+
+
+def test_console_script_help_runs():
+    exe = Path(sys.executable).with_name("agrame-vdb")
+    assert exe.is_file(), "the console script is not installed next to this Python (pip install -e .)"
+    out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=True).stdout
+    assert "Usage" in out and "encode" in out
+
+
+def test_info_describes_the_default_model():
+    result = runner.invoke(app, ["info", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert info["format"] == "agrame" and info["dim"] == 128 and info["markers"]["subpassage"] == "[unused2]"
+
+
+def test_encode_prints_units_per_passage():
+    result = runner.invoke(app, ["encode", "--device", "cpu", "The tower is tall. It was built in 1889."])
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.output.strip().splitlines()[-1])
+    assert row["shape"] == [14, 128]
+    assert [u["text"] for u in row["units"]] == ["The tower is tall.", "It was built in 1889."]
+
+
+def test_a_bad_model_path_is_a_clear_error(tmp_path):
+    result = runner.invoke(app, ["info", "--model", str(tmp_path / "missing")])
+    assert result.exit_code == 2
+    assert "does not exist" in result.output and "accepted formats" in result.output
