@@ -25,6 +25,17 @@ __all__ = [
     "ConcurrentAccessError",
     "TransientRepositoryError",
     "UnknownStoreError",
+    "InvalidVectorError",
+    "InvalidIdError",
+    "InvalidMetadataError",
+    "InvalidFilterError",
+    "InvalidSchemaError",
+    "MissingPassagesError",
+    "StoreUnavailableError",
+    "UnsupportedOperationError",
+    "InvalidRecordError",
+    "CheckpointMismatchError",
+    "JobInterruptedError",
 ]
 
 
@@ -38,6 +49,30 @@ class InvalidInputError(AgrameError, ValueError):
 
 class InvalidUnitError(InvalidInputError):
     """A unit (sentence, proposition, custom span) does not fit its passage."""
+
+
+class InvalidVectorError(InvalidInputError):
+    """A token-vector matrix or a pooled vector has the wrong shape, dtype or values."""
+
+
+class InvalidIdError(InvalidInputError):
+    """A passage id is not a UUID string (see :func:`agrame_vdb.units.passage_id`)."""
+
+
+class InvalidMetadataError(InvalidInputError):
+    """Passage metadata is not JSON-safe (NaN, bytes, sets, huge ints, reserved keys)."""
+
+
+class InvalidFilterError(InvalidInputError):
+    """A metadata filter is malformed (unknown operator, bad field name or value)."""
+
+
+class InvalidSchemaError(InvalidInputError):
+    """A collection schema is malformed (name, dim, dtype, indexed fields)."""
+
+
+class InvalidRecordError(InvalidInputError):
+    """A document record of an indexing job is malformed; the job rejects it and goes on."""
 
 
 class ModelLoadError(AgrameError):
@@ -64,5 +99,39 @@ class TransientRepositoryError(RepositoryError):
     """A failure worth retrying: the engine is unreachable, busy or timed out."""
 
 
+class MissingPassagesError(RepositoryError, KeyError):
+    """Some requested passage ids are not in the collection; ``.ids`` lists them."""
+
+    def __init__(self, message: str, ids: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.ids = ids
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class StoreUnavailableError(RepositoryError):
+    """A store URL names a known engine whose repository or client is not installed."""
+
+
+class UnsupportedOperationError(RepositoryError):
+    """The engine cannot do what was asked (see the repository's capabilities)."""
+
+
 class UnknownStoreError(AgrameError, ValueError):
     """A store URL names a scheme no repository serves."""
+
+
+class CheckpointMismatchError(AgrameError):
+    """A job checkpoint was written by another job (other input, arguments or model)."""
+
+
+class JobInterruptedError(RepositoryError):
+    """An indexing job stopped because its repository failed; its checkpoint lets it resume.
+
+    ``checkpoint`` is the checkpoint file (None when the job kept none).
+    """
+
+    def __init__(self, message: str, checkpoint: object = None) -> None:
+        super().__init__(message)
+        self.checkpoint = checkpoint

@@ -1,0 +1,139 @@
+"""Engines behind the repository protocol, picked by a URL.
+
+``connect(url)`` works as a SQLAlchemy URL does: the scheme names the engine, the
+rest says where the data is. Engine modules are imported only when their scheme is
+used, so a missing optional client (pymilvus) breaks only its own scheme.
+
+==========================================  ==============================================
+URL                                         engine
+==========================================  ==============================================
+``memory://``                               exact numpy reference, in process, not persistent
+``qdrant-edge:///abs/path``                 Qdrant Edge, embedded, on disk (the default);
+``qdrant-edge://rel/path``, ``qdrant-edge:``  relative path, or ``./agrame-data``
+``qdrant-local:///abs/path``                qdrant-client local mode on disk (small data)
+``qdrant-local://:memory:``, ``qdrant-local:``  local mode in memory
+``http://host:6333``, ``https://…``         Qdrant server (API key from ``QDRANT_API_KEY``)
+``milvus-lite:///abs/path.db``              Milvus Lite (``agrame_vdb.repositories.milvus``)
+``milvus://host:19530``                     Milvus server
+==========================================  ==============================================
+
+Query parameters become options of the engine (``?token_copy=0``), as do keyword
+arguments: ``connect("qdrant-edge:///data", token_copy=False)``.
+
+>>> connect("nope://x")
+Traceback (most recent call last):
+...
+agrame_vdb.errors.UnknownStoreError: unknown store scheme 'nope' in 'nope://x'; known schemes: http, https, memory, milvus, milvus-lite, qdrant-edge, qdrant-local
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+from ..errors import StoreUnavailableError, UnknownStoreError
+
+if TYPE_CHECKING:
+    from ..repository import RepositoryBase
+
+__all__ = ["connect", "StoreURL", "register_scheme", "known_schemes", "DEFAULT_EDGE_PATH"]
+
+DEFAULT_EDGE_PATH = "./agrame-data"
+
+#: scheme -> module that defines ``from_url(url: StoreURL, **options) -> Repository``
+_SCHEMES: dict[str, str] = {
+    "memory": "agrame_vdb.repositories.memory",
+    "qdrant-edge": "agrame_vdb.repositories.qdrant_edge",
+    "qdrant-local": "agrame_vdb.repositories.qdrant",
+    "http": "agrame_vdb.repositories.qdrant",
+    "https": "agrame_vdb.repositories.qdrant",
+    "milvus-lite": "agrame_vdb.repositories.milvus",
+    "milvus": "agrame_vdb.repositories.milvus",
+}
+
+
+@dataclass(frozen=True)
+class StoreURL:
+    """A parsed store URL.
+
+    ``location`` is everything between ``scheme:`` (and an optional ``//``) and the
+    query string: a path for embedded engines (``///abs`` gives ``/abs``, ``//rel``
+    gives ``rel``), ``host:port`` for servers. ``base`` is the URL without its
+    query string. ``options`` are the query parameters, as strings.
+    """
+
+    raw: str
+    scheme: str
+    location: str
+    base: str
+    options: dict[str, str] = field(default_factory=dict)
+
+
+def known_schemes() -> list[str]:
+    return sorted(_SCHEMES)
+
+
+def register_scheme(scheme: str, module: str) -> None:
+    """Serve ``scheme`` with ``module.from_url`` (for engines outside this package)."""
+    _SCHEMES[scheme.lower()] = module
+
+
+def parse_url(url: str) -> StoreURL:
+    if not isinstance(url, str) or ":" not in url:
+        raise UnknownStoreError(
+            f"a store URL looks like 'qdrant-edge:///path' or 'memory://', got {url!r}; "
+            f"known schemes: {', '.join(known_schemes())}"
+        )
+    scheme, rest = url.split(":", 1)
+    scheme = scheme.lower()
+    rest_no_query, _, query = rest.partition("?")
+    location = rest_no_query[2:] if rest_no_query.startswith("//") else rest_no_query
+    options = dict(parse_qsl(query, keep_blank_values=True))
+    return StoreURL(url, scheme, location, f"{scheme}:{rest_no_query}", options)
+
+
+def connect(url: str, **options: Any) -> RepositoryBase:
+    """Open the repository a URL names (see the module docs for the URLs)."""
+    parsed = parse_url(url)
+    module_name = _SCHEMES.get(parsed.scheme)
+    if module_name is None:
+        raise UnknownStoreError(
+            f"unknown store scheme {parsed.scheme!r} in {url!r}; known schemes: {', '.join(known_schemes())}"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:
+            raise StoreUnavailableError(
+                f"the {parsed.scheme!r} store is not available yet: module {module_name} does not exist "
+                "in this version of agrame-vdb"
+            ) from exc
+        raise StoreUnavailableError(
+            f"the {parsed.scheme!r} store needs the package providing {exc.name!r}, which is not installed "
+            f"(for Milvus: pip install 'agrame-vdb[milvus]')"
+        ) from exc
+    return module.from_url(parsed, **{**parsed.options, **options})
+
+
+def _option_bool(value: Any, name: str) -> bool:
+    """A boolean option given as a bool or as a URL string (1/0, true/false, yes/no)."""
+    from ..errors import InvalidInputError
+
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise InvalidInputError(f"option {name} must be a boolean (1/0, true/false), got {value!r}")
+
+
+def _option_number(value: Any, name: str, kind: type = float) -> Any:
+    from ..errors import InvalidInputError
+
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f"option {name} must be a {kind.__name__}, got {value!r}") from None

@@ -1,0 +1,395 @@
+"""Qdrant through qdrant-client: a server (``http(s)://host:6333``) or local mode.
+
+One class serves both. Local mode (``qdrant-local:///path`` or
+``qdrant-local://:memory:``) is qdrant-client's pure-Python engine: exact and
+convenient for tests and small corpora, but it scores every multivector in a
+Python loop, and it accepts and ignores float16, int8 quantization and
+``on_disk`` (``capabilities().storage_options_honoured`` is False). A server
+honours them. The layout is shared with Qdrant Edge (see ``_qdrant_common``); the
+schema is stored in the collection's metadata under ``"agrame"``.
+
+Server calls are retried with tenacity on transport errors, timeouts and
+429/5xx answers (``retries`` attempts, exponential back-off); what still fails
+comes out as TransientRepositoryError.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
+
+from ..errors import (
+    AgrameError,
+    CollectionNotFoundError,
+    ConcurrentAccessError,
+    InvalidInputError,
+    SchemaMismatchError,
+    TransientRepositoryError,
+)
+from ..repository import (
+    Candidate,
+    Capabilities,
+    CollectionSchema,
+    Filter,
+    IdPage,
+    RepositoryBase,
+    StoredPassage,
+)
+from . import StoreURL, _option_bool, _option_number
+from . import _qdrant_common as qc
+
+__all__ = ["QdrantRepository", "from_url", "is_transient"]
+
+T = TypeVar("T")
+
+_TRANSIENT_STATUS = frozenset((408, 429, 500, 502, 503, 504))
+_INDEX_TYPES = {
+    "keyword": models.PayloadSchemaType.KEYWORD,
+    "integer": models.PayloadSchemaType.INTEGER,
+    "float": models.PayloadSchemaType.FLOAT,
+    "bool": models.PayloadSchemaType.BOOL,
+}
+
+
+def from_url(url: StoreURL, **options: Any) -> QdrantRepository:
+    kwargs: dict[str, Any] = {}
+    if "token_copy" in options:
+        kwargs["token_copy"] = _option_bool(options.pop("token_copy"), "token_copy")
+    if url.scheme == "qdrant-local":
+        if options:
+            raise InvalidInputError(f"unknown options for qdrant-local: {sorted(options)}; known: token_copy")
+        loc = url.location
+        if loc in ("", ":memory:"):
+            return QdrantRepository(location=":memory:", **kwargs)
+        return QdrantRepository(path=loc, **kwargs)
+    for name, kind in (("retries", int), ("timeout", int), ("retry_wait_max", float)):
+        if name in options:
+            kwargs[name] = _option_number(options.pop(name), name, kind)
+    if "prefer_grpc" in options:
+        kwargs["prefer_grpc"] = _option_bool(options.pop("prefer_grpc"), "prefer_grpc")
+    if "api_key" in options:
+        kwargs["api_key"] = options.pop("api_key")
+    if options:
+        raise InvalidInputError(
+            f"unknown options for a Qdrant server: {sorted(options)}; "
+            "known: token_copy, retries, timeout, retry_wait_max, prefer_grpc, api_key"
+        )
+    return QdrantRepository(url=url.base, **kwargs)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether an exception from qdrant-client is worth retrying."""
+    if isinstance(exc, ResponseHandlingException):
+        return True
+    if isinstance(exc, UnexpectedResponse):
+        return exc.status_code in _TRANSIENT_STATUS
+    try:
+        import httpx
+
+        if isinstance(exc, (httpx.TransportError, httpx.TimeoutException)):
+            return True
+    except ImportError:  # pragma: no cover
+        pass
+    try:
+        import grpc
+
+        if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
+            return exc.code() in (
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            )
+    except ImportError:  # pragma: no cover
+        pass
+    return False
+
+
+class _Dialect:
+    def match_value(self, key: str, value: Any) -> Any:
+        return models.FieldCondition(key=key, match=models.MatchValue(value=value))
+
+    def match_any(self, key: str, values: list[Any]) -> Any:
+        return models.FieldCondition(key=key, match=models.MatchAny(any=values))
+
+    def range(self, key: str, gt: Any, gte: Any, lt: Any, lte: Any) -> Any:
+        return models.FieldCondition(key=key, range=models.Range(gt=gt, gte=gte, lt=lt, lte=lte))
+
+    def combine(self, must: Any = None, should: Any = None, must_not: Any = None) -> Any:
+        return models.Filter(must=must, should=should, must_not=must_not)
+
+
+_DIALECT = _Dialect()
+
+
+class QdrantRepository(RepositoryBase):
+    """Qdrant via qdrant-client: give ``url`` (server), ``path`` or ``location=":memory:"``.
+
+    ``token_copy`` (default True) stores a binary copy of the token vectors in the
+    payload so fetch decodes bytes instead of JSON floats; False reads the engine's
+    vectors (slower, less disk).
+    """
+
+    batch_size = 64
+
+    def __init__(
+        self,
+        *,
+        url: str | None = None,
+        path: str | None = None,
+        location: str | None = None,
+        api_key: str | None = None,
+        token_copy: bool = True,
+        retries: int = 5,
+        retry_wait_max: float = 5.0,
+        timeout: int | None = None,
+        prefer_grpc: bool = False,
+        client: QdrantClient | None = None,
+    ) -> None:
+        super().__init__()
+        if sum(x is not None for x in (url, path, location, client)) != 1:
+            raise InvalidInputError("give exactly one of url=, path=, location=':memory:' or client=")
+        if not isinstance(retries, int) or retries < 1:
+            raise InvalidInputError(f"retries must be an int >= 1, got {retries!r}")
+        self._server = url is not None or (client is not None and not _is_local(client))
+        self._persistent = self._server or path is not None
+        self.engine = "qdrant-server" if self._server else "qdrant-local"
+        self._token_copy = token_copy
+        self._retries = retries
+        self._retry_wait_max = retry_wait_max
+        self._where = url or path or location or "client"
+        with self._engine("connect"):
+            if client is not None:
+                self._client = client
+            elif url is not None:
+                self._client = QdrantClient(
+                    url=url,
+                    api_key=api_key if api_key is not None else os.environ.get("QDRANT_API_KEY") or None,
+                    timeout=timeout,
+                    prefer_grpc=prefer_grpc,
+                    check_compatibility=False,
+                )
+            elif path is not None:
+                os.makedirs(path, exist_ok=True)
+                self._client = QdrantClient(path=path)
+            else:
+                self._client = QdrantClient(location=":memory:")
+
+    # ----- plumbing
+
+    def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if not self._server:
+            return fn(*args, **kwargs)
+        retrying = Retrying(
+            stop=stop_after_attempt(self._retries),
+            wait=wait_exponential(multiplier=0.2, max=self._retry_wait_max)
+            + wait_random(0, min(0.2, self._retry_wait_max)),
+            retry=retry_if_exception(is_transient),
+            reraise=True,
+        )
+        try:
+            return retrying(fn, *args, **kwargs)
+        except Exception as exc:
+            if is_transient(exc):
+                raise TransientRepositoryError(
+                    f"Qdrant server at {self._where} still failing after {self._retries} attempts: "
+                    f"{type(exc).__name__}: {_short(exc)}; check that it is running and reachable"
+                ) from exc
+            raise
+
+    def _translate_error(self, exc: BaseException, op: str, collection: str | None) -> AgrameError | None:
+        if isinstance(exc, UnexpectedResponse) and exc.status_code == 404 and collection:
+            return CollectionNotFoundError(f"collection {collection!r} does not exist on {self._where}")
+        if isinstance(exc, RuntimeError) and "already accessed by another instance" in str(exc):
+            return ConcurrentAccessError(
+                f"the Qdrant local store at {self._where} is open in another process or client; "
+                "close it there, or use a Qdrant server for concurrent access"
+            )
+        if isinstance(exc, ValueError) and collection and "not found" in str(exc).lower():
+            return CollectionNotFoundError(f"collection {collection!r} does not exist in {self._where}")
+        if is_transient(exc):
+            return TransientRepositoryError(f"{self.engine} at {self._where} failed to {op}: {_short(exc)}")
+        return super()._translate_error(exc, op, collection)
+
+    def _capabilities(self) -> Capabilities:
+        return Capabilities(
+            engine=self.engine,
+            maxsim_rerank=True,
+            dtypes=frozenset(("float32", "float16", "int8")),
+            storage_options_honoured=self._server,
+            persistent=self._persistent,
+            exclusive=not self._server and self._persistent,
+            filter_ops=frozenset(("eq", "in", "range", "and", "or", "not")),
+            fetch_atol={"float32": 0.0, "float16": 1e-3, "int8": 0.0},
+            approximate_first_stage=self._server,
+        )
+
+    # ----- collections
+
+    def _load_schema(self, name: str) -> CollectionSchema | None:
+        if not self._call(self._client.collection_exists, name):
+            return None
+        info = self._call(self._client.get_collection, name)
+        meta = getattr(info.config, "metadata", None) or {}
+        if qc.META_KEY not in meta:
+            raise SchemaMismatchError(
+                f"collection {name!r} at {self._where} was not created by agrame-vdb (no '{qc.META_KEY}' "
+                "metadata; Qdrant servers older than 1.16 do not keep collection metadata)"
+            )
+        return CollectionSchema.from_json(meta[qc.META_KEY])
+
+    def _create(self, schema: CollectionSchema) -> None:
+        tokens = models.VectorParams(
+            size=schema.dim,
+            distance=models.Distance.DOT,
+            multivector_config=models.MultiVectorConfig(comparator=models.MultiVectorComparator.MAX_SIM),
+            hnsw_config=models.HnswConfigDiff(m=0),
+            on_disk=schema.on_disk or None,
+            datatype=models.Datatype.FLOAT16 if schema.dtype == "float16" else None,
+            quantization_config=(
+                models.ScalarQuantization(
+                    scalar=models.ScalarQuantizationConfig(
+                        type=models.ScalarType.INT8, quantile=qc.SCALAR_QUANTILE, always_ram=True
+                    )
+                )
+                if schema.dtype == "int8"
+                else None
+            ),
+        )
+        pooled = models.VectorParams(
+            size=schema.dim, distance=models.Distance.COSINE, hnsw_config=models.HnswConfigDiff(**qc.POOLED_HNSW)
+        )
+        self._call(
+            self._client.create_collection,
+            schema.name,
+            vectors_config={qc.TOKENS: tokens, qc.POOLED: pooled},
+            metadata={qc.META_KEY: schema.to_json()},
+        )
+        self._create_indexes(schema.name, qc.index_fields(schema))
+
+    def _create_indexes(self, name: str, fields: dict[str, str]) -> None:
+        if not self._server:
+            return  # local mode has no payload indexes (it warns and ignores them)
+        for key, ftype in fields.items():
+            self._call(self._client.create_payload_index, name, key, field_schema=_INDEX_TYPES[ftype], wait=True)
+
+    def _add_indexes(self, schema: CollectionSchema, new_fields: dict[str, str]) -> None:
+        self._create_indexes(schema.name, qc.index_fields(schema, new_fields))
+        self._call(self._client.update_collection, schema.name, metadata={qc.META_KEY: schema.to_json()})
+
+    def _list_collections(self) -> list[str]:
+        return [c.name for c in self._call(self._client.get_collections).collections]
+
+    def _drop(self, name: str) -> bool:
+        if not self._call(self._client.collection_exists, name):
+            return False
+        self._call(self._client.delete_collection, name)
+        return True
+
+    # ----- points
+
+    def _upsert(self, schema: CollectionSchema, passages: Sequence[StoredPassage]) -> None:
+        points = [
+            models.PointStruct(
+                id=p.id,
+                vector=qc.vectors_as_lists(p),
+                payload=qc.build_payload(p, schema, token_copy=self._token_copy),
+            )
+            for p in passages
+        ]
+        self._call(self._client.upsert, schema.name, points=points, wait=True)
+
+    def _delete(self, schema: CollectionSchema, ids: list[str]) -> None:
+        self._call(self._client.delete, schema.name, points_selector=models.PointIdsList(points=ids), wait=True)
+
+    def _delete_where(self, schema: CollectionSchema, filter: Filter) -> None:
+        selector = models.FilterSelector(filter=qc.translate_filter(filter, _DIALECT))
+        self._call(self._client.delete, schema.name, points_selector=selector, wait=True)
+
+    def _count(self, schema: CollectionSchema, filter: Filter | None) -> int:
+        f = qc.translate_filter(filter, _DIALECT)
+        return self._call(self._client.count, schema.name, count_filter=f, exact=True).count
+
+    def _search_params(self, schema: CollectionSchema) -> models.SearchParams | None:
+        if schema.dtype == "int8" and self._server:  # local mode warns that it ignores them
+            return models.SearchParams(quantization=models.QuantizationSearchParams(rescore=True, oversampling=2.0))
+        return None
+
+    def _candidates(
+        self,
+        schema: CollectionSchema,
+        pooled: np.ndarray,
+        tokens: np.ndarray | None,
+        limit: int,
+        prefetch: int,
+        filter: Filter | None,
+    ) -> list[Candidate]:
+        f = qc.translate_filter(filter, _DIALECT)
+        if tokens is None:
+            res = self._call(
+                self._client.query_points,
+                schema.name,
+                query=pooled.tolist(),
+                using=qc.POOLED,
+                query_filter=f,
+                limit=limit,
+                with_payload=False,
+            )
+            return [Candidate(str(p.id), float(p.score), "pooled") for p in res.points]
+        res = self._call(
+            self._client.query_points,
+            schema.name,
+            prefetch=models.Prefetch(query=pooled.tolist(), using=qc.POOLED, limit=prefetch, filter=f),
+            query=tokens.tolist(),
+            using=qc.TOKENS,
+            limit=limit,
+            with_payload=False,
+            search_params=self._search_params(schema),
+        )
+        return [Candidate(str(p.id), float(p.score), "maxsim") for p in res.points]
+
+    def _fetch(self, schema: CollectionSchema, ids: list[str]) -> dict[str, StoredPassage]:
+        records = self._call(
+            self._client.retrieve,
+            schema.name,
+            ids=ids,
+            with_payload=True,
+            with_vectors=False if self._token_copy else [qc.TOKENS],
+        )
+        out = {}
+        for r in records:
+            p = qc.passage_from_record(r.id, r.payload or {}, schema, r.vector)  # type: ignore[arg-type]
+            out[p.id] = p
+        return out
+
+    def _list_ids(self, schema: CollectionSchema, filter: Filter | None, limit: int, offset: str | None) -> IdPage:
+        records, nxt = self._call(
+            self._client.scroll,
+            schema.name,
+            scroll_filter=qc.translate_filter(filter, _DIALECT),
+            limit=limit,
+            offset=offset,
+            with_payload=False,
+            with_vectors=False,
+        )
+        return IdPage(tuple(str(r.id) for r in records), None if nxt is None else str(nxt))
+
+    def _close(self) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self._client.close()
+
+
+def _is_local(client: QdrantClient) -> bool:
+    return type(getattr(client, "_client", None)).__name__ == "QdrantLocal"
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    text = str(exc) or repr(exc)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
