@@ -1,0 +1,308 @@
+"""Post-hoc citations (PropCite): cite, for each sentence of an answer, the passage
+whose best unit supports it, when that passage wins by a margin.
+
+Each sentence of the answer is a query (``[Q']``) over the units (sentences,
+propositions, any kind) of the passages the answer was generated from. A passage's
+support for a sentence is its best unit's score ``S(q',u) + alpha * S(q,p)``,
+divided by the query length (so it is a mean similarity per query token, about
+``[-1, 1]``, comparable across answers). The best passage is cited when it beats
+every other passage by at least ``margin`` (and reaches ``min_score``, if set);
+with one passage only ``min_score`` applies. At ``granularity="passage"`` the unit
+is the whole passage, scored with ``[Q]``.
+
+>>> from agrame_vdb.encoder import MultiVectorEncoder
+>>> enc = MultiVectorEncoder.load(device="cpu")
+>>> cited = cite(
+...     "The tower was finished in 1889. Bananas are yellow.",
+...     ["The Eiffel Tower was completed in 1889.", "Bananas are a yellow fruit."],
+...     enc,
+... )
+>>> cited.text
+'The tower was finished in 1889. [1] Bananas are yellow. [2]'
+>>> [c.citation.unit_text for c in cited.sentences]
+['The Eiffel Tower was completed in 1889.', 'Bananas are a yellow fruit.']
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from .errors import InvalidInputError
+from .maxsim import granular_maxsim, pack
+from .planner import PASSAGE, check_granularity, encode_queries, encoder_lock
+from .repository import StoredPassage
+from .units import Passage, Span, Unit, split_sentences
+
+if TYPE_CHECKING:
+    from .encoder import EncodedPassage, MultiVectorEncoder
+
+__all__ = ["Citation", "CitedSentence", "CitedAnswer", "Source", "cite", "cite_ids"]
+
+DEFAULT_MARGIN = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """A passage the answer was generated from; ``marker`` is its 1-based number."""
+
+    marker: int
+    passage_id: str
+    doc_id: str
+    text: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"marker": self.marker, "passage_id": self.passage_id, "doc_id": self.doc_id, "text": self.text}
+
+
+@dataclass(frozen=True, slots=True)
+class Citation:
+    """The supporting unit of a cited sentence.
+
+    ``char_spans`` are the unit's ``[start, end)`` offsets in its passage's text;
+    ``score`` is the unit's normalised score and ``margin`` how far it beats the
+    best unit of any other passage (``inf`` with one passage).
+    """
+
+    marker: int
+    passage_id: str
+    doc_id: str
+    unit_kind: str
+    unit_index: int | None
+    unit_text: str
+    char_spans: tuple[Span, ...]
+    score: float
+    margin: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "marker": self.marker,
+            "passage_id": self.passage_id,
+            "doc_id": self.doc_id,
+            "unit_kind": self.unit_kind,
+            "unit_index": self.unit_index,
+            "unit_text": self.unit_text,
+            "char_spans": [list(s) for s in self.char_spans],
+            "score": self.score,
+            "margin": self.margin if math.isfinite(self.margin) else None,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class CitedSentence:
+    """One sentence of the answer: where it is, its citation (or None), and the
+    normalised support of every passage, in the order the passages were given."""
+
+    index: int
+    text: str
+    char_span: Span
+    citation: Citation | None
+    passage_scores: tuple[float | None, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "text": self.text,
+            "char_span": list(self.char_span),
+            "citation": None if self.citation is None else self.citation.to_json(),
+            "passage_scores": list(self.passage_scores),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class CitedAnswer:
+    """The answer with citation markers, its sentences, and the numbered sources."""
+
+    answer: str
+    text: str
+    sentences: tuple[CitedSentence, ...]
+    sources: tuple[Source, ...]
+    granularity: str
+    margin: float
+
+    @property
+    def citations(self) -> list[Citation]:
+        return [s.citation for s in self.sentences if s.citation is not None]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "answer": self.answer,
+            "text": self.text,
+            "granularity": self.granularity,
+            "margin": self.margin,
+            "sentences": [s.to_json() for s in self.sentences],
+            "sources": [s.to_json() for s in self.sources],
+        }
+
+    def to_text(self) -> str:
+        """The marked answer, then each citation's supporting unit."""
+        lines = [self.text, ""]
+        for s in self.sentences:
+            c = s.citation
+            if c is not None:
+                where = f"{c.doc_id}" + (f" {c.unit_kind} {c.unit_index}" if c.unit_index is not None else "")
+                lines.append(f"[{c.marker}] {s.text!r} <- {where} (score {c.score:.3f}, margin {c.margin:.3f}): {c.unit_text}")
+        return "\n".join(lines).rstrip() + "\n"
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    id: str
+    doc_id: str
+    text: str
+    tokens: np.ndarray
+    units: tuple[Unit, ...]
+
+
+def _prepare(passages: Sequence[Any], encoder: MultiVectorEncoder | None) -> list[_Prepared]:
+    from .encoder import EncodedPassage
+
+    if isinstance(passages, (str, Passage, StoredPassage)) or not isinstance(passages, Sequence):
+        raise InvalidInputError("passages must be a list (of texts, Passage, StoredPassage or EncodedPassage records)")
+    if not passages:
+        raise InvalidInputError("no passages given: a citation needs the passages the answer came from")
+    out: list[_Prepared | None] = [None] * len(passages)
+    to_encode: list[tuple[int, Passage]] = []
+    for i, p in enumerate(passages):
+        if isinstance(p, str):
+            if not p.strip():
+                raise InvalidInputError(f"passage {i + 1} is empty")
+            to_encode.append((i, Passage.create(f"passage-{i + 1}", 0, p)))
+        elif isinstance(p, Passage):
+            to_encode.append((i, p))
+        elif isinstance(p, EncodedPassage):
+            out[i] = _Prepared(p.passage.id, p.passage.doc_id, p.passage.text, p.token_vectors, p.units)
+        elif isinstance(p, StoredPassage):
+            out[i] = _Prepared(p.id, p.doc_id, p.text, p.tokens, p.units)
+        else:
+            raise InvalidInputError(
+                f"passage {i + 1} is a {type(p).__name__}; give texts, Passage, StoredPassage or EncodedPassage records"
+            )
+    if to_encode:
+        if encoder is None:
+            raise InvalidInputError("passages given as text need an encoder")
+        with encoder_lock(encoder):
+            encoded: list[EncodedPassage] = encoder.encode_passages([p for _, p in to_encode])
+        for (i, _), e in zip(to_encode, encoded, strict=True):
+            out[i] = _Prepared(e.passage.id, e.passage.doc_id, e.passage.text, e.token_vectors, e.units)
+    return [p for p in out if p is not None]
+
+
+def cite(
+    answer: str,
+    passages: Sequence[str | Passage | StoredPassage | EncodedPassage],
+    encoder: MultiVectorEncoder,
+    *,
+    granularity: str = "sentence",
+    margin: float = DEFAULT_MARGIN,
+    min_score: float | None = None,
+    alpha: float = 0.0,
+    marker: str = "[{n}]",
+) -> CitedAnswer:
+    """Attach citations to ``answer`` from ``passages`` (texts are encoded and split
+    into sentences; stored or encoded passages bring their own units).
+
+    ``margin`` is how much the best passage's normalised score must exceed every
+    other passage's; ``min_score`` an optional floor on it; ``alpha`` adds the
+    passage score as in ranking; ``marker`` formats the citation mark (``{n}`` is the
+    passage's 1-based position in ``passages``).
+    """
+    if not isinstance(answer, str) or not answer.strip():
+        raise InvalidInputError("answer must be a non-empty string")
+    kind = check_granularity(granularity)
+    for name, value in (("margin", margin), ("alpha", alpha)) + ((("min_score", min_score),) if min_score is not None else ()):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise InvalidInputError(f"{name} must be a finite number, got {value!r}")
+    if margin < 0:
+        raise InvalidInputError(f"margin must be >= 0, got {margin!r}")
+    if not isinstance(marker, str) or "{n}" not in marker:
+        raise InvalidInputError(f"marker must be a format string with {{n}}, got {marker!r}")
+    prepared = _prepare(passages, encoder)
+    sentences = split_sentences(answer)
+    texts = [s.text_in(answer) for s in sentences]
+    unit_mode = kind != PASSAGE
+    q, sq = encode_queries(encoder, texts, both=unit_mode)
+    lq = (sq if sq is not None else q).shape[1]
+
+    units = [[u for u in p.units if u.kind == kind] for p in prepared] if unit_mode else None
+    if unit_mode and not any(units):  # type: ignore[arg-type]
+        raise InvalidInputError(
+            f"none of the passages has {kind!r} units; give passages with them, or use granularity 'sentence' or 'passage'"
+        )
+    packed = pack([np.array(p.tokens, dtype=np.float32) for p in prepared], units)  # copies: fetched arrays are read-only
+    scores = granular_maxsim(torch.from_numpy(q), packed, torch.from_numpy(sq) if sq is not None else None)
+    p_scores = scores.passage.float().cpu().numpy().astype(np.float64)  # [B, P]
+    if unit_mode:
+        u_scores = scores.unit.float().cpu().numpy().astype(np.float64)  # [B, U]
+        u_passage = scores.unit_passage.cpu().numpy()
+        flat = [u for us in units for u in us]  # type: ignore[union-attr]
+
+    sources = tuple(Source(i + 1, p.id, p.doc_id, p.text) for i, p in enumerate(prepared))
+    cited: list[CitedSentence] = []
+    for b, (sentence, text) in enumerate(zip(sentences, texts, strict=True)):
+        best: list[tuple[float, Unit | None] | None] = [None] * len(prepared)
+        if unit_mode:
+            total = (u_scores[b] + alpha * p_scores[b][u_passage]) / lq
+            for j, value in enumerate(total.tolist()):
+                p = int(u_passage[j])
+                if best[p] is None or value > best[p][0]:  # type: ignore[index]
+                    best[p] = (value, flat[j])
+        else:
+            for p, value in enumerate((p_scores[b] / lq).tolist()):
+                best[p] = (value, None)
+        ranked = sorted((v[0], p) for p, v in enumerate(best) if v is not None)
+        citation = None
+        if ranked:
+            top_score, top = ranked[-1]
+            gap = top_score - ranked[-2][0] if len(ranked) > 1 else math.inf
+            if gap >= margin and (min_score is None or top_score >= min_score):
+                unit = best[top][1]  # type: ignore[index]
+                src = prepared[top]
+                citation = Citation(
+                    marker=top + 1,
+                    passage_id=src.id,
+                    doc_id=src.doc_id,
+                    unit_kind=kind,
+                    unit_index=None if unit is None else unit.index,
+                    unit_text=src.text if unit is None else unit.text_in(src.text),
+                    char_spans=((0, len(src.text)),) if unit is None else unit.char_spans,
+                    score=top_score,
+                    margin=gap,
+                )
+        span = sentence.char_spans[0][0], sentence.char_spans[-1][1]
+        cited.append(
+            CitedSentence(b, text, span, citation, tuple(None if v is None else v[0] for v in best))
+        )
+    return CitedAnswer(answer, _marked(answer, cited, marker), tuple(cited), sources, kind, float(margin))
+
+
+def cite_ids(
+    answer: str,
+    repository: Any,
+    collection: str,
+    ids: Sequence[str],
+    encoder: MultiVectorEncoder,
+    **options: Any,
+) -> CitedAnswer:
+    """:func:`cite` with passages read from a repository by id (all must exist)."""
+    fetched = repository.fetch(collection, list(ids), strict=True)
+    return cite(answer, list(fetched.passages), encoder, **options)
+
+
+def _marked(answer: str, sentences: list[CitedSentence], marker: str) -> str:
+    """The answer with each cited sentence followed by its marker."""
+    out, pos = [], 0
+    for s in sentences:
+        if s.citation is None:
+            continue
+        end = s.char_span[1]
+        out.append(answer[pos:end])
+        out.append(" " + marker.format(n=s.citation.marker))
+        pos = end
+    out.append(answer[pos:])
+    return "".join(out)

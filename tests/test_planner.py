@@ -1,0 +1,534 @@
+"""The query planner against a brute-force MaxSim over every stored passage and unit,
+on every repository, with filters, spans, the token cache, batches, asyncio and threads.
+
+The corpus is a few dozen short hand-written passages encoded once with the real
+default encoder; queries are encoded once per module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from agrame_vdb import CollectionSchema, Filter, StoredPassage, connect
+from agrame_vdb.errors import (
+    CollectionNotFoundError,
+    InvalidFilterError,
+    InvalidInputError,
+    StoreUnavailableError,
+    UnsupportedOperationError,
+)
+from agrame_vdb.planner import Planner, SearchResponse, TokenCache, check_granularity, encode_queries
+from agrame_vdb.repositories.memory import matches as filter_matches
+from agrame_vdb.units import Passage, units_from_char_spans
+
+TOPICS = {
+    "landmarks": [
+        "The Eiffel Tower stands in Paris. It was completed in 1889 for the World's Fair. Gustave Eiffel's company built it.",
+        "The Great Wall of China stretches for thousands of kilometres. Its oldest parts date from the 7th century BC.",
+        "The Colosseum is an amphitheatre in Rome. It could hold about fifty thousand spectators.",
+        "Machu Picchu is an Inca citadel in Peru. It sits on a mountain ridge above the Urubamba valley.",
+        "The Statue of Liberty was a gift from France. It was dedicated in New York in 1886.",
+        "Big Ben is the nickname of the great bell in London. The clock tower was renamed Elizabeth Tower in 2012.",
+    ],
+    "science": [
+        "Photosynthesis turns light into chemical energy. Plants absorb light with chlorophyll.",
+        "Water boils at 100 degrees Celsius at sea level. At higher altitudes it boils at lower temperatures.",
+        "DNA carries genetic information. Its structure is a double helix described in 1953.",
+        "The Moon orbits the Earth about every 27 days. Its gravity causes the ocean tides.",
+        "Black holes are regions where gravity prevents anything from escaping. Even light cannot leave them.",
+        "Vaccines train the immune system to recognise pathogens. They have eradicated smallpox.",
+    ],
+    "technology": [
+        "Python is a programming language created by Guido van Rossum. It was first released in 1991.",
+        "The transistor was invented at Bell Labs in 1947. It replaced vacuum tubes in electronics.",
+        "The World Wide Web was proposed by Tim Berners-Lee in 1989. He worked at CERN at the time.",
+        "Linux is an open-source operating system kernel. Linus Torvalds released it in 1991.",
+        "GPUs accelerate matrix multiplication. Deep learning relies on them for training.",
+        "Vector databases index embeddings for similarity search. They support filters on metadata.",
+    ],
+    "sports": [
+        "The first modern Olympic Games were held in Athens in 1896. Athletes from fourteen nations took part.",
+        "A marathon is 42.195 kilometres long. The distance was fixed in 1921.",
+        "Football is played by two teams of eleven players. The World Cup is held every four years.",
+        "Tennis matches at Wimbledon are played on grass. The tournament began in 1877.",
+        "Chess is a board game for two players. A grandmaster is the highest title in chess.",
+    ],
+    "food": [
+        "Bananas are rich in potassium. They grow in tropical regions.",
+        "Bread is made from flour, water and yeast. The dough rises as the yeast ferments.",
+        "Coffee beans are the seeds of a berry. Ethiopia is often named as coffee's birthplace.",
+        "Sushi combines vinegared rice with fish or vegetables. It comes from Japan.",
+        "Chocolate is made from cacao beans. The Aztecs drank it as a bitter beverage.",
+    ],
+}
+# Non-contiguous propositions of some passages, as character spans of their text.
+PROPOSITIONS = {
+    ("landmarks", 0): [["The Eiffel Tower", "in Paris"], ["It was completed in 1889"]],
+    ("technology", 0): [["Python is a programming language"], ["Python", "created by Guido van Rossum"]],
+    ("science", 2): [["DNA carries genetic information"], ["Its structure is a double helix"]],
+    ("sports", 0): [["The first modern Olympic Games were held in Athens"], ["Olympic Games", "in 1896"]],
+}
+QUERIES = [
+    "When was the Eiffel Tower built?",
+    "who created the python language",
+    "double helix structure",
+    "where were the first olympics held",
+    "what makes the ocean tides",
+]
+COLLECTION = "planner_test"
+
+
+def _spans(text: str, pieces: list[str]) -> list[tuple[int, int]]:
+    out, pos = [], 0
+    for piece in pieces:
+        start = text.index(piece, pos) if piece in text[pos:] else text.index(piece)
+        out.append((start, start + len(piece)))
+        pos = start + len(piece)
+    return sorted(out)
+
+
+@pytest.fixture(scope="module")
+def corpus(encoder) -> list[StoredPassage]:
+    passages, extra = [], []
+    for topic, texts in TOPICS.items():
+        for i, text in enumerate(texts):
+            passages.append(Passage.create(f"{topic}-{i}", 0, text, {"topic": topic, "year": 2000 + i, "n": i}))
+            props = PROPOSITIONS.get((topic, i), [])
+            extra.append(units_from_char_spans(text, [_spans(text, p) for p in props], kind="proposition"))
+    encoded = encoder.encode_passages(passages, extra)
+    return [
+        StoredPassage.create(
+            e.passage.doc_id, e.passage.index, e.token_vectors, units=e.units, text=e.passage.text,
+            metadata=dict(e.passage.metadata),
+        )
+        for e in encoded
+    ]
+
+
+@pytest.fixture(scope="module")
+def queries(encoder):
+    q, sq = encode_queries(encoder, QUERIES, both=True)
+    return q, sq
+
+
+def _filled(url: str, corpus: list[StoredPassage]):
+    repo = connect(url)
+    repo.create_collection(CollectionSchema(COLLECTION, dim=corpus[0].dim, indexed_fields={"topic": "keyword"}))
+    repo.upsert(COLLECTION, corpus)
+    return repo
+
+
+@pytest.fixture(scope="module")
+def memory_repo(corpus):
+    repo = _filled("memory://", corpus)
+    yield repo
+    repo.close()
+
+
+@pytest.fixture(scope="module")
+def planner(memory_repo, encoder) -> Planner:
+    return Planner(memory_repo, COLLECTION, encoder, device="cpu")
+
+
+def brute_force(q, sq, corpus, granularity, alpha=1.0, flt=None, k=10):
+    """Every stored passage (or unit of the kind) scored in float64, best first."""
+    rows = []
+    for p in corpus:
+        if flt is not None and not filter_matches(flt, p):
+            continue
+        d = p.tokens.astype(np.float64)
+        s_p = float((q.astype(np.float64) @ d.T).max(axis=1).sum())
+        if granularity == "passage":
+            rows.append((s_p, p.id, -1))
+            continue
+        sim = sq.astype(np.float64) @ d.T
+        for u in p.units:
+            if u.kind == granularity:
+                rows.append((float(sim[:, u.token_positions].max(axis=1).sum()) + alpha * s_p, p.id, u.index))
+    rows.sort(key=lambda r: (-r[0], r[1], r[2]))
+    return rows[:k]
+
+
+def ranking(response: SearchResponse):
+    return [(r.passage_id, -1 if r.unit_index is None else r.unit_index) for r in response]
+
+
+# ----------------------------------------------------------------------------- exactness
+
+
+@pytest.mark.parametrize("granularity", ["passage", "sentence", "proposition"])
+@pytest.mark.parametrize("alpha", [1.0, 0.0, 0.3])
+def test_results_equal_an_exhaustive_search_when_candidates_cover_the_corpus(planner, corpus, queries, granularity, alpha):
+    q, sq = queries
+    for b in range(len(QUERIES)):
+        got = planner.search_vectors(q[b], sq[b], granularity=granularity, k=8, candidates=len(corpus), alpha=alpha)
+        want = brute_force(q[b], sq[b], corpus, granularity, alpha, k=8)
+        assert ranking(got) == [(pid, idx) for _, pid, idx in want]
+        np.testing.assert_allclose([r.score for r in got], [s for s, _, _ in want], rtol=1e-5, atol=1e-4)
+        for r in got:
+            assert r.granularity == granularity
+            if granularity == "passage":
+                assert r.unit_score is None and r.score == r.passage_score
+            else:
+                assert r.unit_kind == granularity
+                assert r.score == pytest.approx(r.unit_score + alpha * r.passage_score, abs=1e-4)
+
+
+def test_text_search_encodes_with_both_markers(planner, corpus, queries):
+    q, sq = queries
+    got = planner.search(QUERIES[0], "sentence", k=5, candidates=len(corpus))
+    assert ranking(got) == [(pid, idx) for _, pid, idx in brute_force(q[0], sq[0], corpus, "sentence", k=5)]
+    assert got.query == QUERIES[0]
+    assert got[0].doc_id == "landmarks-0"
+
+
+def test_fewer_candidates_rank_only_the_first_stage(planner, memory_repo, corpus, queries):
+    q, sq = queries
+    from agrame_vdb.planner import pool_query
+
+    first = {c.id for c in memory_repo.candidates(COLLECTION, pool_query(q[1]), limit=5)}
+    got = planner.search_vectors(q[1], sq[1], granularity="sentence", k=20, candidates=5)
+    assert {r.passage_id for r in got} <= first
+    assert got.timings.n_candidates == 5
+
+
+def test_engine_maxsim_first_stage(planner, corpus, queries):
+    q, sq = queries
+    got = planner.search_vectors(
+        q[3], sq[3], granularity="sentence", k=6, candidates=len(corpus), first_stage="maxsim", prefetch=len(corpus)
+    )
+    assert ranking(got) == [(pid, idx) for _, pid, idx in brute_force(q[3], sq[3], corpus, "sentence", k=6)]
+    assert got.timings.first_stage == "maxsim"
+    # the engine's MaxSim is the passage score the planner computes
+    for r in got:
+        assert r.first_stage_score == pytest.approx(r.passage_score, abs=1e-3)
+
+
+# ----------------------------------------------------------------------------- every repository
+
+ENGINE_URLS = {
+    "memory": lambda d: "memory://",
+    "qdrant-local": lambda d: "qdrant-local://:memory:",
+    "qdrant-edge": lambda d: f"qdrant-edge://{d}/edge",
+    "milvus-lite": lambda d: f"milvus-lite://{d}/milvus.db",
+}
+
+
+@pytest.mark.parametrize("engine", list(ENGINE_URLS))
+def test_the_same_query_ranks_the_same_on_every_repository(engine, tmp_path, corpus, queries, encoder):
+    q, sq = queries
+    try:
+        repo = _filled(ENGINE_URLS[engine](tmp_path), corpus)
+    except StoreUnavailableError as exc:
+        pytest.skip(f"{engine} is not available here: {exc}")
+    try:
+        planner = Planner(repo, COLLECTION, encoder, device="cpu")
+        flt = Filter.from_json({"topic": {"$in": ["landmarks", "technology", "sports"]}})
+        for granularity in ("passage", "sentence", "proposition"):
+            for b in (0, 3):
+                got = planner.search_vectors(q[b], sq[b], granularity=granularity, k=5, candidates=len(corpus))
+                want = brute_force(q[b], sq[b], corpus, granularity, k=5)
+                assert ranking(got) == [(pid, idx) for _, pid, idx in want], (engine, granularity, b)
+                np.testing.assert_allclose([r.score for r in got], [s for s, _, _ in want], rtol=1e-5, atol=1e-4)
+                filtered = planner.search_vectors(q[b], sq[b], granularity=granularity, k=5, candidates=len(corpus), filter=flt)
+                assert ranking(filtered) == [(pid, idx) for _, pid, idx in brute_force(q[b], sq[b], corpus, granularity, flt=flt, k=5)]
+    finally:
+        repo.close()
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@pytest.mark.parametrize("granularity", ["passage", "sentence", "proposition"])
+def test_spans_slice_back_to_the_text_and_results_serialise(planner, queries, corpus, granularity):
+    q, sq = queries
+    by_id = {p.id: p for p in corpus}
+    for b in range(len(QUERIES)):
+        got = planner.search_vectors(q[b], sq[b], granularity=granularity, k=10, candidates=len(corpus))
+        assert len(got) == (10 if granularity != "proposition" else min(10, 8))
+        for r in got:
+            p = by_id[r.passage_id]
+            assert r.passage_text == p.text and r.doc_id == p.doc_id and r.passage_index == p.index
+            assert " ".join(r.passage_text[s:e] for s, e in r.char_spans) == r.text
+            assert dict(r.metadata) == dict(p.metadata)
+        row = json.loads(json.dumps(got.to_json()))
+        assert {"passage_id", "doc_id", "granularity", "unit_index", "score", "text", "char_spans"} <= set(row["results"][0])
+        assert set(row["timings"]) >= {"encode_ms", "candidates_ms", "fetch_ms", "rerank_ms", "total_ms"}
+
+
+def test_filters_are_applied(planner, corpus, queries):
+    q, sq = queries
+    flt = {"$and": [{"topic": "science"}, {"year": {"$gte": 2002}}]}
+    got = planner.search_vectors(q[4], sq[4], granularity="sentence", k=10, candidates=len(corpus), filter=flt)
+    assert got.results and all(r.metadata["topic"] == "science" and r.metadata["year"] >= 2002 for r in got)
+    parsed = Filter.from_json(flt)
+    assert ranking(got) == [(pid, idx) for _, pid, idx in brute_force(q[4], sq[4], corpus, "sentence", flt=parsed, k=10)]
+    # a filter as a JSON string, and one that matches nothing
+    assert ranking(planner.search_vectors(q[4], sq[4], granularity="sentence", k=10, filter=json.dumps(flt))) == ranking(got)
+    assert len(planner.search_vectors(q[4], granularity="passage", filter={"topic": "nope"})) == 0
+
+
+def test_matched_tokens_fall_inside_the_unit(planner, corpus, queries):
+    got = planner.search(QUERIES[0], "sentence", k=3, matches=True)
+    for r in got:
+        assert r.matches
+        assert sorted(i for m in r.matches for i in m.query_tokens) == list(range(32))
+        for m in r.matches:
+            if m.char_span is not None:
+                s, e = m.char_span
+                assert any(us <= s and e <= ue for us, ue in r.char_spans), (m, r.char_spans)
+            assert len(m.query_texts) == len(m.query_tokens) and -1.01 <= m.score <= 1.01
+    # the query's words find their twins in the passage text
+    matched = {r.passage_text[m.char_span[0]:m.char_span[1]].lower() for m in got[0].matches if m.char_span}
+    assert "1889" in matched or "built" in matched or "completed" in matched
+    assert json.loads(json.dumps(got.to_json()))["results"][0]["matches"][0]["position"] >= 0
+
+
+def test_passage_granularity_spans_cover_the_passage(planner):
+    got = planner.search(QUERIES[2], k=2)
+    assert got[0].char_spans == ((0, len(got[0].passage_text)),) and got[0].text == got[0].passage_text
+
+
+def test_unknown_unit_kind_gives_no_results(planner, queries):
+    q, sq = queries
+    assert len(planner.search_vectors(q[0], sq[0], granularity="claim")) == 0
+
+
+def test_bad_input_is_rejected_before_any_work(planner, memory_repo, encoder):
+    for bad in ("Sentence", "", "a b", 3, "passage;"):
+        with pytest.raises(InvalidInputError):
+            check_granularity(bad)
+    with pytest.raises(InvalidInputError):
+        planner.search("q", k=0)
+    with pytest.raises(InvalidInputError):
+        planner.search("q", candidates=0)
+    with pytest.raises(InvalidInputError):
+        planner.search("q", alpha=float("nan"))
+    with pytest.raises(InvalidFilterError):
+        planner.search("q", filter="{not json")
+    with pytest.raises(InvalidFilterError):
+        planner.search("q", filter={"year": {"$regex": "x"}})
+    with pytest.raises(InvalidInputError):
+        planner.search("   ")
+    with pytest.raises(InvalidInputError):
+        planner.search(["a", "b"])  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError):
+        planner.search_vectors(np.zeros((4, 7), dtype=np.float32))
+    with pytest.raises(InvalidInputError):
+        planner.search("q", first_stage="hnsw")
+    with pytest.raises(InvalidInputError):
+        Planner(memory_repo, COLLECTION, device="cpu").search("needs an encoder")
+    with pytest.raises(CollectionNotFoundError):
+        Planner(memory_repo, "missing", encoder, device="cpu")
+
+
+def test_maxsim_first_stage_needs_an_engine_maxsim(memory_repo, encoder, monkeypatch):
+    from dataclasses import replace
+
+    caps = replace(memory_repo.capabilities(), maxsim_rerank=False)
+    monkeypatch.setattr(memory_repo, "capabilities", lambda: caps)
+    with pytest.raises(UnsupportedOperationError):
+        Planner(memory_repo, COLLECTION, encoder, first_stage="maxsim", device="cpu")
+
+
+# ----------------------------------------------------------------------------- batches, cache
+
+
+def test_a_batch_equals_one_query_at_a_time(planner):
+    batch = planner.search_batch(QUERIES, "sentence", k=4)
+    assert [r.query for r in batch] == QUERIES
+    for text, response in zip(QUERIES, batch):
+        single = planner.search(text, "sentence", k=4)
+        assert ranking(response) == ranking(single)
+        np.testing.assert_allclose([r.score for r in response], [r.score for r in single], rtol=1e-5)
+        assert response.timings.batch_size == len(QUERIES)
+
+
+def test_the_cache_serves_hot_passages_and_notices_rewrites(corpus, encoder, queries):
+    q, sq = queries
+    repo = _filled("memory://", corpus)
+    cache = TokenCache(max_bytes=64 << 20)
+    planner = Planner(repo, COLLECTION, encoder, device="cpu", cache=cache)
+    first = planner.search_vectors(q[0], sq[0], granularity="sentence", k=5, candidates=len(corpus))
+    assert first.timings.cache_hits == 0 and first.timings.n_fetched == len(corpus)
+    second = planner.search_vectors(q[0], sq[0], granularity="sentence", k=5, candidates=len(corpus))
+    assert second.timings.cache_hits == len(corpus) and second.timings.n_fetched <= 5
+    assert ranking(second) == ranking(first)
+    assert [r.score for r in second] == [r.score for r in first]
+
+    # rewrite the winning passage with other vectors: the cached copy must not be used
+    winner = next(p for p in corpus if p.id == first[0].passage_id)
+    other = next(p for p in corpus if p.doc_id == "food-0")
+    rewritten = StoredPassage(winner.id, winner.doc_id, winner.index, other.tokens, other.pooled, other.units, other.text, dict(other.metadata))
+    repo.upsert(COLLECTION, [rewritten])
+    now = [rewritten if p.id == winner.id else p for p in corpus]
+    third = planner.search_vectors(q[0], sq[0], granularity="sentence", k=5, candidates=len(corpus))
+    assert ranking(third) == [(pid, idx) for _, pid, idx in brute_force(q[0], sq[0], now, "sentence", k=5)]
+    assert cache.rejected >= 1
+
+    # same vectors, other units (re-segmented) on a result passage: seen on the fresh read
+    top = next(p for p in now if p.id == third[0].passage_id)
+    merged = type(top.units[0])("sentence", 0, ((0, len(top.text)),), ((1, top.n_tokens),))
+    resegmented = StoredPassage(top.id, top.doc_id, top.index, top.tokens, top.pooled, (merged,), top.text, dict(top.metadata))
+    repo.upsert(COLLECTION, [resegmented])
+    now = [resegmented if p.id == top.id else p for p in now]
+    fourth = planner.search_vectors(q[0], sq[0], granularity="sentence", k=5, candidates=len(corpus))
+    assert ranking(fourth) == [(pid, idx) for _, pid, idx in brute_force(q[0], sq[0], now, "sentence", k=5)]
+
+    # deleted passages vanish from the results
+    repo.delete(COLLECTION, [fourth[0].passage_id])
+    fifth = planner.search_vectors(q[0], sq[0], granularity="sentence", k=5, candidates=len(corpus))
+    assert fourth[0].passage_id not in {r.passage_id for r in fifth}
+    repo.close()
+
+
+def test_the_cache_is_bounded():
+    cache = TokenCache(max_bytes=1000)
+    from agrame_vdb.planner import _Entry
+
+    for i in range(10):
+        cache.put("c", f"id{i}", _Entry(np.zeros((2, 100), np.float32), (), np.ones(2), 400))
+    assert len(cache) == 2 and cache.nbytes == 800 and cache.evictions == 8
+    assert cache.get("c", "id9") is not None and cache.get("c", "id0") is None
+    assert cache.invalidate("c") == 2 and len(cache) == 0
+    with pytest.raises(InvalidInputError):
+        TokenCache(max_bytes=0)
+
+
+# ----------------------------------------------------------------------------- concurrency
+
+
+def test_shared_between_threads(planner):
+    cases = [(QUERIES[i % len(QUERIES)], ("passage", "sentence")[i % 2]) for i in range(8)]
+    expected = [ranking(planner.search(text, g, k=4)) for text, g in cases]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        got = list(pool.map(lambda c: ranking(planner.search(c[0], c[1], k=4)), cases))
+    assert got == expected
+
+
+def test_shared_between_threads_with_a_cache_on_qdrant_edge(tmp_path, corpus, encoder):
+    repo = _filled(f"qdrant-edge://{tmp_path}/edge", corpus)
+    try:
+        planner = Planner(repo, COLLECTION, encoder, device="cpu", cache=TokenCache(), candidates=12)
+        expected = [ranking(planner.search(t, "sentence", k=3)) for t in QUERIES]
+        with ThreadPoolExecutor(max_workers=5) as pool:
+            got = list(pool.map(lambda t: ranking(planner.search(t, "sentence", k=3)), QUERIES * 3))
+        assert got == expected * 3
+    finally:
+        repo.close()
+
+
+def test_asyncio_variants(planner):
+    async def main():
+        one = await planner.asearch(QUERIES[1], "sentence", k=3)
+        many = await asyncio.gather(*(planner.asearch(t, "passage", k=3) for t in QUERIES))
+        batch = await planner.asearch_batch(QUERIES, "sentence", k=3)
+        return one, many, batch
+
+    one, many, batch = asyncio.run(main())
+    assert ranking(one) == ranking(planner.search(QUERIES[1], "sentence", k=3))
+    assert [ranking(r) for r in many] == [ranking(planner.search(t, "passage", k=3)) for t in QUERIES]
+    assert [ranking(r) for r in batch] == [ranking(planner.search(t, "sentence", k=3)) for t in QUERIES]
+
+
+class _AsyncRepository:
+    """A repository with native coroutines (as an async engine client would give)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.calls = {"acandidates": 0, "afetch": 0}
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    async def acandidates(self, collection, pooled, **kwargs):
+        self.calls["acandidates"] += 1
+        await asyncio.sleep(0)
+        return self.inner.candidates(collection, pooled, **kwargs)
+
+    async def afetch(self, collection, ids, **kwargs):
+        self.calls["afetch"] += 1
+        await asyncio.sleep(0)
+        return self.inner.fetch(collection, ids, **kwargs)
+
+
+def test_asyncio_uses_the_repository_coroutines_where_it_has_them(memory_repo, encoder, planner):
+    repo = _AsyncRepository(memory_repo)
+    async_planner = Planner(repo, COLLECTION, encoder, device="cpu", cache=TokenCache())
+    got = asyncio.run(async_planner.asearch(QUERIES[2], "sentence", k=3))
+    assert ranking(got) == ranking(planner.search(QUERIES[2], "sentence", k=3))
+    assert repo.calls["acandidates"] == 1 and repo.calls["afetch"] >= 1
+
+
+# ----------------------------------------------------------------------------- the command
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def edge_store(tmp_path_factory, corpus):
+    path = tmp_path_factory.mktemp("cli") / "store"
+    repo = _filled(f"qdrant-edge://{path}", corpus)
+    repo.close()
+    return f"qdrant-edge://{path}"
+
+
+def test_cli_search_json(edge_store):
+    result = runner.invoke(
+        app_cli(),
+        ["search", QUERIES[0], "--collection", COLLECTION, "--store", edge_store, "--granularity", "sentence",
+         "-k", "3", "--candidates", "20", "--alpha", "0.5", "--filter", '{"topic": "landmarks"}', "--json",
+         "--device", "cpu"],
+    )
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert isinstance(rows, list) and len(rows) == 3
+    for row in rows:
+        assert {"passage_id", "doc_id", "granularity", "unit_index", "score", "text", "char_spans"} <= set(row)
+        assert row["granularity"] == "sentence" and row["metadata"]["topic"] == "landmarks"
+        assert " ".join(row["passage_text"][s:e] for s, e in row["char_spans"]) == row["text"]
+        assert row["score"] == pytest.approx(row["unit_score"] + 0.5 * row["passage_score"], abs=1e-4)
+    assert rows[0]["doc_id"] == "landmarks-0"
+
+
+def test_cli_search_queries_file_and_explain(edge_store, tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text("\n".join(json.dumps({"id": f"q{i}", "text": t}) for i, t in enumerate(QUERIES[:3])) + "\n")
+    result = runner.invoke(
+        app_cli(),
+        ["search", "--queries", str(path), "--collection", COLLECTION, "--store", edge_store, "-k", "2", "--json",
+         "--explain", "--device", "cpu"],
+    )
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
+    assert [line["id"] for line in lines] == ["q0", "q1", "q2"]
+    assert all(len(line["results"]) == 2 and line["results"][0]["granularity"] == "passage" for line in lines)
+    assert all(set(line["timings"]) >= {"encode_ms", "candidates_ms", "fetch_ms", "rerank_ms"} for line in lines)
+
+    table = runner.invoke(
+        app_cli(),
+        ["search", QUERIES[1], "-c", COLLECTION, "--store", edge_store, "-g", "sentence", "-k", "2", "--explain", "--device", "cpu"],
+    )
+    assert table.exit_code == 0, table.output
+    assert "Python" in table.stdout and "rerank" in table.stdout
+
+
+def test_cli_search_errors_exit_2(edge_store):
+    bad_filter = runner.invoke(app_cli(), ["search", "q", "-c", COLLECTION, "--store", edge_store, "--filter", "{nope", "--device", "cpu"])
+    assert bad_filter.exit_code == 2 and "filter" in bad_filter.output
+    missing = runner.invoke(app_cli(), ["search", "q", "-c", "nothere", "--store", edge_store, "--device", "cpu"])
+    assert missing.exit_code == 2 and "nothere" in missing.output
+    neither = runner.invoke(app_cli(), ["search", "-c", COLLECTION, "--store", edge_store])
+    assert neither.exit_code == 2
+
+
+def app_cli():
+    from agrame_vdb.cli import app
+
+    return app
