@@ -36,6 +36,8 @@ __all__ = [
     "InvalidRecordError",
     "CheckpointMismatchError",
     "JobInterruptedError",
+    "AliasError",
+    "MigrationError",
 ]
 
 
@@ -112,6 +114,16 @@ class MissingPassagesError(RepositoryError, KeyError):
 
 class StoreUnavailableError(RepositoryError):
     """A store URL names a known engine whose repository or client is not installed."""
+
+
+class AliasError(RepositoryError):
+    """An alias operation clashes with the store: the alias exists already, its name is
+    a collection's, it is missing, or a collection-only operation was given an alias."""
+
+
+class MigrationError(AgrameError):
+    """A collection migration cannot start or go on (another one is in progress, the
+    chain has a gap, a check failed); the message says how to resume or undo it."""
 
 
 class UnsupportedOperationError(RepositoryError):

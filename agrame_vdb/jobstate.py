@@ -1,0 +1,137 @@
+"""Checkpoints of indexing jobs: what a job has durably written, so it can resume.
+
+A checkpoint is one small JSON file, replaced atomically (written to a temporary
+file beside it, fsynced, ``os.replace``d, the directory fsynced), so a job killed
+at any moment leaves either the previous checkpoint or the new one, never a torn
+file. It records:
+
+- ``job``: what identifies the job: the input (absolute path, size, SHA-256 of
+  its bytes), the record format, collection, store, shard, model, compute dtype
+  and chunking options. A restart with other values is refused (or ``restart``).
+- ``position`` / ``line``: where reading resumes (a byte offset into JSON Lines,
+  a row count into Parquet) and how many records lie before it. Every record
+  before the position is done: its passages are written (and its stale
+  passages deleted), or it was rejected or belongs to another shard.
+- ``counts``: the job's counters at that position, so a resumed job ends with
+  the summary a clean run gives; ``rejects_bytes``: the size of the rejects
+  file then (a resumed job cuts the file back to it, dropping rejects of records
+  it reads again).
+- ``last_passage_id``: the last passage written, checked on resume: when the
+  store no longer has it (the store was reset), the job starts over.
+- ``done``: the whole input was processed.
+
+The job writes passages first, then the checkpoint; a crash between the two
+makes the resumed job write the same passages again, which overwrites them
+(ids are deterministic), so the collection ends as a clean run leaves it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import CheckpointMismatchError
+
+__all__ = ["CHECKPOINT_VERSION", "JobCheckpoint", "file_fingerprint", "job_differences", "atomic_write_text"]
+
+CHECKPOINT_VERSION = 1
+_CHUNK = 1 << 20
+
+
+def file_fingerprint(path: str | Path) -> dict[str, Any]:
+    """Absolute path, size and SHA-256 of a file's bytes (it is read once)."""
+    p = Path(path).resolve()
+    digest = hashlib.sha256()
+    size = 0
+    with p.open("rb") as f:
+        while block := f.read(_CHUNK):
+            digest.update(block)
+            size += len(block)
+    return {"path": str(p), "size": size, "sha256": digest.hexdigest()}
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):  # not every file system lets a directory be opened
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Replace ``path`` with ``text`` atomically and durably."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def job_differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Readable differences between two job descriptions (``input.size: 10 -> 12``)."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        name = f"{prefix}{key}"
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out.extend(job_differences(a, b, f"{name}."))
+        elif a != b:
+            out.append(f"{name}: {a!r} -> {b!r}")
+    return out
+
+
+@dataclass
+class JobCheckpoint:
+    """The durable state of one indexing job (see the module docs)."""
+
+    job: dict[str, Any]
+    position: int = 0
+    line: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    rejects_path: str | None = None
+    rejects_bytes: int = 0
+    last_passage_id: str | None = None
+    done: bool = False
+    updated: float = 0.0
+    version: int = CHECKPOINT_VERSION
+
+    def save(self, path: str | Path) -> None:
+        self.updated = time.time()
+        atomic_write_text(path, json.dumps(asdict(self), indent=1, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> JobCheckpoint | None:
+        """The checkpoint at ``path``; None when there is none."""
+        path = Path(path)
+        try:
+            raw = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise CheckpointMismatchError(f"cannot read the job checkpoint {path}: {exc}") from exc
+        try:
+            data = json.loads(raw)
+            if data.get("version") != CHECKPOINT_VERSION:
+                raise CheckpointMismatchError(
+                    f"the job checkpoint {path} has version {data.get('version')!r}, this agrame-vdb writes "
+                    f"{CHECKPOINT_VERSION}; start over with --restart"
+                )
+            return cls(**data)
+        except CheckpointMismatchError:
+            raise
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise CheckpointMismatchError(
+                f"the job checkpoint {path} is unreadable ({exc}); delete it or start over with --restart"
+            ) from exc

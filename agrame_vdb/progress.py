@@ -1,0 +1,94 @@
+"""Showing a job's progress: a bar on a terminal, plain log lines elsewhere.
+
+Both are callables taking an :class:`~agrame_vdb.indexer.IndexProgress`, to pass
+as ``on_progress``; :func:`progress_reporter` picks one.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any, TextIO
+
+__all__ = ["BarProgress", "LogProgress", "progress_reporter"]
+
+
+def _line(p: Any) -> str:
+    done = f"{p.fraction:.0%} of input, " if p.fraction is not None else ""
+    return (
+        f"{done}{p.documents:,} documents, {p.passages:,} passages written ({p.encoded:,} encoded), "
+        f"{p.rejected:,} rejected, "
+        f"{p.skipped:,} skipped; {p.tokens_per_second:,.0f} tokens/s, {p.elapsed:,.0f} s"
+    )
+
+
+class LogProgress(AbstractContextManager["LogProgress"]):
+    """One plain line at most every ``every`` seconds (for logs and CI), and a last one."""
+
+    def __init__(self, every: float = 10.0, stream: TextIO | None = None, prefix: str = "index: ") -> None:
+        self.every = every
+        self.stream = stream or sys.stderr
+        self.prefix = prefix
+        self._last = 0.0
+        self._latest: Any = None
+
+    def __call__(self, p: Any) -> None:
+        self._latest = p
+        now = time.monotonic()
+        if now - self._last >= self.every:
+            self._last = now
+            print(self.prefix + _line(p), file=self.stream, flush=True)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._latest is not None and time.monotonic() - self._last > 0.5:
+            print(self.prefix + _line(self._latest), file=self.stream, flush=True)
+
+
+class BarProgress(AbstractContextManager["BarProgress"]):
+    """A rich progress bar on stderr: share of input read, documents, passages, tokens/s."""
+
+    def __init__(self, description: str = "indexing") -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[documents]} docs · {task.fields[passages]} passages "
+                       "({task.fields[encoded]} encoded) · {task.fields[rejected]} rejected · {task.fields[tps]} tok/s"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        )
+        self._task = self._progress.add_task(
+            description, total=1000, documents="0", passages="0", encoded="0", rejected="0", tps="0"
+        )
+
+    def __enter__(self) -> BarProgress:
+        self._progress.start()
+        return self
+
+    def __call__(self, p: Any) -> None:
+        self._progress.update(
+            self._task,
+            completed=int(1000 * p.fraction) if p.fraction is not None else None,
+            documents=f"{p.documents:,}",
+            passages=f"{p.passages:,}",
+            encoded=f"{p.encoded:,}",
+            rejected=f"{p.rejected:,}",
+            tps=f"{p.tokens_per_second:,.0f}",
+        )
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+
+def progress_reporter(bar: bool | None = None, every: float = 10.0) -> AbstractContextManager[Callable[[Any], None]]:
+    """A bar when ``bar`` (default: when stderr is a terminal), else log lines."""
+    if bar is None:
+        bar = sys.stderr.isatty()
+    return BarProgress() if bar else LogProgress(every)
