@@ -329,6 +329,13 @@ def _check_texts(texts: Sequence[str], what: str) -> list[str]:
             raise InvalidInputError(f"{what} must be strings, got {type(t).__name__}")
         if not t.strip():
             raise InvalidInputError(f"{what} must not be empty or whitespace")
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError as exc:  # a lone surrogate: the tokenizer would raise a bare TypeError
+            raise InvalidInputError(
+                f"{what} must be valid Unicode text; {t[max(exc.start - 10, 0):exc.end + 10]!r} has a lone "
+                f"surrogate at character {exc.start} (decode the input with errors='replace')"
+            ) from None
     if not out:
         raise InvalidInputError(f"no {what} given")
     return out

@@ -112,6 +112,13 @@ class Passage:
             raise InvalidInputError(f"passage text must be a string, got {type(self.text).__name__}")
         if not self.text.strip():
             raise InvalidInputError(f"passage {self.id!r} has empty text")
+        try:
+            self.text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidInputError(
+                f"passage {self.id!r} text is not valid Unicode: a lone surrogate at character {exc.start} "
+                "(decode the input with errors='replace')"
+            ) from None
         if not isinstance(self.index, int) or isinstance(self.index, bool) or self.index < 0:
             raise InvalidInputError(f"passage index must be an int >= 0, got {self.index!r}")
         object.__setattr__(self, "metadata", _frozen_mapping(self.metadata))
