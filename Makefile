@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 STORE  ?= qdrant-edge://./agrame-data
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test reliability bench clean
 
 # Pin torch first (the CPU wheel), then the package with its test extras under the same pin.
 $(BIN)/agrame-vdb: pyproject.toml constraints.txt
@@ -22,6 +22,10 @@ demo: setup
 
 test: setup
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+# The full reliability suite (>= 50 seeded fault runs, >= 10 kills, long load); CI runs a short seeded subset.
+reliability: setup
+	HF_HUB_OFFLINE=1 AGRAME_RELIABILITY=full $(BIN)/python -m pytest tests/reliability -q
 
 bench: setup
 	$(BIN)/python benchmarks/encoder.py
