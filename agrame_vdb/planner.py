@@ -8,10 +8,14 @@ A :class:`Planner` answers a query at any granularity from one passage-level ind
    passages (``first_stage="pooled"``), or a pooled prefetch reranked by the
    engine's own MaxSim (``first_stage="maxsim"``, to shrink what is fetched);
 3. get the candidates' token vectors and units (from the optional
-   :class:`TokenCache` on the scoring device, else one ``fetch``);
+   :class:`TokenCache` on the scoring device, else one ``fetch_tokens``: one
+   contiguous array, no text or metadata);
 4. score passages (``S(q,p)``) and units (``S(q',u)``) in one pass
-   (:func:`agrame_vdb.maxsim.maxsim`) and rank units across passages by
-   ``S(q',u) + alpha * S(q,p)``.
+   (:func:`agrame_vdb.maxsim.granular_maxsim`) and rank units across passages by
+   ``S(q',u) + alpha * S(q,p)``;
+5. read the top ``k`` passages whole (``fetch``: text, metadata), and check that
+   they hold the token vectors and units that were scored (a passage rewritten
+   between the two reads is scored again).
 
 Results carry the passage and document ids, the unit kind and index, the score and
 its parts, the unit's text and character spans in the passage (for highlighting),
@@ -21,7 +25,8 @@ of it serialises to JSON. Every response has a :class:`Timings` breakdown.
 A planner is safe to share between threads (its only mutable state, the cache and
 the tokenizer, are locked), and has asyncio variants (:meth:`Planner.asearch`):
 repository calls go through the repository's own coroutines where it has them
-(``acandidates`` / ``afetch``), through a worker thread where it has none.
+(``acandidates`` / ``afetch_tokens`` / ``afetch``), through a worker thread where it
+has none.
 
 >>> import numpy as np
 >>> from agrame_vdb import connect, CollectionSchema, StoredPassage, Unit
@@ -55,7 +60,7 @@ import torch
 
 from .errors import InvalidInputError, UnsupportedOperationError
 from .maxsim import granular_maxsim, pack_concatenated
-from .repository import Candidate, Filter, StoredPassage
+from .repository import Candidate, Filter, StoredPassage, TokenBatch
 from .units import Span, Unit
 
 if TYPE_CHECKING:
@@ -85,6 +90,8 @@ FIRST_STAGES = ("pooled", "maxsim")
 _MAX_CANDIDATES = 100_000
 _KIND_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_-")
 _NO_POOLED = np.zeros(0)
+#: the kinds of blocking step that are repository calls (``a<kind>`` is its coroutine)
+_REPOSITORY_CALLS = ("candidates", "fetch", "fetch_tokens")
 
 
 # --------------------------------------------------------------------------- records
@@ -255,26 +262,31 @@ def _plain(value: Any) -> Any:
 @dataclass(frozen=True, slots=True, eq=False)
 class _Entry:
     """What scoring needs of one passage: token vectors on the scoring device, units,
-    and the pooled direction (to check a cached entry against the engine's score)."""
+    its write version (the cache's key where the engine has versions), and the pooled
+    direction (to check a cached entry against the engine's score where it has none)."""
 
     tokens: torch.Tensor | np.ndarray
     units: tuple[Unit, ...]
-    pooled: np.ndarray  # unit-norm float64
+    pooled: np.ndarray  # unit-norm float64; empty when unknown
     nbytes: int
+    version: int | str | None = None
 
 
 class TokenCache:
     """A bounded LRU cache of passages' token vectors and units on the scoring device.
 
-    Keys are ``(collection, passage id)``; the repository exposes no write version
-    yet, so an entry is checked against the engine, the source of truth, every time
-    it is used: a pooled candidate's score must equal the cosine of the query's and
-    the cached pooled vectors, and an engine-MaxSim candidate's score the MaxSim
-    computed from the cached tokens (within ``atol``). A passage rewritten with
-    other vectors fails the check and is fetched again. Result passages are always
-    re-read, and their units compared with the cached ones. What this cannot see is
-    a rewrite that keeps the vectors and changes only the units of a passage that
-    does not reach the results: call :meth:`invalidate` after re-segmenting.
+    Keys are ``(collection, passage id)``, and every entry is checked against the
+    engine, the source of truth, each time it is used. Where the engine has write
+    versions (``capabilities().versions``), the planner asks for them with the
+    candidates and uses an entry only when its version is the candidate's: exact,
+    whatever changed. Elsewhere a pooled candidate's score must equal the cosine of
+    the query's and the cached pooled vectors, and an engine-MaxSim candidate's
+    score the MaxSim computed from the cached tokens (within ``atol``): a passage
+    rewritten with other vectors fails the check and is fetched again, but a
+    rewrite that keeps the vectors and changes only the units of a passage that
+    does not reach the results goes unseen (call :meth:`invalidate` after
+    re-segmenting). Result passages are always re-read, and their token vectors
+    and units compared with the cached ones.
 
     ``max_bytes`` bounds the token vectors held (default 512 MiB). Thread-safe.
     """
@@ -427,6 +439,27 @@ def encode_queries(encoder: MultiVectorEncoder, texts: Sequence[str], *, both: b
     return out[:n], (out[n:] if both else None)
 
 
+def _takes(fn: Any, name: str) -> bool:
+    """Whether callable ``fn`` takes a keyword argument ``name``."""
+    if fn is None:
+        return False
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _same_tokens(fresh: np.ndarray, scored: torch.Tensor | np.ndarray) -> bool:
+    """Whether a passage's fetched token vectors are the ones scored (held as they
+    were scored: on the scoring device, in its dtype, for a cached entry)."""
+    if tuple(fresh.shape) != tuple(scored.shape):
+        return False
+    if isinstance(scored, np.ndarray):
+        return bool(np.array_equal(fresh, scored))
+    return bool(torch.equal(torch.from_numpy(np.array(fresh, dtype=np.float32)).to(scored.device, scored.dtype), scored))
+
+
 def _check_int(value: Any, name: str, low: int, high: int = _MAX_CANDIDATES) -> int:
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or not low <= value <= high:
         raise InvalidInputError(f"{name} must be an int in [{low}, {high}], got {value!r}")
@@ -468,11 +501,41 @@ class _Plan:
 
 @dataclass(slots=True)
 class _Loaded:
-    """Candidates' entries (cache or fetch) and the fresh passages read this query."""
+    """Candidates' entries (cache or fetch) and the fresh passages read this query.
+
+    ``missing``: ids still to read; ``whole``: read them with ``fetch`` (a cache that
+    has no versions to key on keeps pooled vectors), else ``fetch_tokens``.
+    ``batch``: this query's ``fetch_tokens`` answer (in id order, for scoring it
+    without a copy); without a cache its entries are made when asked for
+    (``batch_pos``). ``from_records``: entries built from the very records in
+    ``fresh``; ``read``: every id read from the repository.
+    """
 
     entries: dict[str, _Entry]
     fresh: dict[str, StoredPassage]
     hits: set[str] = field(default_factory=set)
+    missing: list[str] = field(default_factory=list)
+    whole: bool = False
+    batch: TokenBatch | None = None
+    batch_tokens: torch.Tensor | None = None
+    from_records: set[str] = field(default_factory=set)
+    read: set[str] = field(default_factory=set)
+    batch_pos: dict[str, int] = field(default_factory=dict)
+
+    def has(self, pid: str) -> bool:
+        return pid in self.entries or pid in self.batch_pos
+
+    def entry(self, pid: str) -> _Entry:
+        entry = self.entries.get(pid)
+        if entry is None:
+            batch, i = self.batch, self.batch_pos[pid]
+            tokens = batch.tokens_of(i)  # type: ignore[union-attr]
+            entry = _Entry(tokens, batch.units[i], _NO_POOLED, int(tokens.nbytes), batch.versions[i])  # type: ignore[union-attr]
+            self.entries[pid] = entry
+        return entry
+
+    def ids(self) -> set[str]:
+        return set(self.entries) | set(self.batch_pos)
 
 
 # --------------------------------------------------------------------------- the planner
@@ -529,6 +592,10 @@ class Planner:
         self.cache = cache
         self.max_chunk_tokens = max_chunk_tokens
         self.executor = executor
+        # where the engine has write versions the candidates carry them: a cache keys on
+        # them, and fetch_tokens reads at them (Qdrant Edge then skips a read of the stamps)
+        self._with_versions = bool(getattr(self.capabilities, "versions", False))
+        self._tokens_take_versions = _takes(getattr(repository, "fetch_tokens", None), "versions")
         self._offsets: dict[str, tuple[Span | None, ...]] = {}
         self._offsets_lock = threading.Lock()
 
@@ -758,7 +825,7 @@ class Planner:
         try:
             while True:
                 kind, fn, args = steps.send(result)
-                native = getattr(self.repository, "a" + kind, None) if kind in ("candidates", "fetch") else None
+                native = getattr(self.repository, "a" + kind, None) if kind in _REPOSITORY_CALLS else None
                 if native is not None and inspect.iscoroutinefunction(native):
                     result = fn(*args, _async=native)
                     if inspect.isawaitable(result):
@@ -784,29 +851,50 @@ class Planner:
             all_cands.append(cands)
         fetch_s = 0.0
         rerank_s = [0.0] * n
+        carry: dict[str, _Entry] = {}
+        fresh: dict[str, StoredPassage] = {}
+        read: set[str] = set()
         for attempt in range(2):
             t = time.perf_counter()
             union = list(dict.fromkeys(c.id for cands in all_cands for c in cands))
-            loaded = yield ("fetch", self._load, (plan, union, all_cands, pooled))
+            loaded = self._lookup(plan, union, all_cands, pooled, carry, fresh, read)
+            if loaded.missing and loaded.whole:
+                records = yield ("fetch", self._fetch_fresh, (plan, loaded.missing))
+                self._add_records(plan, loaded, records)
+            elif loaded.missing:  # in id order: scored as it comes, without a copy
+                ids = sorted(loaded.missing)
+                # at the versions the candidates saw; a passage found stale is read afresh
+                seen = {c.id: c.version for cands in all_cands for c in cands} if attempt == 0 else {}
+                batch = yield ("fetch_tokens", self._fetch_batch, (plan, ids, [seen.get(i) for i in ids]))
+                self._add_batch(plan, loaded, batch)
             fetch_s += time.perf_counter() - t
             ranked = []
             for b in range(n):
                 t = time.perf_counter()
                 ranked.append((yield ("cpu", self._rank, (plan, all_cands[b], loaded, q[b], sq[b] if sq is not None else None))))
                 rerank_s[b] += time.perf_counter() - t
-            # the result passages, read fresh (they carry text and metadata)
+            # the result passages, read whole (they carry text and metadata)
             t = time.perf_counter()
             winners = list(dict.fromkeys(r[0] for rows in ranked for r in rows if r[0] not in loaded.fresh))
             if winners:
                 more = yield ("fetch", self._fetch_fresh, (plan, winners))
                 loaded.fresh.update(more)
+                loaded.read.update(more)
             fetch_s += time.perf_counter() - t
-            stale = self._stale(plan, ranked, loaded)
-            if not stale or attempt == 1:
+            stale = set(self._stale(plan, ranked, loaded))
+            if not stale:
                 break
-            self.cache._reject(plan.collection, stale)  # type: ignore[union-attr]
+            if self.cache is not None:
+                self.cache._reject(plan.collection, sorted(stale))
+            if attempt == 1:  # rewritten again meanwhile: never a score of other vectors than shown
+                ranked = [[r for r in rows if r[0] not in stale] for rows in ranked]
+                break
+            # read the stale passages again, keep the rest (the cache keeps its own)
+            carry = {i: loaded.entry(i) for i in loaded.ids() if i not in stale and i not in loaded.hits}
+            fresh = {i: p for i, p in loaded.fresh.items() if i not in stale}
+            read = loaded.read
         responses = []
-        n_fetched = len(loaded.fresh)
+        n_fetched = len(loaded.read)
         for b in range(n):
             t = time.perf_counter()
             results = yield ("cpu", self._results, (plan, ranked[b], loaded, all_cands[b], texts[b], q[b], sq[b] if sq is not None else None))
@@ -836,6 +924,8 @@ class Planner:
         kwargs: dict[str, Any] = {"limit": plan.candidates, "filter": plan.filter}
         if plan.first_stage == "maxsim":
             kwargs.update(tokens=q, prefetch=plan.prefetch)
+        if self._with_versions:
+            kwargs["with_versions"] = True
         if _async is not None:
             return _async(plan.collection, pooled, **kwargs)
         return self.repository.candidates(plan.collection, pooled, **kwargs)
@@ -852,19 +942,35 @@ class Planner:
             tokens, nbytes, pooled = p.tokens, int(p.tokens.nbytes), _NO_POOLED
         return _Entry(tokens, p.units, pooled, nbytes)
 
-    def _load(self, plan: _Plan, ids: list[str], all_cands: list[list[Candidate]], pooled: list[np.ndarray], _async: Any = None) -> Any:
-        entries: dict[str, _Entry] = {}
+    def _lookup(
+        self,
+        plan: _Plan,
+        ids: list[str],
+        all_cands: list[list[Candidate]],
+        pooled: list[np.ndarray],
+        carry: dict[str, _Entry],
+        fresh: dict[str, StoredPassage],
+        read: set[str],
+    ) -> _Loaded:
+        """The entries at hand (``carry``, the cache), and what is left to read."""
+        entries = dict(carry)
         hits: set[str] = set()
-        missing = ids
         if self.cache is not None:
-            # a pooled candidate's score must match the cached pooled vector (the engine is the truth)
+            # the engine is the truth: a candidate's version, else its score, must match the entry
             seen: dict[str, bool] = {}
             for b, cands in enumerate(all_cands):
                 for c in cands:
+                    if c.id in carry:
+                        continue
                     entry = entries.get(c.id) or self.cache.get(plan.collection, c.id)
                     if entry is None:
                         continue
-                    ok = c.stage != "pooled" or abs(float(entry.pooled @ pooled[b]) - c.score) <= self.cache.atol
+                    if c.version is not None:
+                        ok = entry.version == c.version
+                    elif c.stage == "pooled":
+                        ok = entry.pooled.size > 0 and abs(float(entry.pooled @ pooled[b]) - c.score) <= self.cache.atol
+                    else:  # an engine MaxSim score: compared with ours after ranking
+                        ok = True
                     seen[c.id] = seen.get(c.id, True) and ok
                     entries[c.id] = entry
             bad = [i for i, ok in seen.items() if not ok]
@@ -872,26 +978,53 @@ class Planner:
                 self.cache._reject(plan.collection, bad)
             for i in bad:
                 entries.pop(i, None)
-            hits = set(entries)
-            missing = [i for i in ids if i not in entries]
+            hits = set(entries) - set(carry)
+        missing = [i for i in ids if i not in entries]
+        # a cache without versions to key on checks pooled scores: it needs whole records
+        wanted = set(missing)
+        whole = self.cache is not None and any(c.version is None for cands in all_cands for c in cands if c.id in wanted)
+        return _Loaded(entries, dict(fresh), hits, missing=missing, whole=whole, read=set(read))
 
-        def finish(result: Any) -> _Loaded:
-            fresh = {p.id: p for p in result.passages}
-            for pid, p in fresh.items():
-                entry = self._entry(p, self.cache is not None)
-                entries[pid] = entry
-                if self.cache is not None:
-                    self.cache.put(plan.collection, pid, entry)
-            return _Loaded(entries, fresh, hits)
+    def _add_batch(self, plan: _Plan, loaded: _Loaded, batch: TokenBatch) -> None:
+        loaded.batch = batch
+        loaded.read.update(batch.ids)
+        cache = self.cache
+        if cache is None:  # entries are views into the batch, made when asked for
+            loaded.batch_pos = {pid: i for i, pid in enumerate(batch.ids)}
+            return
+        loaded.batch_tokens = big = self._batch_tensor(batch)  # one copy to the device
+        offsets = batch.offsets.tolist()
+        for i, pid in enumerate(batch.ids):
+            tokens = big[offsets[i] : offsets[i + 1]].clone()
+            version = batch.versions[i]
+            entry = _Entry(tokens, batch.units[i], _NO_POOLED, tokens.numel() * tokens.element_size(), version)
+            if version is not None:  # an entry without a version could never be checked
+                cache.put(plan.collection, pid, entry)
+            loaded.entries[pid] = entry
 
-        if not missing:
-            return _Loaded(entries, {}, hits)
-        if _async is not None:
-            async def run() -> _Loaded:
-                return finish(await _async(plan.collection, missing))
+    def _add_records(self, plan: _Plan, loaded: _Loaded, records: dict[str, StoredPassage]) -> None:
+        for pid, p in records.items():
+            entry = self._entry(p, self.cache is not None)
+            loaded.entries[pid] = entry
+            loaded.fresh[pid] = p
+            loaded.from_records.add(pid)
+            loaded.read.add(pid)
+            if self.cache is not None:
+                self.cache.put(plan.collection, pid, entry)
 
-            return run()
-        return finish(self.repository.fetch(plan.collection, missing))
+    def _batch_tensor(self, batch: TokenBatch) -> torch.Tensor:
+        tokens = batch.tokens if batch.tokens.flags.writeable else np.array(batch.tokens)
+        return torch.from_numpy(tokens).to(self.device, self.dtype)
+
+    def _fetch_batch(self, plan: _Plan, ids: list[str], versions: list[Any], _async: Any = None) -> Any:
+        fetch_tokens = _async or getattr(self.repository, "fetch_tokens", None)
+        if fetch_tokens is None:  # a repository without the lean read: whole records
+            result = self.repository.fetch(plan.collection, ids)
+            return TokenBatch.from_passages(result.passages, result.missing, dim=self.schema.dim)
+        takes = _takes(_async, "versions") if _async is not None else self._tokens_take_versions
+        if takes and any(v is not None for v in versions):
+            return fetch_tokens(plan.collection, ids, versions=versions)
+        return fetch_tokens(plan.collection, ids)
 
     def _fetch_fresh(self, plan: _Plan, ids: list[str], _async: Any = None) -> Any:
         def finish(result: Any) -> dict[str, StoredPassage]:
@@ -905,23 +1038,20 @@ class Planner:
         return finish(self.repository.fetch(plan.collection, ids))
 
     def _stale(self, plan: _Plan, ranked: list[list[tuple]], loaded: _Loaded) -> list[str]:
-        """Cached entries that disagree with what the engine holds: a result passage's
-        fresh units or token count, or an engine MaxSim score."""
-        if self.cache is None or not loaded.hits:
-            return []
+        """Result passages whose whole record (read after scoring) is gone or holds
+        other token vectors or units than were scored, and cached entries whose
+        engine MaxSim score disagrees with ours."""
         stale = set()
-        tol = self._score_atol()
+        tol = self._score_atol() if loaded.hits else 0.0
         for rows in ranked:
             for pid, _, _, p_score, _, stage_score, stage in rows:
-                if pid not in loaded.hits:
-                    continue
+                if pid in loaded.from_records:
+                    continue  # scored from this very record
                 fresh = loaded.fresh.get(pid)
-                entry = loaded.entries[pid]
-                if fresh is None:
-                    stale.add(pid)  # deleted since: the engine no longer has it
-                elif fresh.units != entry.units or fresh.n_tokens != int(entry.tokens.shape[0]):
-                    stale.add(pid)
-                elif stage == "maxsim" and stage_score is not None and abs(stage_score - p_score) > tol:
+                entry = loaded.entry(pid)
+                if fresh is None or fresh.units != entry.units or not _same_tokens(fresh.tokens, entry.tokens):
+                    stale.add(pid)  # deleted or rewritten since it was read
+                elif pid in loaded.hits and stage == "maxsim" and stage_score is not None and abs(stage_score - p_score) > tol:
                     stale.add(pid)
         return sorted(stale)
 
@@ -937,20 +1067,29 @@ class Planner:
         stage_of = {}
         for c in cands:
             stage_of.setdefault(c.id, (c.score, c.stage))
-        ids = sorted(i for i in stage_of if i in loaded.entries)  # canonical order: same scores on every engine
+        ids = sorted(i for i in stage_of if loaded.has(i))  # canonical order: same scores on every engine
+        batch = loaded.batch
+        # the candidates are exactly the fetched batch, in the same (id) order: scored without a copy
+        whole_batch = batch is not None and len(ids) == len(batch.ids) and tuple(ids) == batch.ids
+        unit_lists: list[list[Unit]] = []
         if plan.units:
             kind = plan.granularity
-            unit_lists = [[u for u in loaded.entries[i].units if u.kind == kind] for i in ids]
+            sources = batch.units if whole_batch else [loaded.entry(i).units for i in ids]  # type: ignore[union-attr]
+            unit_lists = [[u for u in units if u.kind == kind] for units in sources]
             keep = [j for j, us in enumerate(unit_lists) if us]
-            ids = [ids[j] for j in keep]
-            unit_lists = [unit_lists[j] for j in keep]
+            if len(keep) < len(ids):
+                ids = [ids[j] for j in keep]
+                unit_lists = [unit_lists[j] for j in keep]
+                whole_batch = False
         if not ids:
             return []
-        packed = self._pack([loaded.entries[i] for i in ids], unit_lists if plan.units else None)
-        scores = granular_maxsim(
-            torch.from_numpy(q), packed, torch.from_numpy(sq) if plan.units and sq is not None else None,
-            max_chunk_tokens=self.max_chunk_tokens,
-        )
+        if whole_batch:
+            if loaded.batch_tokens is None:
+                loaded.batch_tokens = self._batch_tensor(batch)  # type: ignore[arg-type]
+            packed = pack_concatenated(loaded.batch_tokens, batch.offsets, unit_lists if plan.units else None)  # type: ignore[union-attr]
+        else:
+            packed = self._pack([loaded.entry(i) for i in ids], unit_lists if plan.units else None)
+        scores = granular_maxsim(q, packed, sq if plan.units and sq is not None else None, max_chunk_tokens=self.max_chunk_tokens)
         p_scores = scores.passage[0].float().cpu().numpy().astype(np.float64)
         rank_of = np.arange(len(ids))  # ids are sorted: position is the id order
         if not plan.units:

@@ -31,6 +31,7 @@ import json
 import math
 import re
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -42,6 +43,7 @@ import numpy as np
 
 from .errors import (
     AgrameError,
+    AliasError,
     CollectionNotFoundError,
     InvalidFilterError,
     InvalidIdError,
@@ -67,6 +69,7 @@ __all__ = [
     "StoredPassage",
     "Candidate",
     "FetchResult",
+    "TokenBatch",
     "IdPage",
     "Capabilities",
     "Filter",
@@ -79,13 +82,18 @@ __all__ = [
     "Repository",
     "RepositoryBase",
     "pool_tokens",
+    "upgrade_hint",
+    "newer_hint",
     "validate_ids",
     "validate_metadata",
 ]
 
-#: Version of the stored layout (payload mapping, vector names). A collection made
-#: with another version is refused with :class:`SchemaMismatchError` until migrated.
-SCHEMA_VERSION = 1
+#: Version of the stored collection contract (schema record, payload mapping, vector
+#: names). This library writes collections of this version only: a collection at an
+#: older version is upgraded with ``agrame-vdb migrate up`` (see
+#: :mod:`agrame_vdb.migrations`); one at a newer version is refused for writing.
+#: 1: the first layout. 2: the schema records the model that encoded the collection.
+SCHEMA_VERSION = 2
 
 DType = Literal["float32", "float16", "int8"]
 #: Storage types of token vectors: full float32, float16 (half the bytes, about
@@ -102,6 +110,9 @@ _SEGMENT = r"[A-Za-z_][A-Za-z0-9_-]*"
 _FIELD_RE = re.compile(rf"^{_SEGMENT}(\.{_SEGMENT})*$")
 _INT64 = (-(2**63), 2**63 - 1)
 _MAX_LIMIT = 100_000
+#: seconds a shared server's alias look-up is reused (another client may move an
+#: alias; an operation on a collection that has gone looks again at once)
+ALIAS_TTL_S = 1.0
 _MAX_DEPTH = 32
 
 
@@ -117,6 +128,10 @@ class CollectionSchema:
     ``on_disk`` asks the engine to keep token vectors on disk (memory-mapped)
     instead of RAM. ``indexed_fields`` maps metadata fields (dotted paths) to one of
     :data:`FIELD_TYPES`; ``doc_id`` and ``passage_index`` are always indexed.
+    ``model`` (schema version 2 on) names the model that encoded the passages (a
+    model directory or name, as ``MultiVectorEncoder.load`` takes it), or None when
+    unknown; migrations use it to re-tokenize stored text. Opening a collection
+    does not compare it.
     """
 
     name: str
@@ -125,6 +140,7 @@ class CollectionSchema:
     on_disk: bool = False
     schema_version: int = SCHEMA_VERSION
     indexed_fields: tuple[tuple[str, str], ...] | Mapping[str, str] = ()
+    model: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
@@ -140,6 +156,8 @@ class CollectionSchema:
             raise InvalidSchemaError(f"on_disk must be a bool, got {self.on_disk!r}")
         if not _is_int(self.schema_version) or self.schema_version < 1:
             raise InvalidSchemaError(f"schema_version must be an int >= 1, got {self.schema_version!r}")
+        if self.model is not None and (not isinstance(self.model, str) or not self.model.strip() or len(self.model) > 4096):
+            raise InvalidSchemaError(f"model must be None or a non-empty string (4096 chars at most), got {self.model!r}")
         items = self.indexed_fields.items() if isinstance(self.indexed_fields, Mapping) else self.indexed_fields
         fields: dict[str, str] = {}
         try:
@@ -172,6 +190,7 @@ class CollectionSchema:
             "on_disk": self.on_disk,
             "schema_version": self.schema_version,
             "indexed_fields": dict(self.indexed_fields),  # type: ignore[arg-type]
+            "model": self.model,
         }
 
     @classmethod
@@ -184,6 +203,7 @@ class CollectionSchema:
                 on_disk=data.get("on_disk", False),
                 schema_version=data["schema_version"],
                 indexed_fields=data.get("indexed_fields", {}),
+                model=data.get("model"),
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise SchemaMismatchError(f"stored collection schema is unreadable: {data!r}") from exc
@@ -196,12 +216,34 @@ class CollectionSchema:
             if getattr(stored, what) != getattr(self, what)
         ]
         if diffs:
-            hint = (
-                " (run the migrations for this collection)"
-                if stored.schema_version != self.schema_version
-                else " (use another collection name, or drop and re-index this one)"
-            )
+            if stored.schema_version < self.schema_version:
+                hint = " (" + upgrade_hint(stored.name, stored.schema_version) + ")"
+            elif stored.schema_version > self.schema_version:
+                hint = " (" + newer_hint(stored.name, stored.schema_version) + ")"
+            else:
+                hint = (
+                    " (use another collection name, or re-index into a new collection and switch an alias: "
+                    "agrame-vdb migrate reindex / migrate convert)"
+                )
             raise SchemaMismatchError(f"collection {self.name!r} exists with another schema: " + "; ".join(diffs) + hint)
+
+
+def upgrade_hint(collection: str, version: int) -> str:
+    """What to run to bring a collection at an older ``version`` up to this library's."""
+    return (
+        f"collection {collection!r} is at schema version {version}, older than this agrame-vdb's "
+        f"{SCHEMA_VERSION}: upgrade it with `agrame-vdb migrate up --collection {collection} --store URL` "
+        "(or agrame_vdb.migrations.upgrade)"
+    )
+
+
+def newer_hint(collection: str, version: int) -> str:
+    """Why a collection at a newer ``version`` is not written, and what to do."""
+    return (
+        f"collection {collection!r} is at schema version {version}, newer than this agrame-vdb knows "
+        f"({SCHEMA_VERSION}), so it refuses to write to it: upgrade agrame-vdb, or with the newer version "
+        f"run `agrame-vdb migrate down --collection {collection} --to {SCHEMA_VERSION}`"
+    )
 
 
 # --------------------------------------------------------------------------- records
@@ -329,11 +371,15 @@ class Candidate:
 
     ``stage`` is ``"pooled"`` (cosine of pooled vectors) or ``"maxsim"`` (the
     engine's own MaxSim over the token vectors, after a pooled prefetch).
+    ``version`` is the passage's write version (as :attr:`TokenBatch.versions`)
+    when the engine reads it with the hit (``candidates(..., with_versions=True)``
+    on an engine whose ``capabilities().versions`` is True), else None.
     """
 
     id: str
     score: float
     stage: str = "pooled"
+    version: int | str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,6 +398,88 @@ class FetchResult:
 
     def __iter__(self) -> Iterator[StoredPassage]:
         return iter(self.passages)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class TokenBatch:
+    """What scoring needs of some passages, and nothing more: no text, no metadata.
+
+    ``ids`` are the passages found, once each, in the order first asked, and
+    ``missing`` the ids asked for that are not stored. Passage ``i``'s token
+    vectors are rows ``offsets[i]:offsets[i+1]`` of ``tokens``, one C-contiguous,
+    writable float32 ``[T, dim]`` array (``offsets`` is int64 ``[P+1]``), so the
+    batch goes to :func:`~agrame_vdb.maxsim.pack_concatenated` without a copy;
+    ``units[i]`` are its units. ``versions[i]`` is the passage's write version: it
+    changes whenever the passage is written again, so a cache can key on
+    ``(id, version)``; None where the engine keeps no version
+    (``capabilities().versions`` is False) or the passage was written without one.
+
+    >>> import numpy as np
+    >>> a = StoredPassage.create("d", 0, np.eye(2, dtype=np.float32))
+    >>> b = TokenBatch.from_passages([a], ("00000000-0000-4000-8000-000000000000",), dim=2)
+    >>> b.ids == (a.id,), b.offsets.tolist(), b.tokens_of(0).shape
+    (True, [0, 2], (2, 2))
+    """
+
+    ids: tuple[str, ...]
+    missing: tuple[str, ...]
+    tokens: np.ndarray
+    offsets: np.ndarray
+    units: tuple[tuple[Unit, ...], ...]
+    versions: tuple[int | str | None, ...]
+
+    def __post_init__(self) -> None:
+        n = len(self.ids)
+        if (
+            self.tokens.ndim != 2
+            or self.offsets.shape != (n + 1,)
+            or int(self.offsets[-1]) != self.tokens.shape[0]
+            or len(self.units) != n
+            or len(self.versions) != n
+        ):
+            raise RepositoryError(
+                f"inconsistent token batch: {n} ids, tokens {self.tokens.shape}, offsets {self.offsets.shape}, "
+                f"{len(self.units)} unit lists, {len(self.versions)} versions"
+            )
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def n_tokens(self) -> np.ndarray:
+        """Token count of each passage, int64 ``[P]``."""
+        return np.diff(self.offsets)
+
+    def tokens_of(self, i: int) -> np.ndarray:
+        """Passage ``i``'s ``[n_i, dim]`` token vectors (a view into ``tokens``)."""
+        return self.tokens[int(self.offsets[i]) : int(self.offsets[i + 1])]
+
+    @classmethod
+    def from_passages(
+        cls,
+        passages: Sequence[StoredPassage],
+        missing: Sequence[str] = (),
+        *,
+        dim: int,
+        versions: Sequence[int | str | None] | None = None,
+    ) -> TokenBatch:
+        """A batch of fetched passages (one copy of their token vectors)."""
+        lengths = [p.tokens.shape[0] for p in passages]
+        offsets = np.zeros(len(passages) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        tokens = (
+            np.concatenate([p.tokens for p in passages]).astype(np.float32, copy=False)
+            if passages
+            else np.zeros((0, dim), dtype=np.float32)
+        )
+        return cls(
+            tuple(p.id for p in passages),
+            tuple(missing),
+            np.ascontiguousarray(tokens),
+            offsets,
+            tuple(p.units for p in passages),
+            tuple(versions) if versions is not None else (None,) * len(passages),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,6 +507,9 @@ class Capabilities:
       fetched token vectors, for vectors with entries in [-1, 1].
     - ``approximate_first_stage``: the pooled search may use an ANN index (HNSW), so
       its order can differ from exact cosine on large collections.
+    - ``versions``: every write stamps the passage with a new version, which
+      :meth:`Repository.fetch_tokens` reports and ``candidates(with_versions=True)``
+      puts on each hit; False where versions are None.
     """
 
     engine: str
@@ -390,6 +521,7 @@ class Capabilities:
     filter_ops: frozenset[str]
     fetch_atol: Mapping[str, float]
     approximate_first_stage: bool = False
+    versions: bool = False
 
 
 # --------------------------------------------------------------------------- filters
@@ -847,7 +979,8 @@ class Repository(Protocol):
     """A vector store of passages: the seam every engine implements.
 
     Collections are created or opened from a :class:`CollectionSchema`; every other
-    call names the collection. Writes are idempotent by id. All inputs are checked
+    call names the collection, or an alias of it (blue/green re-indexing switches
+    an alias from one collection to its successor in one atomic step). Writes are idempotent by id. All inputs are checked
     before the engine sees them (InvalidInputError children); engine failures come
     out as RepositoryError children.
     """
@@ -904,6 +1037,7 @@ class Repository(Protocol):
         limit: int = 100,
         prefetch: int | None = None,
         filter: Filter | None = None,
+        with_versions: bool = False,
     ) -> list[Candidate]:
         """First-stage candidates, best first.
 
@@ -912,6 +1046,23 @@ class Repository(Protocol):
         ``prefetch`` (default ``max(2*limit, 100)``) by pooled vector, reranked by
         the engine's MaxSim ``sum_i max_j q_i . d_j`` and cut to ``limit``
         (UnsupportedOperationError when ``capabilities().maxsim_rerank`` is False).
+        ``with_versions`` asks for each hit's write version (``Candidate.version``)
+        where the engine has it (``capabilities().versions``); it may cost a little.
+        """
+        ...
+
+    def fetch_tokens(
+        self, collection: str, ids: Sequence[str], *, versions: Sequence[int | str | None] | None = None
+    ) -> TokenBatch:
+        """Token vectors, units and write versions of ``ids`` (found ones once each, in
+        the order first asked; the others in ``missing``): the lean read for scoring,
+        with no text, metadata or pooled vector (use :meth:`fetch` for those).
+
+        ``versions`` (one per id, None where unknown) are versions the caller has just
+        seen, e.g. ``Candidate.version``: an engine may then read a passage at that
+        version from a copy it keeps (Qdrant Edge's side store) without asking for
+        the current one. The batch is then a snapshot as of those versions, and
+        ``versions`` reports what was read; engines without such a copy ignore them.
         """
         ...
 
@@ -930,6 +1081,30 @@ class Repository(Protocol):
     def optimize(self, collection: str) -> None:
         """Build indexes and compact now (after a bulk write); a no-op where the
         engine does it by itself."""
+        ...
+
+    def create_alias(self, alias: str, collection: str) -> None:
+        """Make ``alias`` stand for ``collection``: every call that takes a collection
+        name takes the alias too (``drop_collection`` excepted). AliasError when the
+        alias exists or a collection has that name."""
+        ...
+
+    def switch_alias(self, alias: str, collection: str) -> str | None:
+        """Point ``alias`` at ``collection`` atomically (creating it when missing);
+        returns the collection it pointed at before, or None."""
+        ...
+
+    def delete_alias(self, alias: str) -> bool:
+        """Remove an alias, never its collection; False when there was none."""
+        ...
+
+    def resolve(self, name: str) -> str:
+        """The collection an alias points at, or ``name`` when it is a collection
+        (CollectionNotFoundError when it is neither)."""
+        ...
+
+    def list_aliases(self) -> dict[str, str]:
+        """Every alias of the store and its collection."""
         ...
 
     def close(self) -> None:
@@ -956,6 +1131,8 @@ class RepositoryBase(abc.ABC):
         self._schemas: dict[str, CollectionSchema] = {}
         self._closed = False
         self._lock = threading.RLock()
+        self._alias_cache: tuple[float, dict[str, str]] | None = None
+        self._alias_ttl_s: float | None = None
 
     # ----- engine hooks
 
@@ -1002,9 +1179,34 @@ class RepositoryBase(abc.ABC):
         filter: Filter | None,
     ) -> list[Candidate]: ...
 
+    def _candidates_versioned(
+        self,
+        schema: CollectionSchema,
+        pooled: np.ndarray,
+        tokens: np.ndarray | None,
+        limit: int,
+        prefetch: int,
+        filter: Filter | None,
+    ) -> list[Candidate]:
+        """``_candidates`` with ``Candidate.version`` filled; engines with versions
+        override it (default: the plain candidates, versions None)."""
+        return self._candidates(schema, pooled, tokens, limit, prefetch, filter)
+
     @abc.abstractmethod
     def _fetch(self, schema: CollectionSchema, ids: list[str]) -> dict[str, StoredPassage]:
         """The stored passages among the (unique) ``ids``, by id."""
+
+    def _fetch_tokens(
+        self, schema: CollectionSchema, ids: list[str], versions: dict[str, int | str] | None = None
+    ) -> TokenBatch:
+        """The :class:`TokenBatch` of the (unique, non-empty) ``ids``; ``versions``: the
+        versions the caller saw, by id (see :meth:`Repository.fetch_tokens`). The
+        default reads whole passages with ``_fetch`` (so every engine has it) and
+        reports no versions; engines override it with a leaner read."""
+        found = self._fetch(schema, ids)
+        return TokenBatch.from_passages(
+            [found[i] for i in ids if i in found], tuple(i for i in ids if i not in found), dim=schema.dim
+        )
 
     @abc.abstractmethod
     def _list_ids(self, schema: CollectionSchema, filter: Filter | None, limit: int, offset: str | None) -> IdPage: ...
@@ -1014,6 +1216,25 @@ class RepositoryBase(abc.ABC):
 
     def _close(self) -> None:
         return None
+
+    def _store_schema(self, schema: CollectionSchema) -> None:
+        """Replace the stored schema of an existing collection (same dim and dtype)."""
+        self._add_indexes(schema, {})
+
+    # alias hooks: engines with aliases override all three (names given are checked,
+    # targets exist and are collections, aliases never point at aliases)
+
+    def _aliases(self) -> dict[str, str]:
+        """Every alias of the store and the collection it points at."""
+        return {}
+
+    def _set_alias(self, alias: str, collection: str, previous: str | None) -> None:
+        """Point ``alias`` at ``collection`` atomically: create it (``previous`` None)
+        or move it from ``previous``; a reader sees the old target or the new one."""
+        raise UnsupportedOperationError(f"{self.engine} has no collection aliases in this version of agrame-vdb")
+
+    def _delete_alias(self, alias: str) -> None:
+        raise UnsupportedOperationError(f"{self.engine} has no collection aliases in this version of agrame-vdb")
 
     def _translate_error(self, exc: BaseException, op: str, collection: str | None) -> AgrameError | None:
         """An AgrameError for an engine exception, or None to re-raise it untouched."""
@@ -1052,26 +1273,185 @@ class RepositoryBase(abc.ABC):
             raise RepositoryError(f"this {self.engine} repository is closed; connect() again")
 
     def _schema(self, name: str) -> CollectionSchema:
+        """The stored schema of collection ``name``, or of the collection alias ``name`` points at."""
         self._check_open()
-        schema = self._schemas.get(name)
-        if schema is not None:
-            return schema
         if not isinstance(name, str) or not _NAME_RE.match(name):
             raise InvalidSchemaError(f"invalid collection name {name!r}")
-        with self._lock, self._engine("open collection", name):
-            schema = self._load_schema(name)
+        target = self._alias_map().get(name, name)
+        schema = self._schemas.get(target)
+        if schema is not None:
+            return schema
+        with self._lock, self._engine("open collection", target):
+            schema = self._load_schema(target)
+        if schema is None and target != name:
+            # the alias moved (another client) since the cached look-up: look again
+            target = self._alias_map(refresh=True).get(name, name)
+            with self._lock, self._engine("open collection", target):
+                schema = self._load_schema(target)
         if schema is None:
             raise CollectionNotFoundError(
-                f"collection {name!r} does not exist in this {self.engine} store; "
-                f"create it with create_collection(CollectionSchema({name!r}, dim=...))"
+                f"collection {name!r} does not exist in this {self.engine} store"
+                + (f" (alias {name!r} points at {target!r}, which is gone)" if target != name else "")
+                + f"; create it with create_collection(CollectionSchema({name!r}, dim=...))"
             )
-        self._schemas[name] = schema
+        # under the collection's own name: an engine that resolved an alias itself
+        # (a look-up older than the alias) must not pin the alias to its target
+        self._schemas[schema.name] = schema
         return schema
+
+    # ----- aliases
+
+    def _alias_map(self, *, refresh: bool = False) -> dict[str, str]:
+        """alias -> collection, cached for ``alias_ttl`` seconds on shared servers
+        (another client may move an alias), asked every time elsewhere."""
+        ttl = self._alias_ttl()
+        cached = self._alias_cache
+        now = time.monotonic()
+        if not refresh and ttl > 0 and cached is not None and now - cached[0] < ttl:
+            return cached[1]
+        with self._engine("list aliases"):
+            found = dict(self._aliases())
+        self._alias_cache = (now, found)
+        return found
+
+    def _alias_ttl(self) -> float:
+        if self._alias_ttl_s is None:
+            caps = self._capabilities()
+            # one process owns an embedded store: its own look-ups are cheap and exact
+            self._alias_ttl_s = 0.0 if caps.exclusive or not caps.persistent else ALIAS_TTL_S
+        return self._alias_ttl_s
+
+    def _check_alias_name(self, alias: Any) -> str:
+        if not isinstance(alias, str) or not _NAME_RE.match(alias):
+            raise InvalidSchemaError(
+                f"an alias name is a letter or '_' followed by letters, digits or '_' (64 at most), got {alias!r}"
+            )
+        return alias
+
+    def _alias_target_collection(self, collection: str) -> str:
+        """The concrete collection an alias will point at (an alias given resolves)."""
+        return self._schema(collection).name
+
+    def resolve(self, name: str) -> str:
+        """The collection ``name`` stands for: the alias's target, or ``name`` itself
+        when it is a collection (CollectionNotFoundError when it is neither)."""
+        return self._schema(name).name
+
+    def list_aliases(self) -> dict[str, str]:
+        """Every alias and the collection it points at, sorted by alias."""
+        self._check_open()
+        return dict(sorted(self._alias_map(refresh=True).items()))
+
+    def create_alias(self, alias: str, collection: str) -> None:
+        """Make ``alias`` stand for ``collection`` in every collection-taking call.
+        AliasError when the alias exists or a collection has that name."""
+        self._check_open()
+        alias = self._check_alias_name(alias)
+        with self._lock:
+            target = self._alias_target_collection(collection)
+            current = self._alias_map(refresh=True)
+            if alias in current:
+                raise AliasError(
+                    f"alias {alias!r} exists (it points at {current[alias]!r}); move it with switch_alias"
+                )
+            self._check_not_collection(alias)
+            with self._engine("create alias", alias):
+                self._set_alias(alias, target, None)
+            self._alias_cache = None
+
+    def switch_alias(self, alias: str, collection: str) -> str | None:
+        """Point ``alias`` at ``collection`` in one atomic step (creating it when
+        missing): searches through the alias answer from the old collection or the
+        new one, never from neither. Returns the collection it pointed at before."""
+        self._check_open()
+        alias = self._check_alias_name(alias)
+        with self._lock:
+            target = self._alias_target_collection(collection)
+            previous = self._alias_map(refresh=True).get(alias)
+            if previous is None:
+                self._check_not_collection(alias)
+            if previous != target:
+                with self._engine("switch alias", alias):
+                    self._set_alias(alias, target, previous)
+            self._alias_cache = None
+            return previous
+
+    def delete_alias(self, alias: str) -> bool:
+        """Remove an alias (never its collection); False when there was none."""
+        self._check_open()
+        alias = self._check_alias_name(alias)
+        with self._lock:
+            if alias not in self._alias_map(refresh=True):
+                return False
+            with self._engine("delete alias", alias):
+                self._delete_alias(alias)
+            self._alias_cache = None
+            return True
+
+    def _check_not_collection(self, alias: str) -> None:
+        with self._engine("open collection", alias):
+            clash = alias in self._schemas or self._load_schema(alias) is not None
+        if clash:
+            raise AliasError(f"{alias!r} is a collection; an alias needs a name no collection has")
+
+    # ----- migrations
+
+    def update_schema(self, schema: CollectionSchema) -> CollectionSchema:
+        """Store a new schema record for an existing collection (for migrations).
+
+        Only ``schema_version``, ``indexed_fields`` (added ones get their indexes)
+        and ``model`` may change; dim, dtype and storage are fixed at creation
+        (change them by copying into a new collection: ``agrame-vdb migrate convert``).
+        """
+        self._check_open()
+        if not isinstance(schema, CollectionSchema):
+            raise InvalidSchemaError(f"update_schema takes a CollectionSchema, got {type(schema).__name__}")
+        with self._lock:
+            stored = self._schema(schema.name)
+            if stored.name != schema.name:
+                raise AliasError(f"update_schema needs the collection's own name, not the alias {schema.name!r}")
+            if schema.schema_version > SCHEMA_VERSION:
+                raise SchemaMismatchError(
+                    f"this agrame-vdb knows schema versions up to {SCHEMA_VERSION}, not {schema.schema_version}"
+                )
+            fixed = [w for w in ("dim", "dtype", "on_disk") if getattr(stored, w) != getattr(schema, w)]
+            if fixed:
+                raise InvalidSchemaError(
+                    f"update_schema cannot change {', '.join(fixed)} of collection {schema.name!r}; "
+                    "copy it into a new collection (agrame-vdb migrate convert / reindex)"
+                )
+            new = {f: t for f, t in schema.indexed_fields if f not in dict(stored.indexed_fields)}  # type: ignore[misc]
+            with self._engine("store the schema", schema.name):
+                if new:
+                    self._add_indexes(schema, new)
+                else:
+                    self._store_schema(schema)
+            self._schemas[schema.name] = schema
+            return schema
+
+    def upsert_at_version(
+        self, collection: str, passages: Sequence[StoredPassage], versions: Sequence[int], *, batch_size: int | None = None
+    ) -> int:
+        """Upsert passages whose schema version is one of ``versions`` (for migrations,
+        which rewrite a collection's passages at the version they migrate to before
+        the collection's own record says so). Every other check applies."""
+        schema = self._schema(collection)
+        allowed = frozenset(int(v) for v in versions)
+        if not allowed or any(v > SCHEMA_VERSION or v < 1 for v in allowed):
+            raise SchemaMismatchError(
+                f"this agrame-vdb writes schema versions 1 to {SCHEMA_VERSION}, asked for {sorted(allowed)}"
+            )
+        return self._write(schema, passages, batch_size, allowed)
 
     def create_collection(self, schema: CollectionSchema) -> CollectionSchema:
         self._check_open()
         if not isinstance(schema, CollectionSchema):
             raise InvalidSchemaError(f"create_collection takes a CollectionSchema, got {type(schema).__name__}")
+        if schema.schema_version > SCHEMA_VERSION:
+            raise SchemaMismatchError(
+                f"cannot create collection {schema.name!r} at schema version {schema.schema_version}: "
+                f"this agrame-vdb writes versions up to {SCHEMA_VERSION}"
+            )
         with self._lock:
             try:
                 stored = self._schema(schema.name)
@@ -1088,6 +1468,7 @@ class RepositoryBase(abc.ABC):
                     f"collection {schema.name!r} indexes {clash} with other types: stored {dict(stored.indexed_fields)}"
                 )
             if new:
+                self._check_writable(stored)
                 merged = CollectionSchema(
                     stored.name,
                     stored.dim,
@@ -1095,10 +1476,11 @@ class RepositoryBase(abc.ABC):
                     stored.on_disk,
                     stored.schema_version,
                     {**dict(stored.indexed_fields), **new},
+                    stored.model,
                 )
-                with self._engine("add payload indexes", schema.name):
+                with self._engine("add payload indexes", stored.name):
                     self._add_indexes(merged, new)
-                self._schemas[schema.name] = stored = merged
+                self._schemas[stored.name] = stored = merged
             return stored
 
     def open_collection(self, name: str) -> CollectionSchema:
@@ -1110,21 +1492,46 @@ class RepositoryBase(abc.ABC):
             return sorted(self._list_collections())
 
     def drop_collection(self, name: str) -> bool:
+        """Delete a collection and its data, and the aliases that point at it."""
         self._check_open()
         if not isinstance(name, str) or not _NAME_RE.match(name):
             raise InvalidSchemaError(f"invalid collection name {name!r}")
-        with self._lock, self._engine("drop collection", name):
-            self._schemas.pop(name, None)
-            return self._drop(name)
+        with self._lock:
+            aliases = self._alias_map(refresh=True)
+            if name in aliases:
+                raise AliasError(
+                    f"{name!r} is an alias of collection {aliases[name]!r}: drop_collection takes a collection's "
+                    "own name (remove the alias with delete_alias)"
+                )
+            with self._engine("drop collection", name):
+                for alias in sorted(a for a, target in aliases.items() if target == name):
+                    self._delete_alias(alias)
+                self._alias_cache = None
+                self._schemas.pop(name, None)
+                return self._drop(name)
 
     def upsert(self, collection: str, passages: Sequence[StoredPassage], *, batch_size: int | None = None) -> int:
-        schema = self._schema(collection)
+        return self._write(self._schema(collection), passages, batch_size, None)
+
+    def _check_writable(self, schema: CollectionSchema) -> None:
+        if schema.schema_version > SCHEMA_VERSION:
+            raise SchemaMismatchError(newer_hint(schema.name, schema.schema_version))
+
+    def _write(
+        self,
+        schema: CollectionSchema,
+        passages: Sequence[StoredPassage],
+        batch_size: int | None,
+        versions: frozenset[int] | None,
+    ) -> int:
+        collection = schema.name
+        self._check_writable(schema)
         if isinstance(passages, StoredPassage):
             passages = [passages]
         passages = list(passages)
         seen: set[str] = set()
         for p in passages:
-            self._check_passage(p, schema)
+            self._check_passage(p, schema, versions)
             if p.id in seen:
                 raise InvalidInputError(f"passage id {p.id} appears twice in one upsert; write each passage once")
             seen.add(p.id)
@@ -1137,7 +1544,7 @@ class RepositoryBase(abc.ABC):
         return len(passages)
 
     @staticmethod
-    def _check_passage(p: Any, schema: CollectionSchema) -> None:
+    def _check_passage(p: Any, schema: CollectionSchema, versions: frozenset[int] | None = None) -> None:
         if not isinstance(p, StoredPassage):
             raise InvalidInputError(f"upsert takes StoredPassage records, got {type(p).__name__}")
         what = f"passage {p.id}"
@@ -1156,13 +1563,18 @@ class RepositoryBase(abc.ABC):
             raise InvalidVectorError(f"{what} pooled vector is not finite or is all zeros")
         if p.units and max(u.token_ranges[-1][1] for u in p.units) > p.tokens.shape[0]:
             raise InvalidUnitError(f"{what} has a unit past its {p.tokens.shape[0]} token vectors")
+        if versions is not None and p.schema_version in versions:
+            return
         if p.schema_version != schema.schema_version:
+            if schema.schema_version < p.schema_version == SCHEMA_VERSION:
+                raise SchemaMismatchError(f"{what} cannot be written: " + upgrade_hint(schema.name, schema.schema_version))
             raise SchemaMismatchError(
                 f"{what} has schema version {p.schema_version}; collection {schema.name!r} has {schema.schema_version}"
             )
 
     def delete(self, collection: str, ids: Sequence[str]) -> None:
         schema = self._schema(collection)
+        self._check_writable(schema)
         checked = list(dict.fromkeys(validate_ids(ids)))
         if not checked:
             return
@@ -1182,6 +1594,7 @@ class RepositoryBase(abc.ABC):
 
     def delete_where(self, collection: str, filter: Filter) -> int:
         schema = self._schema(collection)
+        self._check_writable(schema)
         if not isinstance(filter, Filter):
             raise InvalidFilterError(f"delete_where needs a Filter, got {filter!r}")
         with self._lock, self._engine("delete", collection):
@@ -1205,6 +1618,7 @@ class RepositoryBase(abc.ABC):
         limit: int = 100,
         prefetch: int | None = None,
         filter: Filter | None = None,
+        with_versions: bool = False,
     ) -> list[Candidate]:
         schema = self._schema(collection)
         q = _as_vector(pooled, schema.dim, "query pooled vector")
@@ -1223,8 +1637,31 @@ class RepositoryBase(abc.ABC):
         if not _is_int(prefetch) or not limit <= prefetch <= _MAX_LIMIT:
             raise InvalidInputError(f"prefetch must be an int in [limit={limit}, {_MAX_LIMIT}], got {prefetch!r}")
         _check_filter(filter)
+        hook = self._candidates_versioned if with_versions else self._candidates
         with self._engine("query candidates", collection):
-            return self._candidates(schema, q, qt, int(limit), int(prefetch), filter)
+            return hook(schema, q, qt, int(limit), int(prefetch), filter)
+
+    def fetch_tokens(
+        self, collection: str, ids: Sequence[str], *, versions: Sequence[int | str | None] | None = None
+    ) -> TokenBatch:
+        schema = self._schema(collection)
+        wanted = validate_ids(ids)
+        seen: dict[str, int | str] | None = None
+        if versions is not None:
+            if isinstance(versions, (str, bytes)) or not isinstance(versions, Sequence) or len(versions) != len(wanted):
+                raise InvalidInputError(f"versions must be a list with one version (or None) per id, got {versions!r}")
+            seen = {}
+            for pid, v in zip(wanted, versions):
+                if v is None:
+                    continue
+                if isinstance(v, bool) or not isinstance(v, (int, str)):
+                    raise InvalidInputError(f"a version is an int or a str (as Candidate.version), got {v!r}")
+                seen.setdefault(pid, v)
+        unique = list(dict.fromkeys(wanted))
+        if not unique:
+            return TokenBatch.from_passages((), dim=schema.dim)
+        with self._engine("fetch token vectors", collection):
+            return self._fetch_tokens(schema, unique, seen or None)
 
     def fetch(self, collection: str, ids: Sequence[str], *, strict: bool = False) -> FetchResult:
         schema = self._schema(collection)

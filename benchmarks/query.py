@@ -89,7 +89,8 @@ def report(label: str, walls: list[tuple[float, float]], responses: list[SearchR
         f"{label:<44} p50 {pct(wall, 50):6.1f}  p95 {pct(wall, 95):6.1f}  cpu p50 {pct(cpu, 50):6.1f} ms | "
         f"encode {med([x.encode_ms for x in t]):5.1f}  candidates {med([x.candidates_ms for x in t]):5.1f}  "
         f"fetch {med([x.fetch_ms for x in t]):5.1f}  rerank {med([x.rerank_ms for x in t]):5.1f}  "
-        f"(fetched {med([x.n_fetched for x in t]):.0f}, cached {med([x.cache_hits for x in t]):.0f})"
+        f"(fetched {med([x.n_fetched for x in t]):.0f}, cached {med([x.cache_hits for x in t]):.0f}; "
+        f"load {os.getloadavg()[0]:.1f})"
     )
 
 
@@ -130,6 +131,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: on a shared 2-core machine, 2 threads spin-wait on each other)")
     parser.add_argument("--cache-mb", type=int, default=1024, help="TokenCache size for the warm-cache case (0: skip it)")
     parser.add_argument("--no-encoder", action="store_true", help="skip the cases with query encoding")
+    parser.add_argument(
+        "--warmup", type=int, default=0,
+        help="other random queries run before any timing (a long-running server's steady state: the store's "
+        "pages mapped; the default 0 times a fresh process, whose first reads of each page cost more)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"{os.cpu_count()} CPUs (shared with other jobs: expect noise), torch threads {args.threads}, torch {torch.__version__}, "
@@ -142,6 +148,10 @@ def main() -> None:
         print(f"{n_total} passages; top-{args.k} of {args.candidates} candidates; {args.queries} queries per case\n")
         queries = random_queries(args.queries + 3)
         planner = Planner(repo, COLLECTION, device="cpu", candidates=args.candidates)
+        if args.warmup:
+            start = time.perf_counter()
+            run_vectors(planner, random_queries(args.warmup, seed=99), "sentence", args.k, warmup=args.warmup)
+            print(f"warm-up: {args.warmup} other queries in {time.perf_counter() - start:.0f} s\n")
 
         print("query encoding excluded (random [Q]/[Q'] vectors):")
         for g in ("passage", "sentence"):

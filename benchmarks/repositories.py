@@ -25,6 +25,7 @@ import argparse
 import gc
 import os
 import shutil
+import socket
 import statistics
 import tempfile
 import time
@@ -332,9 +333,11 @@ class RawMilvus:
         t.add_field("pnum", DataType.INT64)
         t.add_field("vec", DataType.FLOAT_VECTOR, dim=DIM)
         client.create_collection(self.tokens, schema=t)
+        from agrame_vdb.repositories.milvus import _vector_index  # the repository's index settings
+
         for name, field, metric, kind in ((self.passages, "pooled", "COSINE", index), (self.tokens, "vec", "IP", "FLAT")):
             ip = client.prepare_index_params()
-            ip.add_index(field, index_type=kind, metric_type=metric)
+            ip.add_index(field, **_vector_index(kind, metric))
             client.create_index(name, ip, sync=False)
 
     def write(self, passages: list[StoredPassage]) -> None:
@@ -349,7 +352,7 @@ class RawMilvus:
                     "doc_id": p.doc_id,
                     "passage_index": p.index,
                     "text": p.text,
-                    "units": [[u.kind, u.index, u.char_spans, u.token_ranges] for u in p.units],
+                    "units": {"u": [[u.kind, u.index, u.char_spans, u.token_ranges] for u in p.units]},  # a JSON object
                     "metadata": dict(p.metadata),
                     "pooled": p.pooled.tolist(),
                 }
@@ -428,11 +431,41 @@ def bench_milvus_server(arrays: list[np.ndarray], args: argparse.Namespace, root
     except ImportError as exc:
         print(f"  skipped: no MILVUS_URI and the embedded server needs milvus==2.3.5 ({exc})")
         return []
+    class Config(MilvusServerConfig):
+        def try_bind_port(self, port):  # type: ignore[no-untyped-def]
+            """The package's port probe, with SO_REUSEADDR (as the server's own listeners):
+            a port in TIME_WAIT after a recently stopped server is free."""
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+                sock.listen()
+                return sock
+            except OSError:
+                sock.close()
+                return None
+
     base = root / "milvus-server"
-    server = MilvusServer(MilvusServerConfig())
+    server = MilvusServer(Config())
     server.set_base_dir(str(base))
+    # etcd's client port must stay 2379 (the embedded etcd listens on 2379 and 2380 whatever
+    # the setting says); free ephemeral ports for every other *_port setting, as the package's
+    # own resolver mistakes ports in TIME_WAIT for taken ones
+    server.config.configs["etcd_port"] = 2379
+    socks = []
+    for key in [k for k in server.config.configurable_items if k.endswith("_port") and k != "etcd_port"]:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        socks.append(sock)
+        server.config.configs[key] = sock.getsockname()[1]
+    for sock in socks:
+        sock.close()
     start = time.perf_counter()
-    server.start()
+    try:
+        server.start()
+    except Exception:
+        server.stop()
+        raise
     print(f"  embedded Milvus 2.3.5 started in {time.perf_counter() - start:.1f} s on 127.0.0.1:{server.listen_port}")
     try:
         return _milvus_rows("milvus-2.3.5", f"milvus://127.0.0.1:{server.listen_port}", arrays, args, lambda: disk_bytes(base / "data"))

@@ -350,9 +350,39 @@ def test_a_batch_equals_one_query_at_a_time(planner):
         assert response.timings.batch_size == len(QUERIES)
 
 
-def test_the_cache_serves_hot_passages_and_notices_rewrites(corpus, encoder, queries):
+class _Unversioned:
+    """A repository that keeps no write versions (as Milvus): the cache checks scores."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def capabilities(self):
+        from dataclasses import replace
+
+        return replace(self.inner.capabilities(), versions=False)
+
+    def candidates(self, collection, pooled, **kwargs):
+        from dataclasses import replace
+
+        assert "with_versions" not in kwargs
+        return [replace(c, version=None) for c in self.inner.candidates(collection, pooled, **kwargs)]
+
+    def fetch_tokens(self, collection, ids):
+        from dataclasses import replace
+
+        batch = self.inner.fetch_tokens(collection, ids)
+        return replace(batch, versions=(None,) * len(batch))
+
+
+@pytest.mark.parametrize("versions", [True, False], ids=["versions", "scores"])
+def test_the_cache_serves_hot_passages_and_notices_rewrites(corpus, encoder, queries, versions):
     q, sq = queries
     repo = _filled("memory://", corpus)
+    if not versions:
+        repo = _Unversioned(repo)
     cache = TokenCache(max_bytes=64 << 20)
     planner = Planner(repo, COLLECTION, encoder, device="cpu", cache=cache)
     first = planner.search_vectors(q[0], sq[0], granularity="sentence", k=5, candidates=len(corpus))
@@ -386,6 +416,81 @@ def test_the_cache_serves_hot_passages_and_notices_rewrites(corpus, encoder, que
     fifth = planner.search_vectors(q[0], sq[0], granularity="sentence", k=5, candidates=len(corpus))
     assert fourth[0].passage_id not in {r.passage_id for r in fifth}
     repo.close()
+
+
+class _Recording:
+    """Records the repository's reads; ``after_tokens`` runs once after the first ``fetch_tokens``."""
+
+    def __init__(self, inner, after_tokens=None):
+        self.inner = inner
+        self.after_tokens = after_tokens
+        self.reads: list[tuple[str, int]] = []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def fetch(self, collection, ids, **kwargs):
+        self.reads.append(("fetch", len(ids)))
+        return self.inner.fetch(collection, ids, **kwargs)
+
+    def fetch_tokens(self, collection, ids):
+        self.reads.append(("fetch_tokens", len(ids)))
+        batch = self.inner.fetch_tokens(collection, ids)
+        if self.after_tokens is not None:
+            hook, self.after_tokens = self.after_tokens, None
+            hook()
+        return batch
+
+
+def test_scoring_reads_tokens_only_and_results_read_the_top_k_whole(memory_repo, planner, encoder, corpus, queries):
+    q, sq = queries
+    repo = _Recording(memory_repo)
+    lean = Planner(repo, COLLECTION, encoder, device="cpu")
+    for granularity in ("passage", "sentence"):
+        repo.reads.clear()
+        got = lean.search_vectors(q[0], sq[0], granularity=granularity, k=4, candidates=len(corpus))
+        assert repo.reads[0] == ("fetch_tokens", len(corpus))
+        assert repo.reads[1:] == [("fetch", len({r.passage_id for r in got}))]
+        want = planner.search_vectors(q[0], sq[0], granularity=granularity, k=4, candidates=len(corpus))
+        assert [r.to_json() for r in got] == [r.to_json() for r in want]
+        assert got.timings.n_fetched == len(corpus)
+
+
+def test_a_repository_without_fetch_tokens_is_read_whole(memory_repo, planner, encoder, corpus, queries):
+    class Old:  # a repository from before fetch_tokens
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __getattr__(self, name):
+            if name == "fetch_tokens":
+                raise AttributeError(name)
+            return getattr(self.inner, name)
+
+    q, sq = queries
+    old = Planner(Old(memory_repo), COLLECTION, encoder, device="cpu")
+    got = old.search_vectors(q[2], sq[2], granularity="sentence", k=5, candidates=len(corpus))
+    assert ranking(got) == ranking(planner.search_vectors(q[2], sq[2], granularity="sentence", k=5, candidates=len(corpus)))
+
+
+@pytest.mark.parametrize("cached", [False, True], ids=["no-cache", "cache"])
+def test_a_passage_rewritten_between_the_two_reads_is_scored_again(corpus, encoder, queries, cached):
+    q, sq = queries
+    inner = _filled("memory://", corpus)
+    first = Planner(inner, COLLECTION, encoder, device="cpu").search_vectors(q[0], sq[0], granularity="sentence", k=5)
+    winner = next(p for p in corpus if p.id == first[0].passage_id)
+    other = next(p for p in corpus if p.doc_id == "food-0")
+    rewritten = StoredPassage(winner.id, winner.doc_id, winner.index, other.tokens, other.pooled, other.units, other.text, dict(other.metadata))
+    repo = _Recording(inner, after_tokens=lambda: inner.upsert(COLLECTION, [rewritten]))
+    planner = Planner(repo, COLLECTION, encoder, device="cpu", cache=TokenCache() if cached else None)
+    got = planner.search_vectors(q[0], sq[0], granularity="sentence", k=5, candidates=len(corpus))
+    now = [rewritten if p.id == winner.id else p for p in corpus]
+    # scored on what the results show: the rewritten passage's vectors, units and text
+    assert ranking(got) == [(pid, idx) for _, pid, idx in brute_force(q[0], sq[0], now, "sentence", k=5)]
+    by_id = {p.id: p for p in now}
+    for r in got:
+        assert r.passage_text == by_id[r.passage_id].text
+    assert [kind for kind, _ in repo.reads].count("fetch_tokens") == 2  # the stale passage read again
+    inner.close()
 
 
 def test_the_cache_is_bounded():

@@ -18,9 +18,11 @@ class _Spy:
     def __init__(self, shard):
         self._shard = shard
         self.vector_requests: list = []
+        self.payload_requests: list = []
 
     def retrieve(self, ids, with_payload, with_vector):
         self.vector_requests.append(with_vector)
+        self.payload_requests.append(with_payload)
         return self._shard.retrieve(ids, with_payload, with_vector)
 
     def __getattr__(self, name):
@@ -81,10 +83,62 @@ def test_overwrite_and_delete_keep_the_store_in_step(edge):
 def test_optimize_drops_orphan_rows(edge):
     repo, passages, spy, d = edge
     store = repo._token_stores["c"]
-    store.put([("00000000-0000-4000-8000-000000000001", 1, passages[0].tokens)])
+    store.put([("00000000-0000-4000-8000-000000000001", 1, passages[0].tokens, None)])
     repo.optimize("c")
     assert "00000000-0000-4000-8000-000000000001" not in store.ids()
     assert len(store.ids()) == len(passages)
+
+
+def _check_batch(repo, passages):
+    batch = repo.fetch_tokens("c", [p.id for p in passages])
+    assert batch.ids == tuple(p.id for p in passages)
+    for i, written in enumerate(passages):
+        np.testing.assert_array_equal(batch.tokens_of(i), written.tokens)
+        assert batch.units[i] == written.units
+    return batch
+
+
+def test_fetch_tokens_reads_stamps_from_the_engine_and_the_rest_from_the_side_store(edge):
+    repo, passages, spy, _ = edge
+    _check_batch(repo, passages)
+    assert spy.payload_requests == [["tokens_version"]] and spy.vector_requests == [False]
+
+
+def test_fetch_tokens_falls_back_to_engine_vectors_for_stale_rows(edge):
+    repo, passages, spy, d = edge
+    before = repo.fetch_tokens("c", [p.id for p in passages])
+    con = sqlite3.connect(d / "tokens.sqlite")
+    con.execute("UPDATE tokens SET version = version + 1, data = zeroblob(length(data)), units = '[]' WHERE rowid % 2 = 0")
+    con.execute("DELETE FROM tokens WHERE rowid = 3")
+    con.commit()
+    con.close()
+    after = _check_batch(repo, passages)
+    assert after.versions == before.versions  # the engine's stamps, whichever copy was read
+    assert spy.vector_requests[-1] == ["tokens"]  # the stale ones came from the engine
+
+
+def test_rows_from_before_the_units_column_take_the_payload_units_until_optimize(edge):
+    repo, passages, spy, d = edge
+    repo.close()  # an old store: the units column dropped
+    con = sqlite3.connect(d / "tokens.sqlite")
+    con.execute("ALTER TABLE tokens DROP COLUMN units")
+    con.commit()
+    con.close()
+    repo = connect(f"qdrant-edge://{d.parent}")
+    try:
+        _check_batch(repo, passages)
+        store = repo._token_stores["c"]
+        assert len(store.without_units()) == len(passages)
+        spy = _Spy(repo._shards["c"])
+        repo._shards["c"] = spy
+        _check_batch(repo, passages)
+        assert spy.vector_requests == [False, False]  # units from the payload, vectors from the side store
+        repo._shards["c"] = spy._shard
+        repo.optimize("c")
+        assert store.without_units() == []
+        _check_batch(repo, passages)
+    finally:
+        repo.close()
 
 
 def test_unreadable_store_is_set_aside(tmp_path):

@@ -199,6 +199,11 @@ class _Flaky:
             raise ResponseHandlingException(ConnectionError("connection refused"))
         return False
 
+    def get_aliases(self):  # drop_collection looks for aliases first (not counted)
+        from qdrant_client.http.models import CollectionsAliasesResponse
+
+        return CollectionsAliasesResponse(aliases=[])
+
     def close(self):
         pass
 

@@ -15,7 +15,9 @@ Collection layout (one per agrame collection):
   avoids per-float Python objects: in the payload (``tokens_b64`` and
   ``tokens_dtype``, qdrant-client) or in a side store whose rows are tied to the
   payload by ``tokens_version`` (Qdrant Edge, see ``_token_store``). The engine's
-  own vectors stay the source of truth for MaxSim.
+  own vectors stay the source of truth for MaxSim. ``tokens_version`` is a new
+  random stamp at every write, on both clients: the passage's write version
+  (``TokenBatch.versions``, ``Candidate.version``).
 
 Payload indexes: ``doc_id`` (keyword), ``passage_index`` (integer), and the
 schema's ``indexed_fields`` under ``metadata.<field>``.

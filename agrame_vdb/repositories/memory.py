@@ -4,12 +4,14 @@ First stage: exact cosine of pooled vectors. Rerank: exact MaxSim
 ``sum_i max_j q_i . d_j`` over the stored token vectors. Filters follow Qdrant's
 payload semantics (see :class:`~agrame_vdb.repository.Filter`). float16
 collections store float16-rounded token vectors; int8 ones keep float32 (as the
-engines keep their originals for rescoring). Nothing persists.
+engines keep their originals for rescoring). Aliases are a dict, replaced whole
+on each change. Nothing persists.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +31,7 @@ from ..repository import (
     Range,
     RepositoryBase,
     StoredPassage,
+    TokenBatch,
 )
 from . import StoreURL
 
@@ -49,6 +52,7 @@ class _Collection:
     def __init__(self, schema: CollectionSchema) -> None:
         self.schema = schema
         self.rows: dict[str, StoredPassage] = {}
+        self.versions: dict[str, int] = {}  # a random stamp per write, as Qdrant's
         self._matrix: tuple[list[str], np.ndarray] | None = None
 
     def changed(self) -> None:
@@ -74,6 +78,7 @@ class MemoryRepository(RepositoryBase):
     def __init__(self) -> None:
         super().__init__()
         self._collections: dict[str, _Collection] = {}
+        self._alias_table: dict[str, str] = {}
 
     def _capabilities(self) -> Capabilities:
         return Capabilities(
@@ -85,6 +90,7 @@ class MemoryRepository(RepositoryBase):
             exclusive=False,
             filter_ops=frozenset(("eq", "in", "range", "and", "or", "not")),
             fetch_atol={"float32": 0.0, "float16": 1e-3, "int8": 0.0},
+            versions=True,
         )
 
     def _load_schema(self, name: str) -> CollectionSchema | None:
@@ -121,18 +127,21 @@ class MemoryRepository(RepositoryBase):
                 json.loads(json.dumps(dict(p.metadata))),
                 p.schema_version,
             )
+            c.versions[p.id] = secrets.randbits(63)
         c.changed()
 
     def _delete(self, schema: CollectionSchema, ids: list[str]) -> None:
         c = self._collections[schema.name]
         for i in ids:
             c.rows.pop(i, None)
+            c.versions.pop(i, None)
         c.changed()
 
     def _delete_where(self, schema: CollectionSchema, filter: Filter) -> None:
         c = self._collections[schema.name]
         for i in [i for i, p in c.rows.items() if matches(filter, p)]:
             del c.rows[i]
+            c.versions.pop(i, None)
         c.changed()
 
     def _count(self, schema: CollectionSchema, filter: Filter | None) -> int:
@@ -160,17 +169,23 @@ class MemoryRepository(RepositoryBase):
         if filter is not None:
             keep = np.array([k for k in keep if matches(filter, c.rows[ids[k]])], dtype=np.int64)
         order = sorted(keep.tolist(), key=lambda k: (-scores[k], ids[k]))
-        if tokens is None:
-            return [Candidate(ids[k], float(scores[k]), "pooled") for k in order[:limit]]
+        if tokens is None:  # versions are at hand: always given
+            return [Candidate(ids[k], float(scores[k]), "pooled", c.versions.get(ids[k])) for k in order[:limit]]
         first = [ids[k] for k in order[:prefetch]]
         qt = tokens.astype(np.float64)
         reranked = [(float((qt @ c.rows[i].tokens.T.astype(np.float64)).max(axis=1).sum()), i) for i in first]
         reranked.sort(key=lambda t: (-t[0], t[1]))
-        return [Candidate(i, s, "maxsim") for s, i in reranked[:limit]]
+        return [Candidate(i, s, "maxsim", c.versions.get(i)) for s, i in reranked[:limit]]
 
     def _fetch(self, schema: CollectionSchema, ids: list[str]) -> dict[str, StoredPassage]:
         rows = self._collections[schema.name].rows
         return {i: rows[i] for i in ids if i in rows}
+
+    def _fetch_tokens(self, schema: CollectionSchema, ids: list[str], versions: Any = None) -> TokenBatch:
+        c = self._collections[schema.name]
+        found = [c.rows[i] for i in ids if i in c.rows]
+        missing = tuple(i for i in ids if i not in c.rows)
+        return TokenBatch.from_passages(found, missing, dim=schema.dim, versions=[c.versions.get(p.id) for p in found])
 
     def _list_ids(self, schema: CollectionSchema, filter: Filter | None, limit: int, offset: str | None) -> IdPage:
         rows = self._collections[schema.name].rows
@@ -179,6 +194,15 @@ class MemoryRepository(RepositoryBase):
 
     def _close(self) -> None:
         self._collections.clear()
+
+    def _aliases(self) -> dict[str, str]:
+        return self._alias_table
+
+    def _set_alias(self, alias: str, collection: str, previous: str | None) -> None:
+        self._alias_table = {**self._alias_table, alias: collection}  # readers see one table or the other
+
+    def _delete_alias(self, alias: str) -> None:
+        self._alias_table = {a: c for a, c in self._alias_table.items() if a != alias}
 
 
 # --------------------------------------------------------------------------- filters

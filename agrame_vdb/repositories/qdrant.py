@@ -6,7 +6,9 @@ convenient for tests and small corpora, but it scores every multivector in a
 Python loop, and it accepts and ignores float16, int8 quantization and
 ``on_disk`` (``capabilities().storage_options_honoured`` is False). A server
 honours them. The layout is shared with Qdrant Edge (see ``_qdrant_common``); the
-schema is stored in the collection's metadata under ``"agrame"``.
+schema is stored in the collection's metadata under ``"agrame"``. Aliases are
+Qdrant's own; a switch is one ``update_collection_aliases`` call (delete and
+create), which a server applies atomically.
 
 Server calls are retried with tenacity on transport errors, timeouts and
 429/5xx answers (``retries`` attempts, exponential back-off); what still fails
@@ -15,6 +17,7 @@ comes out as TransientRepositoryError.
 
 from __future__ import annotations
 
+import base64
 import os
 import warnings
 from collections.abc import Callable, Sequence
@@ -41,9 +44,12 @@ from ..repository import (
     IdPage,
     RepositoryBase,
     StoredPassage,
+    TokenBatch,
 )
 from . import StoreURL, _option_bool, _option_number
 from . import _qdrant_common as qc
+from ._codec import copy_dtype, decode_tokens, join_tokens, units_from_json
+from ._token_store import new_version
 
 __all__ = ["QdrantRepository", "from_url", "is_transient"]
 
@@ -228,6 +234,7 @@ class QdrantRepository(RepositoryBase):
             filter_ops=frozenset(("eq", "in", "range", "and", "or", "not")),
             fetch_atol={"float32": 0.0, "float16": 1e-3, "int8": 0.0},
             approximate_first_stage=self._server,
+            versions=True,
         )
 
     # ----- collections
@@ -299,7 +306,7 @@ class QdrantRepository(RepositoryBase):
             models.PointStruct(
                 id=p.id,
                 vector=qc.vectors_as_lists(p),
-                payload=qc.build_payload(p, schema, token_copy=self._token_copy),
+                payload=qc.build_payload(p, schema, token_copy=self._token_copy, version=new_version()),
             )
             for p in passages
         ]
@@ -330,7 +337,32 @@ class QdrantRepository(RepositoryBase):
         prefetch: int,
         filter: Filter | None,
     ) -> list[Candidate]:
+        return self._query(schema, pooled, tokens, limit, prefetch, filter, versions=False)
+
+    def _candidates_versioned(
+        self,
+        schema: CollectionSchema,
+        pooled: np.ndarray,
+        tokens: np.ndarray | None,
+        limit: int,
+        prefetch: int,
+        filter: Filter | None,
+    ) -> list[Candidate]:
+        return self._query(schema, pooled, tokens, limit, prefetch, filter, versions=True)
+
+    def _query(
+        self,
+        schema: CollectionSchema,
+        pooled: np.ndarray,
+        tokens: np.ndarray | None,
+        limit: int,
+        prefetch: int,
+        filter: Filter | None,
+        *,
+        versions: bool,
+    ) -> list[Candidate]:
         f = qc.translate_filter(filter, _DIALECT)
+        payload: Any = [qc.P_TV] if versions else False
         if tokens is None:
             res = self._call(
                 self._client.query_points,
@@ -339,20 +371,25 @@ class QdrantRepository(RepositoryBase):
                 using=qc.POOLED,
                 query_filter=f,
                 limit=limit,
-                with_payload=False,
+                with_payload=payload,
             )
-            return [Candidate(str(p.id), float(p.score), "pooled") for p in res.points]
-        res = self._call(
-            self._client.query_points,
-            schema.name,
-            prefetch=models.Prefetch(query=pooled.tolist(), using=qc.POOLED, limit=prefetch, filter=f),
-            query=tokens.tolist(),
-            using=qc.TOKENS,
-            limit=limit,
-            with_payload=False,
-            search_params=self._search_params(schema),
-        )
-        return [Candidate(str(p.id), float(p.score), "maxsim") for p in res.points]
+            stage = "pooled"
+        else:
+            res = self._call(
+                self._client.query_points,
+                schema.name,
+                prefetch=models.Prefetch(query=pooled.tolist(), using=qc.POOLED, limit=prefetch, filter=f),
+                query=tokens.tolist(),
+                using=qc.TOKENS,
+                limit=limit,
+                with_payload=payload,
+                search_params=self._search_params(schema),
+            )
+            stage = "maxsim"
+        return [
+            Candidate(str(p.id), float(p.score), stage, (p.payload or {}).get(qc.P_TV) if versions else None)
+            for p in res.points
+        ]
 
     def _fetch(self, schema: CollectionSchema, ids: list[str]) -> dict[str, StoredPassage]:
         records = self._call(
@@ -368,6 +405,62 @@ class QdrantRepository(RepositoryBase):
             out[p.id] = p
         return out
 
+    def _fetch_tokens(self, schema: CollectionSchema, ids: list[str], versions: Any = None) -> TokenBatch:
+        """Units, version and the payload's binary token copy (no text, metadata or
+        pooled vector), decoded into one array; points without a copy (written with
+        ``token_copy=False``) are read again with the engine's vectors. The versions a
+        caller saw are not used: the payload is read anyway."""
+        selection = [qc.P_UNITS, qc.P_TV, qc.P_TOK, qc.P_TOKDT]
+        records = self._call(
+            self._client.retrieve,
+            schema.name,
+            ids=ids,
+            with_payload=selection,
+            with_vectors=False if self._token_copy else [qc.TOKENS],
+        )
+        by_id = {str(r.id): r for r in records}
+        no_copy = [i for i, r in by_id.items() if qc.P_TOK not in (r.payload or {}) and not r.vector]
+        if no_copy:
+            again = self._call(
+                self._client.retrieve, schema.name, ids=no_copy, with_payload=selection, with_vectors=[qc.TOKENS]
+            )
+            by_id.update({str(r.id): r for r in again})
+        code = copy_dtype(schema.dtype)
+        found, parts, lengths, units, versions = [], [], [], [], []
+        for pid in ids:
+            r = by_id.get(pid)
+            if r is None:
+                continue
+            payload = r.payload or {}
+            if qc.P_TOK in payload and payload.get(qc.P_TOKDT, "f4") == code:
+                raw = base64.b64decode(payload[qc.P_TOK])
+                part: Any = raw
+                n = len(raw) // (schema.dim * (2 if code == "f2" else 4))
+            elif qc.P_TOK in payload:
+                part = decode_tokens(payload[qc.P_TOK], schema.dim, payload.get(qc.P_TOKDT, "f4"))
+                n = part.shape[0]
+            elif isinstance(r.vector, dict) and qc.TOKENS in r.vector:
+                part = np.asarray(r.vector[qc.TOKENS], dtype=np.float32).reshape(-1, schema.dim)
+                n = part.shape[0]
+            else:
+                continue  # deleted between the two reads
+            found.append(pid)
+            parts.append(part)
+            lengths.append(n)
+            units.append(units_from_json(payload.get(qc.P_UNITS, ())))
+            versions.append(payload.get(qc.P_TV))
+        offsets = np.zeros(len(found) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        present = set(found)
+        return TokenBatch(
+            tuple(found),
+            tuple(i for i in ids if i not in present),
+            join_tokens(parts, lengths, schema.dim, code),
+            offsets,
+            tuple(units),
+            tuple(versions),
+        )
+
     def _list_ids(self, schema: CollectionSchema, filter: Filter | None, limit: int, offset: str | None) -> IdPage:
         records, nxt = self._call(
             self._client.scroll,
@@ -379,6 +472,24 @@ class QdrantRepository(RepositoryBase):
             with_vectors=False,
         )
         return IdPage(tuple(str(r.id) for r in records), None if nxt is None else str(nxt))
+
+    # ----- aliases (Qdrant's own: a server applies one change list atomically)
+
+    def _aliases(self) -> dict[str, str]:
+        return {a.alias_name: a.collection_name for a in self._call(self._client.get_aliases).aliases}
+
+    def _set_alias(self, alias: str, collection: str, previous: str | None) -> None:
+        ops: list[Any] = []
+        if previous is not None:
+            ops.append(models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias)))
+        ops.append(
+            models.CreateAliasOperation(create_alias=models.CreateAlias(collection_name=collection, alias_name=alias))
+        )
+        self._call(self._client.update_collection_aliases, change_aliases_operations=ops)
+
+    def _delete_alias(self, alias: str) -> None:
+        op = models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias))
+        self._call(self._client.update_collection_aliases, change_aliases_operations=[op])
 
     def _close(self) -> None:
         with warnings.catch_warnings():

@@ -43,6 +43,7 @@ from agrame_vdb.repository import (
     Range,
     Repository,
     StoredPassage,
+    TokenBatch,
 )
 from agrame_vdb.units import Unit
 
@@ -333,6 +334,76 @@ def test_fetch_reports_missing(readonly):
     assert repo.fetch(name, [passages[2].id.upper()]).ids == [passages[2].id]
 
 
+def test_fetch_tokens_equals_fetch(readonly):
+    store, repo, passages = readonly
+    name = store.collection
+    ghost = "00000000-0000-4000-8000-00000000abcd"
+    asked = [passages[4].id, ghost, passages[0].id, passages[4].id.upper(), passages[17].id, passages[9].id]
+    batch = repo.fetch_tokens(name, asked)
+    full = repo.fetch(name, asked)
+    assert isinstance(batch, TokenBatch)
+    # found ones once each, in the order first asked (ids canonicalised); the others missing, as fetch
+    assert batch.ids == tuple(dict.fromkeys(full.ids)) == (passages[4].id, passages[0].id, passages[17].id, passages[9].id)
+    assert batch.missing == full.missing == (ghost,)
+    assert len(batch) == 4 and len(batch.units) == len(batch.versions) == 4
+    tokens = batch.tokens
+    assert tokens.dtype == np.float32 and tokens.ndim == 2 and tokens.shape[1] == DIM
+    assert tokens.flags.c_contiguous and tokens.flags.writeable
+    assert batch.offsets.dtype == np.int64 and batch.offsets[0] == 0 and batch.offsets[-1] == tokens.shape[0]
+    by_id = _by_id(full)
+    written = _by_id(passages)
+    for i, pid in enumerate(batch.ids):
+        assert batch.n_tokens[i] == by_id[pid].n_tokens
+        np.testing.assert_array_equal(batch.tokens_of(i), by_id[pid].tokens)  # bit-exact, as fetch
+        np.testing.assert_array_equal(batch.tokens_of(i), written[pid].tokens)
+        assert batch.units[i] == by_id[pid].units == written[pid].units
+    versioned = repo.capabilities().versions
+    assert all((v is not None) == versioned for v in batch.versions)
+    assert repo.fetch_tokens(name, batch.ids).versions == batch.versions  # stable while not rewritten
+    empty = repo.fetch_tokens(name, [])
+    assert empty.ids == () and empty.missing == () and empty.tokens.shape == (0, DIM) and empty.offsets.tolist() == [0]
+    assert repo.fetch_tokens(name, [ghost]).missing == (ghost,)
+    with pytest.raises(InvalidIdError):
+        repo.fetch_tokens(name, ["abc"])
+    with pytest.raises(InvalidIdError):
+        repo.fetch_tokens(name, passages[0].id)  # one bare string, not a list
+
+
+def test_rewrites_change_the_version(store, loaded):
+    repo, passages = loaded
+    name = store.collection
+    ids = [p.id for p in passages[:3]]
+    before = repo.fetch_tokens(name, ids)
+    rng = np.random.default_rng(12)
+    other = replace(passages[0], tokens=unit_vectors(rng, 5), pooled=unit_vectors(rng, 1)[0], units=())
+    repo.upsert(name, [other, passages[1]])  # other vectors; the very same passage again
+    after = repo.fetch_tokens(name, ids)
+    assert after.ids == tuple(ids)
+    np.testing.assert_array_equal(after.tokens_of(0), other.tokens)
+    assert after.units[0] == () and after.units[1] == passages[1].units
+    caps = repo.capabilities()
+    if caps.versions:
+        # every write is a new version, even of the same content; the unwritten one keeps its own
+        assert after.versions[0] != before.versions[0] and after.versions[1] != before.versions[1]
+        assert after.versions[2] == before.versions[2]
+    else:
+        assert set(before.versions) == set(after.versions) == {None}
+    # candidates carry the version fetch_tokens reports, when asked for it
+    expected = dict(zip(after.ids, after.versions))
+    got = repo.candidates(name, other.pooled, limit=N, with_versions=True)
+    assert len(got) == N and all(c.version == expected[c.id] for c in got if c.id in expected)
+    assert [c.id for c in got] == [c.id for c in repo.candidates(name, other.pooled, limit=N)]
+    if caps.versions:
+        assert all(c.version is not None for c in got)
+    if caps.maxsim_rerank:
+        qt = unit_vectors(rng, 3)
+        hits = repo.candidates(name, qt.mean(axis=0), tokens=qt, limit=5, prefetch=N, with_versions=True)
+        assert all(c.stage == "maxsim" and (c.version is not None) == caps.versions for c in hits)
+        assert all(c.version == expected[c.id] for c in hits if c.id in expected)
+    repo.delete(name, [ids[2]])
+    assert repo.fetch_tokens(name, ids).missing == (ids[2],)
+
+
 @pytest.mark.parametrize("dtype", ["float16", "int8"])
 def test_storage_dtypes(store, repo, dtype):
     caps = repo.capabilities()
@@ -343,8 +414,13 @@ def test_storage_dtypes(store, repo, dtype):
     passages = make_passages(12, seed=3)
     repo.upsert(name, passages)
     tol = caps.fetch_atol[dtype]
-    for written, got in zip(passages, repo.fetch(name, [p.id for p in passages], strict=True)):
+    fetched = repo.fetch(name, [p.id for p in passages], strict=True)
+    for written, got in zip(passages, fetched):
         np.testing.assert_allclose(got.tokens, written.tokens, atol=tol, rtol=0)
+    batch = repo.fetch_tokens(name, [p.id for p in passages])  # the same vectors as fetch, bit for bit
+    assert batch.ids == tuple(p.id for p in passages) and batch.tokens.dtype == np.float32
+    for i, got in enumerate(fetched):
+        np.testing.assert_array_equal(batch.tokens_of(i), got.tokens)
     rng = np.random.default_rng(8)
     qt = unit_vectors(rng, 4)
     by_id = _by_id(passages)
