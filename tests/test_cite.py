@@ -23,6 +23,13 @@ ANSWER = "The Eiffel Tower is 330 metres tall. Everest is in the Himalayas. Bana
 
 
 @pytest.fixture(scope="module")
+def encoder(untrained_encoder):
+    """This module's hand-made cases (which words match, which sentence is chitchat) were
+    calibrated on the untrained model; pin it so they test the mechanism, not the weights."""
+    return untrained_encoder
+
+
+@pytest.fixture(scope="module")
 def cited(encoder):
     return cite(ANSWER, PASSAGES, encoder)
 

@@ -94,6 +94,13 @@ def _spans(text: str, pieces: list[str]) -> list[tuple[int, int]]:
 
 
 @pytest.fixture(scope="module")
+def encoder(untrained_encoder):
+    """This module's hand-made cases (which words match, which sentence is chitchat) were
+    calibrated on the untrained model; pin it so they test the mechanism, not the weights."""
+    return untrained_encoder
+
+
+@pytest.fixture(scope="module")
 def corpus(encoder) -> list[StoredPassage]:
     passages, extra = [], []
     for topic, texts in TOPICS.items():

@@ -1,0 +1,666 @@
+"""Evaluation: data set readers, ranking metrics, and side-by-side runs.
+
+Readers turn the data sets in ``shared/data`` into an :class:`EvalDataset`:
+passages, the units to rank inside them, and queries with graded relevance at
+passage and unit level.
+
+- :func:`read_scifact`: abstract = passage, sentence = unit; a claim's rationale
+  sentences (``evidence``) are relevant units (grade 1); an abstract with evidence
+  is a grade-2 passage, a cited abstract without evidence a grade-1 passage. Claims
+  are split by a hash of their id into ``train`` and ``heldout``.
+- :func:`read_wikiqa`: all sentences of a ``DocumentID`` in ``SentenceID`` order =
+  passage, sentence = unit, answer sentences (``Label`` 1) grade 1.
+- :func:`read_propsegment`: Wikipedia document = passage, reference proposition =
+  unit (non-contiguous token sets); a query is a hypothesis proposition, relevant
+  are the premise documents the raters say entail it (grade = votes) and the
+  reference propositions best matching the raters' supporting propositions.
+
+Metrics (:func:`precision_at_k`, :func:`recall_at_k`, :func:`mrr_at_k`,
+:func:`ndcg_at_k`) take a ranked list of keys and a ``key → grade`` mapping; an
+item is relevant when its grade is at least 1. nDCG uses the grade as the gain
+(trec_eval's linear gain).
+
+>>> qrels = {"a": 2, "b": 1}
+>>> ranking = ["x", "a", "b"]
+>>> precision_at_k(ranking, qrels, 1), recall_at_k(ranking, qrels, 5), mrr_at_k(ranking, qrels, 10)
+(0.0, 1.0, 0.5)
+>>> round(ndcg_at_k(ranking, qrels, 10), 4)  # (2/log2(3) + 1/2) / (2 + 1/log2(3))
+0.6697
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import hashlib
+import json
+import math
+import random
+from collections import Counter, defaultdict
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from .errors import InvalidInputError
+from .repository import Eq, Filter, Not
+from .units import PROPOSITION, SENTENCE, Passage, Unit, proposition_from_word_indices, units_from_char_spans
+
+__all__ = [
+    "EvalQuery",
+    "EvalDataset",
+    "DATASETS",
+    "read_dataset",
+    "read_scifact",
+    "read_wikiqa",
+    "read_propsegment",
+    "scifact_split",
+    "precision_at_k",
+    "recall_at_k",
+    "mrr_at_k",
+    "ndcg_at_k",
+    "mean_metrics",
+    "METRICS",
+    "CONFIGURATIONS",
+    "ConfigurationResult",
+    "evaluate",
+    "results_table",
+]
+
+UnitKey = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class EvalQuery:
+    """A query with graded relevance: passage id → grade, (passage id, unit index) → grade.
+
+    ``filter`` restricts the candidates (e.g. PropSegmEnt leaves out the
+    hypothesis's own document).
+    """
+
+    id: str
+    text: str
+    passage_qrels: Mapping[str, int]
+    unit_qrels: Mapping[UnitKey, int]
+    filter: Filter | None = None
+
+
+@dataclass(frozen=True)
+class EvalDataset:
+    """Passages, the units ranked inside them (``units[i]`` for ``passages[i]``) and queries."""
+
+    name: str
+    passages: tuple[Passage, ...]
+    units: tuple[tuple[Unit, ...], ...]
+    queries: tuple[EvalQuery, ...]
+    unit_kind: str = SENTENCE
+    stats: Mapping[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if len(self.units) != len(self.passages):
+            raise InvalidInputError(f"{self.name}: {len(self.passages)} passages but {len(self.units)} unit lists")
+
+    def passage_by_id(self) -> dict[str, int]:
+        return {p.id: i for i, p in enumerate(self.passages)}
+
+
+def _join(sentences: Sequence[str]) -> tuple[str, list[tuple[int, int]]]:
+    """Sentences joined by one space, and each sentence's character span."""
+    spans, pos = [], 0
+    for s in sentences:
+        spans.append((pos, pos + len(s)))
+        pos += len(s) + 1
+    return " ".join(sentences), spans
+
+
+def _bucket(key: str) -> float:
+    """A stable number in [0, 1) from ``key`` (sha1), for deterministic splits."""
+    return int(hashlib.sha1(key.encode("utf-8")).hexdigest()[:8], 16) / 2**32
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return [json.loads(line) for line in fh if line.strip()]
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(f"cannot read {path}: {exc}") from exc
+
+
+def _freeze(qrels: Mapping[Any, int]) -> Mapping[Any, int]:
+    return MappingProxyType(dict(qrels))
+
+
+def _reader(what: str) -> Any:
+    """Turn a reader's KeyError/TypeError on a malformed file into an InvalidInputError."""
+
+    def wrap(fn: Any) -> Any:
+        @functools.wraps(fn)
+        def read(path: str | Path, **options: Any) -> EvalDataset:
+            try:
+                return fn(path, **options)
+            except (KeyError, TypeError, AttributeError, IndexError) as exc:
+                raise InvalidInputError(f"{path} is not in the {what} format ({type(exc).__name__}: {exc})") from exc
+
+        return read
+
+    return wrap
+
+
+# --------------------------------------------------------------------------- SciFact
+
+
+def scifact_split(claim_id: int | str, heldout_fraction: float = 0.2) -> str:
+    """``"heldout"`` or ``"train"`` for a SciFact claim, by a hash of its id."""
+    return "heldout" if _bucket(f"scifact-claim-{claim_id}") < heldout_fraction else "train"
+
+
+def _scifact_files(path: Path) -> tuple[Path, Path]:
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    claims = path if path.is_file() else folder / "claims_train.jsonl"
+    corpus = folder / "corpus.jsonl"
+    for f in (claims, corpus):
+        if not f.is_file():
+            raise InvalidInputError(f"SciFact file {f} does not exist; pass the scifact folder (corpus.jsonl + claims_train.jsonl)")
+    return claims, corpus
+
+
+@_reader("SciFact (corpus.jsonl: doc_id, abstract; claims: id, claim, evidence, cited_doc_ids)")
+def read_scifact(
+    path: str | Path,
+    *,
+    split: str = "heldout",
+    heldout_fraction: float = 0.2,
+    corpus: str = "cited",
+    distractors: int = 300,
+    require_evidence: bool = True,
+    seed: int = 0,
+) -> EvalDataset:
+    """SciFact claims of ``split`` (``train``, ``heldout`` or ``all``) over abstracts.
+
+    ``corpus="cited"``: the abstracts the selected claims cite, plus ``distractors``
+    other abstracts drawn with ``seed``; ``corpus="full"``: all 5,183 abstracts.
+    Claims without rationale sentences are left out unless ``require_evidence`` is
+    False (their cited abstracts are then grade-1 passages with no relevant unit).
+    """
+    if split not in ("train", "heldout", "all"):
+        raise InvalidInputError(f"SciFact split must be train, heldout or all, got {split!r}")
+    if corpus not in ("cited", "full"):
+        raise InvalidInputError(f"SciFact corpus must be 'cited' or 'full', got {corpus!r}")
+    claims_file, corpus_file = _scifact_files(Path(path))
+    claims = _read_jsonl(claims_file)
+    abstracts = _read_jsonl(corpus_file)
+    selected = [c for c in claims if split == "all" or scifact_split(c["id"], heldout_fraction) == split]
+    if require_evidence:
+        selected = [c for c in selected if c.get("evidence")]
+    cited = {str(d) for c in selected for d in c.get("cited_doc_ids", [])} | {d for c in selected for d in c.get("evidence", {})}
+    by_id = {str(a["doc_id"]): a for a in abstracts}
+    if corpus == "full":
+        keep = [str(a["doc_id"]) for a in abstracts]
+    else:
+        others = sorted(d for d in by_id if d not in cited)
+        random.Random(seed).shuffle(others)
+        keep = [d for d in by_id if d in cited or d in set(others[:distractors])]
+    passages, units, pid = [], [], {}
+    for doc in keep:
+        row = by_id[doc]
+        text, spans = _join([s.strip() for s in row["abstract"]])
+        passage = Passage.create(doc, 0, text, {"title": row.get("title", "")})
+        pid[doc] = passage.id
+        passages.append(passage)
+        units.append(tuple(units_from_char_spans(text, spans, kind=SENTENCE)))
+    queries = []
+    for c in selected:
+        p_qrels: dict[str, int] = {}
+        u_qrels: dict[UnitKey, int] = {}
+        for doc in c.get("cited_doc_ids", []):
+            if str(doc) in pid:
+                p_qrels[pid[str(doc)]] = 1
+        for doc, sets in c.get("evidence", {}).items():
+            if doc not in pid:
+                continue
+            p_qrels[pid[doc]] = 2
+            for s in {i for entry in sets for i in entry["sentences"]}:
+                u_qrels[(pid[doc], int(s))] = 1
+        queries.append(EvalQuery(f"scifact-{c['id']}", c["claim"], _freeze(p_qrels), _freeze(u_qrels)))
+    stats = {"claims": len(claims), "abstracts": len(abstracts), "queries": len(queries), "passages": len(passages)}
+    return EvalDataset(f"scifact-{split}", tuple(passages), tuple(units), tuple(queries), SENTENCE, stats)
+
+
+# --------------------------------------------------------------------------- WikiQA
+
+
+@_reader("WikiQA tsv")
+def read_wikiqa(path: str | Path, *, include_unanswered: bool = False) -> EvalDataset:
+    """A WikiQA ``.tsv`` split: paragraphs (all sentences of a ``DocumentID``) and questions.
+
+    Questions without an answer sentence are left out unless ``include_unanswered``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInputError(f"WikiQA file {path} does not exist (e.g. wikiqa/WikiQA-dev.tsv)")
+    docs: dict[str, dict[int, str]] = {}
+    titles: dict[str, str] = {}
+    questions: dict[str, tuple[str, str]] = {}
+    answers: dict[str, set[tuple[str, int]]] = defaultdict(set)
+    rows = 0
+    try:
+        with open(path, encoding="utf-8", newline="") as fh:
+            for row in csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE):
+                rows += 1
+                number = int(row["SentenceID"].rsplit("-", 1)[1])
+                docs.setdefault(row["DocumentID"], {})[number] = row["Sentence"]
+                titles[row["DocumentID"]] = row["DocumentTitle"]
+                questions.setdefault(row["QuestionID"], (row["Question"], row["DocumentID"]))
+                if row["Label"] == "1":
+                    answers[row["QuestionID"]].add((row["DocumentID"], number))
+    except (OSError, KeyError, ValueError, IndexError) as exc:
+        raise InvalidInputError(f"{path} is not a WikiQA tsv (QuestionID, Question, DocumentID, ..., Label): {exc}") from exc
+    passages, units, pid, position = [], [], {}, {}
+    for doc, by_number in docs.items():
+        numbers = sorted(by_number)
+        text, spans = _join([by_number[k].strip() for k in numbers])
+        passage = Passage.create(doc, 0, text, {"title": titles[doc]})
+        pid[doc] = passage.id
+        position[doc] = {n: i for i, n in enumerate(numbers)}
+        passages.append(passage)
+        units.append(tuple(units_from_char_spans(text, spans, kind=SENTENCE)))
+    queries = []
+    for qid, (question, doc) in questions.items():
+        gold = answers.get(qid, set())
+        if not gold and not include_unanswered:
+            continue
+        u_qrels = {(pid[d], position[d][n]): 1 for d, n in gold}
+        p_qrels = {pid[d]: 1 for d, _ in gold}
+        queries.append(EvalQuery(f"wikiqa-{qid}", question, _freeze(p_qrels), _freeze(u_qrels)))
+    stats = {
+        "questions": len(questions),
+        "rows": rows,
+        "positive_rows": sum(len(v) for v in answers.values()),
+        "answered_questions": len(answers),
+        "documents": len(docs),
+        "queries": len(queries),
+    }
+    return EvalDataset(f"wikiqa-{path.stem.removeprefix('WikiQA-')}", tuple(passages), tuple(units), tuple(queries), SENTENCE, stats)
+
+
+# --------------------------------------------------------------------------- PropSegmEnt
+
+
+def _jaccard(a: set[int], b: set[int]) -> float:
+    return len(a & b) / len(a | b) if a | b else 0.0
+
+
+@_reader("PropSegmEnt dev")
+def read_propsegment(path: str | Path, *, min_votes: int = 2, min_overlap: float = 0.5) -> EvalDataset:
+    """PropSegmEnt dev: Wikipedia documents with their reference propositions as units.
+
+    A query is a hypothesis proposition (its words joined by spaces) that at least
+    ``min_votes`` raters say a premise document entails. That document is a relevant
+    passage (grade = votes); each rater's supporting proposition counts one vote for
+    the reference proposition of that sentence it overlaps most (Jaccard of token
+    sets at least ``min_overlap``). The query's own document is filtered out.
+    """
+    folder = Path(path)
+    folder = folder if folder.is_dir() else folder.parent
+    files = {name: folder / f"{name}.dev.json" for name in ("propositions", "document_clusters", "relationships")}
+    for f in files.values():
+        if not f.is_file():
+            raise InvalidInputError(f"PropSegmEnt file {f} does not exist; pass the propsegment folder")
+    try:
+        segmentations = json.loads(files["propositions"].read_text(encoding="utf-8"))
+        clusters = json.loads(files["document_clusters"].read_text(encoding="utf-8"))
+        relationships = json.loads(files["relationships"].read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InvalidInputError(f"cannot read PropSegmEnt in {folder}: {exc}") from exc
+    reference: dict[tuple[str, int], list[list[int]]] = {}
+    n_reference = 0
+    for entry in segmentations:
+        ref = [r for r in entry["segmentation_responses"] if r.get("is_reference_response")]
+        props = [sorted(p["token_indices"]) for p in ref[0]["propositions"]] if ref else []
+        n_reference += len(props)
+        key = (str(entry["sentence_id"]["document_id"]), int(entry["sentence_id"]["sentence_index"]))
+        reference[key] = props
+    passages, units, pid = [], [], {}
+    sentence_words: dict[tuple[str, int], tuple[str, list[tuple[int, int]]]] = {}
+    unit_index: dict[tuple[str, int, int], int] = {}  # (doc, sentence, proposition) → unit index
+    n_sentences = 0
+    for cluster in clusters:
+        for doc in cluster["documents"]:
+            doc_id = str(doc["document_id"])
+            texts = [s["sentence_text"] for s in doc["sentences"]]
+            text, spans = _join(texts)
+            passage = Passage.create(doc_id, 0, text, {"cluster": str(cluster["cluster_id"])})
+            doc_units: list[Unit] = []
+            for si, s in enumerate(doc["sentences"]):
+                n_sentences += 1
+                words = [
+                    (t["character_offset_of_token_in_sentence"], t["character_offset_of_token_in_sentence"] + len(t["text"]))
+                    for t in s["tokens"]
+                ]
+                sentence_words[(doc_id, si)] = (s["sentence_text"], words)
+                for pi, tokens in enumerate(reference.get((doc_id, si), [])):
+                    unit_index[(doc_id, si, pi)] = len(doc_units)
+                    doc_units.append(
+                        proposition_from_word_indices(
+                            s["sentence_text"], tokens, index=len(doc_units), offset=spans[si][0], words=words, kind=PROPOSITION
+                        )
+                    )
+            if not doc_units:
+                continue
+            pid[doc_id] = passage.id
+            passages.append(passage)
+            units.append(tuple(doc_units))
+    grouped: dict[tuple[str, int, tuple[int, ...]], dict[str, Any]] = {}
+    for rel in relationships:
+        premise = str(rel["premise_document_id"])
+        hyp = rel["hypothesis_proposition"]
+        hyp_key = (str(hyp["document_id"]), int(hyp["sentence_index"]))
+        if premise not in pid or hyp_key not in sentence_words:
+            continue
+        votes = [r for r in rel["relationship_responses"] if r.get("relationship") == "RELATIONSHIP_ENTAILS"]
+        if len(votes) < min_votes:
+            continue
+        tokens = tuple(sorted(hyp["proposition"]["token_indices"]))
+        entry = grouped.setdefault((*hyp_key, tokens), {"passages": {}, "units": Counter()})
+        entry["passages"][pid[premise]] = len(votes)
+        for vote in votes:
+            support = vote.get("supporting_premise_proposition")
+            if not support:
+                continue
+            si = int(support["sentence_index"])
+            wanted = set(support["proposition"]["token_indices"])
+            scored = [(_jaccard(wanted, set(p)), pi) for pi, p in enumerate(reference.get((premise, si), []))]
+            if scored and max(scored)[0] >= min_overlap:
+                entry["units"][(pid[premise], unit_index[(premise, si, max(scored)[1])])] += 1
+    queries = []
+    for (doc_id, si, tokens), entry in grouped.items():
+        sentence, words = sentence_words[(doc_id, si)]
+        text = " ".join(sentence[words[i][0] : words[i][1]] for i in tokens if i < len(words))
+        if not text.strip():
+            continue
+        qid = f"propsegment-{doc_id}-{si}-{hashlib.sha1(str(tokens).encode()).hexdigest()[:8]}"
+        queries.append(EvalQuery(qid, text, _freeze(entry["passages"]), _freeze(dict(entry["units"])), Not(Eq("doc_id", doc_id))))
+    stats = {
+        "segmented_sentences": len(segmentations),
+        "reference_propositions": n_reference,
+        "sentences_with_text": n_sentences,
+        "documents": len(passages),
+        "queries": len(queries),
+    }
+    return EvalDataset("propsegment-dev", tuple(passages), tuple(units), tuple(queries), PROPOSITION, stats)
+
+
+#: The readers ``agrame-vdb eval --dataset`` knows.
+DATASETS = ("wikiqa", "scifact", "propsegment")
+
+
+def read_dataset(name: str, path: str | Path, **options: Any) -> EvalDataset:
+    """Read data set ``name`` (one of :data:`DATASETS`) from ``path``."""
+    readers = {"wikiqa": read_wikiqa, "scifact": read_scifact, "propsegment": read_propsegment}
+    if name not in readers:
+        raise InvalidInputError(f"unknown data set {name!r}; use one of {DATASETS}")
+    return readers[name](path, **options)
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _relevant(qrels: Mapping[Hashable, int]) -> set[Hashable]:
+    return {k for k, g in qrels.items() if g >= 1}
+
+
+def precision_at_k(ranking: Sequence[Hashable], qrels: Mapping[Hashable, int], k: int) -> float:
+    """Relevant items in the top ``k``, divided by ``k``."""
+    relevant = _relevant(qrels)
+    return sum(1 for key in ranking[:k] if key in relevant) / k
+
+
+def recall_at_k(ranking: Sequence[Hashable], qrels: Mapping[Hashable, int], k: int) -> float:
+    """Relevant items in the top ``k``, divided by the number of relevant items."""
+    relevant = _relevant(qrels)
+    if not relevant:
+        return 0.0
+    return len(relevant.intersection(ranking[:k])) / len(relevant)
+
+
+def mrr_at_k(ranking: Sequence[Hashable], qrels: Mapping[Hashable, int], k: int) -> float:
+    """``1 / rank`` of the first relevant item within the top ``k``, else 0."""
+    relevant = _relevant(qrels)
+    for rank, key in enumerate(ranking[:k], start=1):
+        if key in relevant:
+            return 1.0 / rank
+    return 0.0
+
+
+def ndcg_at_k(ranking: Sequence[Hashable], qrels: Mapping[Hashable, int], k: int) -> float:
+    """Graded nDCG@k with gain = grade and discount ``log2(rank + 1)``."""
+    seen: set[Hashable] = set()
+    dcg = 0.0
+    for rank, key in enumerate(ranking[:k], start=1):
+        if key in seen:  # a key counts once
+            continue
+        seen.add(key)
+        dcg += max(qrels.get(key, 0), 0) / math.log2(rank + 1)
+    ideal = sorted((g for g in qrels.values() if g > 0), reverse=True)[:k]
+    idcg = sum(g / math.log2(rank + 1) for rank, g in enumerate(ideal, start=1))
+    return dcg / idcg if idcg > 0 else 0.0
+
+
+#: The metrics reported per level: name → (function, k).
+METRICS = {"P@1": (precision_at_k, 1), "R@5": (recall_at_k, 5), "MRR@10": (mrr_at_k, 10), "nDCG@10": (ndcg_at_k, 10)}
+
+
+def mean_metrics(rankings: Iterable[tuple[Sequence[Hashable], Mapping[Hashable, int]]]) -> dict[str, float]:
+    """Mean of :data:`METRICS` over ``(ranking, qrels)`` pairs with a relevant item; ``n`` counts them."""
+    sums = dict.fromkeys(METRICS, 0.0)
+    n = 0
+    for ranking, qrels in rankings:
+        if not _relevant(qrels):
+            continue
+        n += 1
+        for name, (fn, k) in METRICS.items():
+            sums[name] += fn(list(ranking), qrels, k)
+    out = {name: (total / n if n else 0.0) for name, total in sums.items()}
+    out["n"] = n
+    return out
+
+
+# --------------------------------------------------------------------------- side-by-side runs
+
+#: The configurations :func:`evaluate` compares, with what each one does.
+CONFIGURATIONS: Mapping[str, str] = MappingProxyType({
+    "sentence-encoding": "each unit encoded on its own as a passage; units ranked by S(q,u) with [Q], "
+                         "passages by their best unit",
+    "passage-span-q": "passages encoded whole; units ranked by span MaxSim S(q,u) with the [Q] query",
+    "passage-span-q'": "passages encoded whole; units ranked by S(q',u) with the [Q'] query",
+    "passage-span-q'+alpha": "passages encoded whole; units ranked by S(q',u) + alpha * S(q,p)",
+})
+
+
+@dataclass(frozen=True)
+class ConfigurationResult:
+    """The metrics of one configuration of one model on one data set.
+
+    ``passage`` and ``unit`` map metric names (:data:`METRICS`) to means over the
+    queries with a relevant item at that level (``n``).
+    """
+
+    dataset: str
+    model: str
+    configuration: str
+    passage: Mapping[str, float]
+    unit: Mapping[str, float]
+    alpha: float | None = None
+    candidates: int = 0
+    store: str = "memory://"
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "model": self.model,
+            "configuration": self.configuration,
+            "description": CONFIGURATIONS[self.configuration],
+            "alpha": self.alpha,
+            "candidates": self.candidates,
+            "store": self.store,
+            "passage": dict(self.passage),
+            "unit": dict(self.unit),
+            "seconds": round(self.seconds, 1),
+        }
+
+
+def _documents(dataset: EvalDataset) -> list[Any]:
+    from .documents import Document, PassageInput
+
+    return [
+        Document(p.doc_id, passages=(PassageInput(p.text, tuple(units), p.metadata),))
+        for p, units in zip(dataset.passages, dataset.units, strict=True)
+    ]
+
+
+def _unit_documents(dataset: EvalDataset) -> tuple[list[Any], dict[tuple[str, int], UnitKey]]:
+    """Each unit as a passage of its own: (doc id, position) → (passage id, unit index)."""
+    from .documents import Document, PassageInput
+
+    docs, back = [], {}
+    for p, units in zip(dataset.passages, dataset.units, strict=True):
+        if not units:
+            continue
+        inputs = []
+        for i, u in enumerate(units):
+            inputs.append(PassageInput(u.text_in(p.text), (), p.metadata))
+            back[(p.doc_id, i)] = (p.id, u.index)
+        docs.append(Document(p.doc_id, passages=tuple(inputs)))
+    return docs, back
+
+
+def _index(docs: list[Any], repository: Any, collection: str, encoder: Any, batch_size: int) -> int:
+    from .chunking import ChunkingOptions
+    from .indexer import IndexJob
+
+    if collection in repository.list_collections():
+        repository.drop_collection(collection)
+    summary = IndexJob(
+        docs, repository, collection, encoder=encoder, chunking=ChunkingOptions(sentences=False),
+        encode_batch_size=batch_size, batch_size=max(256, batch_size),
+    ).run()
+    if summary.rejected:
+        raise InvalidInputError(f"indexing {collection} rejected {summary.rejected} documents: {summary.rejects_sample[:3]}")
+    return summary.passages
+
+
+def evaluate(
+    dataset: EvalDataset,
+    encoder: Any,
+    repository: Any,
+    *,
+    model_name: str = "default",
+    configurations: Sequence[str] = tuple(CONFIGURATIONS),
+    candidates: int = 0,
+    alpha: float = 1.0,
+    k: int = 10,
+    collection_prefix: str = "agrame_eval",
+    store: str = "memory://",
+    batch_size: int = 32,
+    keep: bool = False,
+    on_query: Any = None,
+) -> list[ConfigurationResult]:
+    """Index ``dataset`` into ``repository`` and rank its queries in each configuration.
+
+    Passages are indexed as given (one stored passage per data set passage, its
+    units attached); ``sentence-encoding`` indexes every unit as a passage of its
+    own in a second collection. Every ranking goes through the
+    :class:`~agrame_vdb.planner.Planner`: ``candidates`` first-stage candidates per
+    query (0: every passage of the collection, an exhaustive rerank), the top ``k``
+    results. Collections are dropped afterwards unless ``keep``.
+    """
+    import time as _time
+
+    from .planner import PASSAGE, Planner, TokenCache, encode_queries
+
+    unknown = [c for c in configurations if c not in CONFIGURATIONS]
+    if unknown:
+        raise InvalidInputError(f"unknown configuration {unknown[0]!r}; use one of {list(CONFIGURATIONS)}")
+    if not dataset.queries:
+        raise InvalidInputError(f"{dataset.name} has no queries to evaluate")
+    kind = dataset.unit_kind
+    passages_coll = f"{collection_prefix}_passages"
+    units_coll = f"{collection_prefix}_units"
+    started = _time.perf_counter()
+    n_passages = _index(_documents(dataset), repository, passages_coll, encoder, batch_size)
+    span_configs = [c for c in configurations if c != "sentence-encoding"]
+    texts = [q.text for q in dataset.queries]
+    q_all, sq_all = encode_queries(encoder, texts, both=True)
+    assert sq_all is not None
+    index_s = _time.perf_counter() - started
+    results: list[ConfigurationResult] = []
+    pid_of_doc = {p.doc_id: p.id for p in dataset.passages}
+    try:
+        if span_configs:
+            t0 = _time.perf_counter()
+            n = candidates or n_passages
+            planner = Planner(repository, passages_coll, encoder, candidates=n, cache=TokenCache(2 << 30), device="cpu")
+            runs: dict[str, list[tuple[list[Hashable], Mapping[Hashable, int]]]] = {c: [] for c in span_configs}
+            passage_runs = []
+            for i, query in enumerate(dataset.queries):
+                q, sq = q_all[i], sq_all[i]
+                ranked = planner.search_vectors(q, granularity=PASSAGE, k=k, filter=query.filter)
+                passage_runs.append(([r.passage_id for r in ranked], query.passage_qrels))
+                for config in span_configs:
+                    sub = q if config == "passage-span-q" else sq
+                    a = alpha if config.endswith("+alpha") else 0.0
+                    ranked = planner.search_vectors(q, sub, granularity=kind, k=k, filter=query.filter, alpha=a)
+                    runs[config].append(([(r.passage_id, r.unit_index) for r in ranked], query.unit_qrels))
+                if on_query is not None:
+                    on_query("passage encoding", i + 1, len(dataset.queries))
+            passage_metrics = mean_metrics(passage_runs)
+            seconds = index_s + _time.perf_counter() - t0
+            for config in span_configs:
+                results.append(ConfigurationResult(
+                    dataset.name, model_name, config, passage_metrics, mean_metrics(runs[config]),
+                    alpha if config.endswith("+alpha") else None, n, store, seconds,
+                ))
+        if "sentence-encoding" in configurations:
+            t0 = _time.perf_counter()
+            docs, back = _unit_documents(dataset)
+            n_units = _index(docs, repository, units_coll, encoder, batch_size)
+            n = candidates or n_units
+            planner = Planner(repository, units_coll, encoder, candidates=n, cache=TokenCache(2 << 30), device="cpu")
+            unit_runs, passage_runs = [], []
+            depth = min(n_units, max(10 * k, 100))
+            for i, query in enumerate(dataset.queries):
+                ranked = planner.search_vectors(q_all[i], granularity=PASSAGE, k=depth, filter=query.filter)
+                keys = [back[(r.doc_id, r.passage_index)] for r in ranked]
+                unit_runs.append((keys[:k], query.unit_qrels))
+                best: list[str] = []
+                for r in ranked:  # a passage ranks where its best unit does
+                    pid = pid_of_doc[r.doc_id]
+                    if pid not in best:
+                        best.append(pid)
+                passage_runs.append((best[:k], query.passage_qrels))
+                if on_query is not None:
+                    on_query("sentence encoding", i + 1, len(dataset.queries))
+            results.insert(0, ConfigurationResult(
+                dataset.name, model_name, "sentence-encoding", mean_metrics(passage_runs), mean_metrics(unit_runs),
+                None, n, store, _time.perf_counter() - t0 + index_s,
+            ))
+    finally:
+        if not keep:
+            for name in (passages_coll, units_coll):
+                if name in repository.list_collections():
+                    repository.drop_collection(name)
+    return results
+
+
+def results_table(results: Sequence[ConfigurationResult], metrics: Sequence[str] = ("P@1", "R@5")) -> str:
+    """A Markdown table: one row per (data set, model, configuration), unit then passage metrics."""
+    head = ["data set", "model", "configuration"] + [f"unit {m}" for m in metrics] + [f"passage {m}" for m in metrics]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        config = r.configuration + (f" (α={r.alpha:g})" if r.alpha is not None else "")
+        cells = [r.dataset, r.model, config] + [f"{r.unit[m]:.3f}" for m in metrics] + [f"{r.passage[m]:.3f}" for m in metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)

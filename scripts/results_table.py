@@ -1,0 +1,47 @@
+"""Print the Markdown results table of docs/results.md from `agrame-vdb eval --json` output.
+
+    python scripts/results_table.py docs/results/wikiqa-dev.jsonl docs/results/scifact-heldout.jsonl
+
+One row per data set, model and configuration: unit-level (sentence or proposition)
+P@1 and R@5, then passage-level P@1 and R@5; the best unit-level figures of each
+data set and model in bold.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import defaultdict
+
+NAMES = {
+    "sentence-encoding": "units encoded on their own",
+    "passage-span-q": "passage encoding, span MaxSim, [Q]",
+    "passage-span-q'": "passage encoding, span MaxSim, [Q']",
+    "passage-span-q'+alpha": "passage encoding, [Q'] + α·S(q,p)",
+}
+MODELS = {"runs/untrained": "untrained", "agrame_vdb/models/default": "trained (default)"}
+
+
+def main(paths: list[str]) -> None:
+    rows = [json.loads(line) for path in paths for line in open(path, encoding="utf-8") if line.strip()]
+    best: dict[tuple[str, str, str], float] = defaultdict(float)
+    for r in rows:
+        for m in ("P@1", "R@5"):
+            key = (r["dataset"], r["model"], m)
+            best[key] = max(best[key], r["unit"][m])
+    print("| data set | model | configuration | unit P@1 | unit R@5 | passage P@1 | passage R@5 |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        config = NAMES.get(r["configuration"], r["configuration"])
+        if r.get("alpha") is not None:
+            config = config.replace("α", f"α={r['alpha']:g}")
+        cells = []
+        for m in ("P@1", "R@5"):
+            value = f"{r['unit'][m]:.3f}"
+            cells.append(f"**{value}**" if r["unit"][m] == best[(r["dataset"], r["model"], m)] else value)
+        cells += [f"{r['passage'][m]:.3f}" for m in ("P@1", "R@5")]
+        print(f"| {r['dataset']} (n={r['unit']['n']}) | {MODELS.get(r['model'], r['model'])} | {config} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

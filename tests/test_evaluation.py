@@ -1,0 +1,225 @@
+"""Evaluation: the readers against the published counts, the metrics on hand-computed
+rankings, and the side-by-side runs against a brute-force MaxSim."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from agrame_vdb import connect
+from agrame_vdb.evaluation import (
+    CONFIGURATIONS,
+    EvalDataset,
+    EvalQuery,
+    evaluate,
+    mean_metrics,
+    mrr_at_k,
+    ndcg_at_k,
+    precision_at_k,
+    read_propsegment,
+    read_scifact,
+    read_wikiqa,
+    recall_at_k,
+    results_table,
+    scifact_split,
+)
+from agrame_vdb.units import Passage, units_from_char_spans
+
+from .conftest import data_file
+
+# --------------------------------------------------------------------------- metrics by hand
+
+
+def test_metrics_on_a_hand_computed_ranking():
+    qrels = {"a": 2, "b": 1, "c": 0, "z": 1}  # z is never retrieved; c is judged but not relevant
+    ranking = ["c", "a", "x", "b", "y", "w"]
+    assert precision_at_k(ranking, qrels, 1) == 0.0
+    assert precision_at_k(ranking, qrels, 2) == 0.5
+    assert recall_at_k(ranking, qrels, 5) == pytest.approx(2 / 3)
+    assert recall_at_k(ranking, qrels, 1) == 0.0
+    assert mrr_at_k(ranking, qrels, 10) == 0.5
+    assert mrr_at_k(ranking, qrels, 1) == 0.0
+    dcg = 2 / math.log2(3) + 1 / math.log2(5)
+    idcg = 2 / math.log2(2) + 1 / math.log2(3) + 1 / math.log2(4)
+    assert ndcg_at_k(ranking, qrels, 10) == pytest.approx(dcg / idcg)
+    assert ndcg_at_k(["a", "b", "z"], qrels, 10) == pytest.approx(1.0)
+    assert ndcg_at_k(["b", "a", "z"], qrels, 10) < 1.0  # grades order matters
+    assert ndcg_at_k(["a", "a", "b"], {"a": 1, "b": 1}, 10) == pytest.approx((1 + 1 / 2) / (1 + 1 / math.log2(3)))
+
+
+def test_mean_metrics_skips_queries_without_a_relevant_item():
+    runs = [(["a", "b"], {"a": 1}), (["b", "a"], {"a": 1}), (["a"], {"a": 0})]
+    means = mean_metrics(runs)
+    assert means["n"] == 2
+    assert means["P@1"] == 0.5 and means["MRR@10"] == pytest.approx(0.75) and means["R@5"] == 1.0
+    assert means["nDCG@10"] == pytest.approx((1 + 1 / math.log2(3)) / 2)
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def test_wikiqa_reader_matches_the_published_counts():
+    for split, counts in (("dev", (296, 2733, 140)), ("train", (2118, 20360, 1040))):
+        ds = read_wikiqa(data_file("wikiqa", f"WikiQA-{split}.tsv"))
+        assert (ds.stats["questions"], ds.stats["rows"], ds.stats["positive_rows"]) == counts
+        assert len(ds.queries) == ds.stats["answered_questions"]  # questions with an answer sentence
+        assert sum(len(q.unit_qrels) for q in ds.queries) == counts[2]
+    dev = read_wikiqa(data_file("wikiqa", "WikiQA-dev.tsv"))
+    assert (len(dev.queries), len(dev.passages)) == (126, 293)
+    # the answer unit is the Label-1 sentence, and units follow SentenceID order
+    with open(data_file("wikiqa", "WikiQA-dev.tsv"), encoding="utf-8", newline="") as fh:
+        rows = list(csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE))
+    answers = {(r["QuestionID"], r["Sentence"].strip()) for r in rows if r["Label"] == "1"}
+    index = dev.passage_by_id()
+    found = set()
+    for q in dev.queries:
+        for (pid, u), grade in q.unit_qrels.items():
+            p = dev.passages[index[pid]]
+            found.add((q.id.removeprefix("wikiqa-"), dev.units[index[pid]][u].text_in(p.text)))
+            assert grade == 1 and q.passage_qrels[pid] == 1
+    assert found == answers
+    first = next(r for r in rows if r["DocumentID"] == dev.passages[0].doc_id and r["SentenceID"].endswith("-0"))
+    assert dev.units[0][0].text_in(dev.passages[0].text) == first["Sentence"].strip()
+
+
+def test_scifact_reader_matches_the_published_counts_and_rationales():
+    folder = data_file("scifact", "corpus.jsonl").parent
+    full = read_scifact(folder, split="all", corpus="full", require_evidence=False)
+    assert (full.stats["abstracts"], full.stats["claims"]) == (5183, 809)
+    assert len(full.passages) == 5183 and len(full.queries) == 809
+    train = read_scifact(folder, split="train", distractors=0)
+    held = read_scifact(folder, split="heldout", distractors=300)
+    everything = read_scifact(folder, split="all", distractors=0)
+    assert {q.id for q in train.queries} | {q.id for q in held.queries} == {q.id for q in everything.queries}
+    assert not {q.id for q in train.queries} & {q.id for q in held.queries}
+    assert 0.1 < len(held.queries) / len(everything.queries) < 0.3
+    assert all(scifact_split(q.id.removeprefix("scifact-")) == "heldout" for q in held.queries)
+    cited = {pid for q in held.queries for pid in q.passage_qrels}
+    assert len(held.passages) == len(cited) + 300
+    # a rationale unit is the corpus sentence with that index
+    corpus = {str(r["doc_id"]): r for r in map(json.loads, open(folder / "corpus.jsonl", encoding="utf-8"))}
+    claims = {f"scifact-{c['id']}": c for c in map(json.loads, open(folder / "claims_train.jsonl", encoding="utf-8"))}
+    index = held.passage_by_id()
+    checked = 0
+    for q in held.queries:
+        for doc, sets in claims[q.id]["evidence"].items():
+            p = held.passages[index[next(pid for pid in q.passage_qrels if held.passages[index[pid]].doc_id == doc)]]
+            assert q.passage_qrels[p.id] == 2
+            for s in {i for e in sets for i in e["sentences"]}:
+                assert q.unit_qrels[(p.id, s)] == 1
+                assert held.units[index[p.id]][s].text_in(p.text) == corpus[doc]["abstract"][s].strip()
+                checked += 1
+    assert checked == sum(len(q.unit_qrels) for q in held.queries) > 0
+
+
+def test_propsegment_reader_matches_the_published_counts():
+    ds = read_propsegment(data_file("propsegment", "propositions.dev.json").parent)
+    assert (ds.stats["segmented_sentences"], ds.stats["reference_propositions"]) == (811, 2941)
+    assert ds.stats["sentences_with_text"] == 387  # the Wikipedia clusters; NewSHead text is not distributed
+    assert ds.unit_kind == "proposition" and len(ds.passages) == 45
+    index = ds.passage_by_id()
+    assert any(len(u.char_spans) > 1 for units in ds.units for u in units)  # non-contiguous propositions
+    for q in ds.queries:
+        own = q.filter.filter.value  # Not(Eq("doc_id", hypothesis document))
+        assert all(ds.passages[index[pid]].doc_id != own for pid in q.passage_qrels)
+        assert all(g >= 2 for g in q.passage_qrels.values())  # at least two raters say "entails"
+        for (pid, u), g in q.unit_qrels.items():
+            assert pid in q.passage_qrels and 0 <= u < len(ds.units[index[pid]]) and g >= 1
+
+
+# --------------------------------------------------------------------------- side-by-side runs
+
+
+def _tiny_dataset() -> EvalDataset:
+    texts = [
+        ["The Eiffel Tower is in Paris.", "It was finished in 1889.", "It is made of wrought iron."],
+        ["Bacteria resist antibiotics.", "Efflux pumps remove the drug from the cell."],
+        ["The Colosseum is in Rome.", "It was built in 80 AD.", "Gladiators fought there."],
+    ]
+    passages, units = [], []
+    for i, sentences in enumerate(texts):
+        text = " ".join(sentences)
+        spans, pos = [], 0
+        for s in sentences:
+            spans.append((pos, pos + len(s)))
+            pos += len(s) + 1
+        passages.append(Passage.create(f"doc{i}", 0, text))
+        units.append(tuple(units_from_char_spans(text, spans, kind="sentence")))
+    p = [x.id for x in passages]
+    queries = (
+        EvalQuery("q1", "when was the eiffel tower finished?", {p[0]: 1}, {(p[0], 1): 1}),
+        EvalQuery("q2", "how do bacteria remove drugs?", {p[1]: 2}, {(p[1], 1): 1}),
+        EvalQuery("q3", "where did gladiators fight?", {p[2]: 1}, {(p[2], 2): 1}),
+    )
+    return EvalDataset("tiny", tuple(passages), tuple(units), queries)
+
+
+def test_evaluate_runs_every_configuration_through_the_planner_like_a_brute_force_maxsim(encoder):
+    ds = _tiny_dataset()
+    repo = connect("memory://")
+    results = evaluate(ds, encoder, repo, model_name="untrained", alpha=0.5)
+    assert [r.configuration for r in results] == list(CONFIGURATIONS)
+    assert repo.list_collections() == []  # dropped afterwards
+    # the reference: encode here and score by hand with numpy
+    encoded = encoder.encode_passages(list(ds.passages), [list(u) for u in ds.units], sentences=False)
+    q = encoder.encode_queries([x.text for x in ds.queries])
+    sq = encoder.encode_queries([x.text for x in ds.queries], subpassage=True)
+
+    def maxsim(query, rows):
+        return float((query @ rows.T).max(axis=1).sum())
+
+    alone = [encoder.encode_passages([Passage.create("s", 0, u.text_in(p.text))])[0].token_vectors
+             for p, units in zip(ds.passages, ds.units) for u in units]
+    keys = [(p.id, u.index) for p, units in zip(ds.passages, ds.units) for u in units]
+    expected: dict[str, list] = {c: [] for c in CONFIGURATIONS}
+    passage_runs = []
+    for i, query in enumerate(ds.queries):
+        p_scores = [maxsim(q[i], e.token_vectors) for e in encoded]
+        passage_runs.append(([ds.passages[j].id for j in np.argsort(-np.array(p_scores), kind="stable")], query.passage_qrels))
+        for config, (sub, a) in {"passage-span-q": (q, 0.0), "passage-span-q'": (sq, 0.0), "passage-span-q'+alpha": (sq, 0.5)}.items():
+            scored = [
+                (maxsim(sub[i], e.token_vectors[u.token_positions]) + a * p_scores[j], (e.passage.id, u.index))
+                for j, e in enumerate(encoded) for u in e.units
+            ]
+            expected[config].append(([k for _, k in sorted(scored, key=lambda x: -x[0])][:10], query.unit_qrels))
+        scored = sorted(((maxsim(q[i], t), k) for t, k in zip(alone, keys)), key=lambda x: -x[0])
+        expected["sentence-encoding"].append(([k for _, k in scored][:10], query.unit_qrels))
+    by_name = {r.configuration: r for r in results}
+    for config in CONFIGURATIONS:
+        assert by_name[config].unit == pytest.approx(mean_metrics(expected[config]), abs=1e-9), config
+    for config in ("passage-span-q", "passage-span-q'", "passage-span-q'+alpha"):
+        assert by_name[config].passage == pytest.approx(mean_metrics(passage_runs), abs=1e-9)
+    assert by_name["passage-span-q'+alpha"].alpha == 0.5 and by_name["passage-span-q"].alpha is None
+    table = results_table(results)
+    assert table.count("\n") == 1 + len(CONFIGURATIONS) and "passage-span-q'+alpha (α=0.5)" in table
+
+
+def test_eval_command_prints_one_json_object_per_configuration(tmp_path):
+    from agrame_vdb.cli import app
+
+    rows = [
+        ("Q1", "when was the tower finished?", "D1", "Tower", "D1-0", "The tower is in Paris.", "0"),
+        ("Q1", "when was the tower finished?", "D1", "Tower", "D1-1", "It was finished in 1889.", "1"),
+        ("Q2", "what do efflux pumps do?", "D2", "Bacteria", "D2-0", "Bacteria resist antibiotics.", "0"),
+        ("Q2", "what do efflux pumps do?", "D2", "Bacteria", "D2-1", "Efflux pumps remove the drug.", "1"),
+        ("Q3", "who painted it?", "D3", "Art", "D3-0", "The museum is large.", "0"),
+    ]
+    path = tmp_path / "WikiQA-tiny.tsv"
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        fh.write("QuestionID\tQuestion\tDocumentID\tDocumentTitle\tSentenceID\tSentence\tLabel\n")
+        for r in rows:
+            fh.write("\t".join(r) + "\n")
+    result = CliRunner().invoke(app, ["eval", "--dataset", "wikiqa", "--path", str(path), "--json", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    objects = [json.loads(line) for line in result.output.strip().splitlines()]
+    assert [o["configuration"] for o in objects] == list(CONFIGURATIONS)
+    for o in objects:
+        assert o["dataset"] == "wikiqa-tiny" and o["queries"] == 2 and o["unit"]["n"] == 2 and o["passage"]["n"] == 2
+        assert set(o["unit"]) == {"P@1", "R@5", "MRR@10", "nDCG@10", "n"}
+    bad = CliRunner().invoke(app, ["eval", "--dataset", "msmarco", "--path", str(path)])
+    assert bad.exit_code == 2 and "unknown data set" in bad.output
