@@ -327,6 +327,9 @@ def test_bad_input_is_rejected_before_any_work(planner, memory_repo, encoder):
         planner.search(["a", "b"])  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError):
         planner.search_vectors(np.zeros((4, 7), dtype=np.float32))
+    for not_numbers in ([[""]], [["a"] * 128], [[0.0] * 128, [0.0] * 3]):  # strings, ragged rows
+        with pytest.raises(InvalidInputError, match="numeric"):
+            planner.search_vectors(not_numbers)
     with pytest.raises(InvalidInputError):
         planner.search("q", first_stage="hnsw")
     with pytest.raises(InvalidInputError):
