@@ -527,7 +527,7 @@ class Capabilities:
 # --------------------------------------------------------------------------- filters
 
 
-class Filter:
+class Filter(abc.ABC):
     """A backend-neutral condition over passage metadata.
 
     Fields are metadata keys (dotted paths reach into nested objects) or the
@@ -560,12 +560,13 @@ class Filter:
             return None
         return _parse_filter(obj)
 
+    @abc.abstractmethod
     def to_json(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """The Mongo-like JSON form :meth:`from_json` reads back."""
 
+    @abc.abstractmethod
     def fields(self) -> set[str]:
         """Every field the filter reads."""
-        raise NotImplementedError
 
     def __and__(self, other: Filter) -> And:
         return And(self, other)
