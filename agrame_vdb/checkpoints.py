@@ -232,19 +232,23 @@ def _load_agrame(path: Path, dtype: torch.dtype) -> Checkpoint:
     return Checkpoint(model, tokenizer, projection, _with_dim(config, projection, model.config.hidden_size), "agrame", path)
 
 
-def _token_id(tokenizer: Any, token: str) -> int:
+def marker_token_id(tokenizer: Any, token: str) -> int:
+    """The vocabulary id of a marker token (PyLate registers its prefixes with their
+    trailing space, "[Q] ", so the stripped form is tried too)."""
     for candidate in dict.fromkeys((token, token.strip())):
         token_id = tokenizer.convert_tokens_to_ids(candidate)
         if token_id is not None and token_id != tokenizer.unk_token_id:
             return int(token_id)
-    raise ModelLoadError(f"marker {token!r} is not one token of the vocabulary")
+    raise ModelLoadError(
+        f"marker {token!r} is not one token of the vocabulary; use a reserved slot such as '[unused0]'"
+    )
 
 
 def marker_rows(transformer: Any, tokenizer: Any, config: EncoderConfig) -> dict[str, torch.Tensor]:
     """The input-embedding rows of the three marker tokens, by token (float32 copies)."""
     weight = transformer.get_input_embeddings().weight
     tokens = dict.fromkeys((config.query_marker, config.doc_marker, config.subpassage_marker))
-    return {t: weight[_token_id(tokenizer, t)].detach().float().cpu().clone() for t in tokens}
+    return {t: weight[marker_token_id(tokenizer, t)].detach().float().cpu().clone() for t in tokens}
 
 
 def apply_marker_rows(transformer: Any, tokenizer: Any, rows: dict[str, torch.Tensor]) -> None:
@@ -256,7 +260,7 @@ def apply_marker_rows(transformer: Any, tokenizer: Any, rows: dict[str, torch.Te
                 f"marker row for {token!r} has shape {tuple(row.shape)} but the transformer's embeddings have width {weight.shape[1]}"
             )
         with torch.no_grad():
-            weight[_token_id(tokenizer, token)] = row.to(dtype=weight.dtype, device=weight.device)
+            weight[marker_token_id(tokenizer, token)] = row.to(dtype=weight.dtype, device=weight.device)
 
 
 def _read_marker_rows(path: Path) -> dict[str, torch.Tensor]:

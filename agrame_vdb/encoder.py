@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoints import Checkpoint, EncoderConfig, Projection, load_checkpoint, save_checkpoint
+from .checkpoints import Checkpoint, EncoderConfig, Projection, load_checkpoint, marker_token_id, save_checkpoint
 from .errors import InvalidInputError, ModelLoadError
 from .units import AlignedUnits, Passage, Span, TruncatedUnit, Unit, align_units, segment
 
@@ -141,9 +141,9 @@ class MultiVectorEncoder:
         if self._mask is None:
             raise ModelLoadError(f"the tokenizer of {checkpoint.path} has no [MASK] token for query augmentation")
         self.marker_ids = {
-            "query": self._marker_id(config.query_marker),
-            "document": self._marker_id(config.doc_marker),
-            "subpassage": self._marker_id(config.subpassage_marker),
+            "query": marker_token_id(self.tokenizer, config.query_marker),
+            "document": marker_token_id(self.tokenizer, config.doc_marker),
+            "subpassage": marker_token_id(self.tokenizer, config.subpassage_marker),
         }
         if len(set(self.marker_ids.values())) != 3:
             raise ModelLoadError(f"markers must be three distinct tokens, got {config.query_marker!r}, "
@@ -193,16 +193,6 @@ class MultiVectorEncoder:
         if cls_id is None or sep_id is None:
             raise ModelLoadError("the tokenizer has no [CLS]/[SEP] (or <s>/</s>) tokens")
         return int(cls_id), int(sep_id)
-
-    def _marker_id(self, marker: str) -> int:
-        # PyLate registers its prefixes with their trailing space ("[Q] ").
-        for candidate in dict.fromkeys((marker, marker.strip())):
-            token_id = self.tokenizer.convert_tokens_to_ids(candidate)
-            if token_id is not None and token_id != self.tokenizer.unk_token_id:
-                return int(token_id)
-        raise ModelLoadError(
-            f"marker {marker!r} is not one token of the vocabulary; use a reserved slot such as '[unused0]'"
-        )
 
     # --------------------------------------------------------------- tokenising
     def tokenize_queries(self, texts: Sequence[str], marker: Marker = "query") -> dict[str, torch.Tensor]:

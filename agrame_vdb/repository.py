@@ -1178,20 +1178,11 @@ class RepositoryBase(abc.ABC):
         limit: int,
         prefetch: int,
         filter: Filter | None,
-    ) -> list[Candidate]: ...
-
-    def _candidates_versioned(
-        self,
-        schema: CollectionSchema,
-        pooled: np.ndarray,
-        tokens: np.ndarray | None,
-        limit: int,
-        prefetch: int,
-        filter: Filter | None,
+        *,
+        versions: bool = False,
     ) -> list[Candidate]:
-        """``_candidates`` with ``Candidate.version`` filled; engines with versions
-        override it (default: the plain candidates, versions None)."""
-        return self._candidates(schema, pooled, tokens, limit, prefetch, filter)
+        """First-stage candidates; with ``versions``, engines that stamp writes fill
+        ``Candidate.version`` (others leave it None)."""
 
     @abc.abstractmethod
     def _fetch(self, schema: CollectionSchema, ids: list[str]) -> dict[str, StoredPassage]:
@@ -1638,9 +1629,8 @@ class RepositoryBase(abc.ABC):
         if not _is_int(prefetch) or not limit <= prefetch <= _MAX_LIMIT:
             raise InvalidInputError(f"prefetch must be an int in [limit={limit}, {_MAX_LIMIT}], got {prefetch!r}")
         _check_filter(filter)
-        hook = self._candidates_versioned if with_versions else self._candidates
         with self._engine("query candidates", collection):
-            return hook(schema, q, qt, int(limit), int(prefetch), filter)
+            return self._candidates(schema, q, qt, int(limit), int(prefetch), filter, versions=bool(with_versions))
 
     def fetch_tokens(
         self, collection: str, ids: Sequence[str], *, versions: Sequence[int | str | None] | None = None

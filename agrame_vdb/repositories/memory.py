@@ -158,6 +158,8 @@ class MemoryRepository(RepositoryBase):
         limit: int,
         prefetch: int,
         filter: Filter | None,
+        *,
+        versions: bool = False,  # no version stamps on candidates: Candidate.version stays None
     ) -> list[Candidate]:
         c = self._collections[schema.name]
         ids, matrix = c.pooled_matrix()

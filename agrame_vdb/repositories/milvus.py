@@ -974,6 +974,8 @@ class MilvusRepository(RepositoryBase):
         limit: int,
         prefetch: int,
         filter: Filter | None,
+        *,
+        versions: bool = False,  # no version stamps on candidates: Candidate.version stays None
     ) -> list[Candidate]:
         expr = to_expr(filter)
         if tokens is None:

@@ -336,30 +336,8 @@ class QdrantRepository(RepositoryBase):
         limit: int,
         prefetch: int,
         filter: Filter | None,
-    ) -> list[Candidate]:
-        return self._query(schema, pooled, tokens, limit, prefetch, filter, versions=False)
-
-    def _candidates_versioned(
-        self,
-        schema: CollectionSchema,
-        pooled: np.ndarray,
-        tokens: np.ndarray | None,
-        limit: int,
-        prefetch: int,
-        filter: Filter | None,
-    ) -> list[Candidate]:
-        return self._query(schema, pooled, tokens, limit, prefetch, filter, versions=True)
-
-    def _query(
-        self,
-        schema: CollectionSchema,
-        pooled: np.ndarray,
-        tokens: np.ndarray | None,
-        limit: int,
-        prefetch: int,
-        filter: Filter | None,
         *,
-        versions: bool,
+        versions: bool = False,
     ) -> list[Candidate]:
         f = qc.translate_filter(filter, _DIALECT)
         payload: Any = [qc.P_TV] if versions else False
