@@ -56,6 +56,7 @@ __all__ = [
     "MaxSimScores",
     "pack",
     "pack_concatenated",
+    "pack_token_ranges",
     "granular_maxsim",
     "passage_scores",
     "unit_scores",
@@ -253,29 +254,7 @@ def pack_concatenated(
     ``T``; every passage has a token); ``units[p]`` are passage ``p``'s units (see
     :data:`UnitLike`), or ``None`` for no units at all.
     """
-    matrix = _tensor(tokens, "tokens")
-    if matrix.dim() != 2 or matrix.shape[1] == 0:
-        raise InvalidInputError(f"tokens must be a [T, dim] matrix, got shape {tuple(matrix.shape)}")
-    matrix = matrix.to(device=device, dtype=dtype)
-    try:
-        bounds = np.asarray(offsets.cpu() if isinstance(offsets, torch.Tensor) else offsets)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInputError(f"offsets must be a list of ints, got {type(offsets).__name__}") from exc
-    n_tokens = matrix.shape[0]
-    if bounds.ndim != 1 or bounds.size == 0 or bounds.dtype.kind not in "iu":
-        raise InvalidInputError(f"offsets must be a 1-d array of ints [P+1], got {bounds!r}")
-    bounds = bounds.astype(np.int64)
-    if bounds[0] != 0 or bounds[-1] != n_tokens:
-        raise InvalidInputError(
-            f"offsets must start at 0 and end at the token count {n_tokens}, got {bounds[0]} .. {bounds[-1]}"
-        )
-    lengths = np.diff(bounds)
-    if (lengths <= 0).any():
-        bad = int(np.flatnonzero(lengths <= 0)[0])
-        raise InvalidInputError(
-            f"offsets must increase strictly: passage {bad} spans [{bounds[bad]}, {bounds[bad + 1]}); "
-            "every passage needs at least one token"
-        )
+    matrix, bounds, lengths = _concatenated(tokens, offsets, device, dtype)
     n_passages = len(lengths)
     if units is None:
         units = [()] * n_passages
@@ -305,6 +284,105 @@ def pack_concatenated(
                 per_unit.append(len(unit_ranges))
         range_unit = np.repeat(np.arange(len(unit_passage), dtype=np.int64), per_unit)
         relative = np.asarray(ranges, dtype=np.int64).reshape(-1, 2)
+    return _packed(matrix, bounds, unit_offsets, unit_passage, range_unit, relative)
+
+
+def pack_token_ranges(
+    tokens: ArrayLike,
+    offsets: ArrayLike,
+    unit_passage: ArrayLike,
+    range_unit: ArrayLike,
+    ranges: ArrayLike,
+    *,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype | None = None,
+) -> PackedPassages:
+    """Pack concatenated candidates whose units come as columns, not records (the
+    planner's fast path, from a :class:`~agrame_vdb.unit_table.UnitTable`).
+
+    ``tokens`` and ``offsets`` as in :func:`pack_concatenated`. Unit ``u`` belongs
+    to passage ``unit_passage[u]`` (non-decreasing); token range ``r``,
+    ``ranges[r] = (start, end)`` relative to its passage, belongs to unit
+    ``range_unit[r]`` (non-decreasing, every unit has a range). Passages may have no
+    unit. Gives the same packing as :func:`pack_concatenated` with the same units as
+    records.
+
+    >>> import numpy as np
+    >>> p = pack_token_ranges(np.eye(3, dtype=np.float32), [0, 2, 3], [0, 0], [0, 1], [[0, 1], [1, 2]])
+    >>> p.unit_offsets.tolist(), p.pair_piece.tolist()
+    ([0, 2, 2], [0, 1])
+    """
+    matrix, bounds, lengths = _concatenated(tokens, offsets, device, dtype)
+    n_passages = len(lengths)
+    try:
+        up = np.asarray(unit_passage, dtype=np.int64).reshape(-1)
+        ru = np.asarray(range_unit, dtype=np.int64).reshape(-1)
+        rel = np.asarray(ranges, dtype=np.int64).reshape(-1, 2)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"unit columns must be integer arrays: {exc}") from exc
+    n_units = len(up)
+    if len(ru) != len(rel):
+        raise InvalidInputError(f"range_unit has {len(ru)} entries but there are {len(rel)} ranges")
+    if n_units and (up[0] < 0 or up[-1] >= n_passages or (np.diff(up) < 0).any()):
+        raise InvalidInputError(f"unit_passage must be non-decreasing within [0, {n_passages})")
+    if len(ru) and (ru[0] < 0 or ru[-1] >= n_units or (np.diff(ru) < 0).any()):
+        raise InvalidInputError(f"range_unit must be non-decreasing within [0, {n_units})")
+    without = np.flatnonzero(np.bincount(ru, minlength=n_units) == 0) if n_units else ()
+    if len(without):
+        raise InvalidInputError(f"unit {int(without[0])} (passage {int(up[without[0]])}) has no token range")
+    n_of = lengths[up[ru]] if len(ru) else np.zeros(0, np.int64)
+    bad = (rel[:, 0] < 0) | (rel[:, 0] >= rel[:, 1]) | (rel[:, 1] > n_of)
+    if bad.any():
+        r = int(np.flatnonzero(bad)[0])
+        p = int(up[ru[r]])
+        raise InvalidInputError(
+            f"token range [{rel[r, 0]}, {rel[r, 1]}) of unit {int(ru[r])} (passage {p}) is empty or outside its "
+            f"passage's {int(lengths[p])} tokens; ranges are half-open [start, end) positions in the passage"
+        )
+    unit_offsets = np.zeros(n_passages + 1, dtype=np.int64)
+    np.cumsum(np.bincount(up, minlength=n_passages), out=unit_offsets[1:])
+    return _packed(matrix, bounds, unit_offsets, up, ru, rel)
+
+
+def _concatenated(
+    tokens: ArrayLike, offsets: ArrayLike, device: torch.device | str | None, dtype: torch.dtype | None
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """The checked ``[T, dim]`` matrix on ``device``, its int64 offsets and passage lengths."""
+    matrix = _tensor(tokens, "tokens")
+    if matrix.dim() != 2 or matrix.shape[1] == 0:
+        raise InvalidInputError(f"tokens must be a [T, dim] matrix, got shape {tuple(matrix.shape)}")
+    matrix = matrix.to(device=device, dtype=dtype)
+    try:
+        bounds = np.asarray(offsets.cpu() if isinstance(offsets, torch.Tensor) else offsets)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"offsets must be a list of ints, got {type(offsets).__name__}") from exc
+    n_tokens = matrix.shape[0]
+    if bounds.ndim != 1 or bounds.size == 0 or bounds.dtype.kind not in "iu":
+        raise InvalidInputError(f"offsets must be a 1-d array of ints [P+1], got {bounds!r}")
+    bounds = bounds.astype(np.int64)
+    if bounds[0] != 0 or bounds[-1] != n_tokens:
+        raise InvalidInputError(
+            f"offsets must start at 0 and end at the token count {n_tokens}, got {bounds[0]} .. {bounds[-1]}"
+        )
+    lengths = np.diff(bounds)
+    if (lengths <= 0).any():
+        bad = int(np.flatnonzero(lengths <= 0)[0])
+        raise InvalidInputError(
+            f"offsets must increase strictly: passage {bad} spans [{bounds[bad]}, {bounds[bad + 1]}); "
+            "every passage needs at least one token"
+        )
+    return matrix, bounds, lengths
+
+
+def _packed(
+    matrix: torch.Tensor,
+    bounds: np.ndarray,
+    unit_offsets: np.ndarray,
+    unit_passage: np.ndarray,
+    range_unit: np.ndarray,
+    relative: np.ndarray,
+) -> PackedPassages:
+    """The pieces of checked candidates and units (ranges relative to their passage)."""
     base = bounds[unit_passage[range_unit]]
     range_starts, range_ends = base + relative[:, 0], base + relative[:, 1]
 

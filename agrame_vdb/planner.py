@@ -59,8 +59,9 @@ import numpy as np
 import torch
 
 from .errors import InvalidInputError, UnsupportedOperationError
-from .maxsim import granular_maxsim, pack_concatenated
+from .maxsim import granular_maxsim, pack_concatenated, pack_token_ranges
 from .repository import Candidate, Filter, StoredPassage, TokenBatch
+from .unit_table import UnitTable
 from .units import Span, Unit
 
 if TYPE_CHECKING:
@@ -1071,26 +1072,39 @@ class Planner:
         for c in cands:
             stage_of.setdefault(c.id, (c.score, c.stage))
         ids = sorted(i for i in stage_of if loaded.has(i))  # canonical order: same scores on every engine
-        batch = loaded.batch
-        # the candidates are exactly the fetched batch, in the same (id) order: scored without a copy
-        whole_batch = batch is not None and len(ids) == len(batch.ids) and tuple(ids) == batch.ids
-        unit_lists: list[list[Unit]] = []
-        if plan.units:
-            kind = plan.granularity
-            sources = batch.units if whole_batch else [loaded.entry(i).units for i in ids]  # type: ignore[union-attr]
-            unit_lists = [[u for u in units if u.kind == kind] for units in sources]
-            keep = [j for j, us in enumerate(unit_lists) if us]
-            if len(keep) < len(ids):
-                ids = [ids[j] for j in keep]
-                unit_lists = [unit_lists[j] for j in keep]
-                whole_batch = False
         if not ids:
             return []
-        if whole_batch:
+        batch = loaded.batch
+        kind = plan.granularity
+        unit_index: np.ndarray | None = None
+        # the candidates are exactly the fetched batch, in the same (id) order: scored without a copy
+        if batch is not None and len(ids) == len(batch.ids) and tuple(ids) == batch.ids:
             if loaded.batch_tokens is None:
-                loaded.batch_tokens = self._batch_tensor(batch)  # type: ignore[arg-type]
-            packed = pack_concatenated(loaded.batch_tokens, batch.offsets, unit_lists if plan.units else None)  # type: ignore[union-attr]
+                loaded.batch_tokens = self._batch_tensor(batch)
+            if plan.units:  # the units as columns: Unit records only for the winners
+                table = batch.units if isinstance(batch.units, UnitTable) else UnitTable.from_units(batch.units)
+                columns = table.token_ranges(kind)
+                if not len(columns):
+                    return []
+                packed = pack_token_ranges(
+                    loaded.batch_tokens, batch.offsets, columns.unit_passage, columns.range_unit, columns.ranges
+                )
+                unit_index = columns.unit_index
+                unit_of = lambda j: table.unit(int(columns.unit_passage[j]), kind, int(columns.unit_index[j]))  # noqa: E731
+            else:
+                packed = pack_concatenated(loaded.batch_tokens, batch.offsets)
         else:
+            unit_lists: list[list[Unit]] = []
+            if plan.units:
+                unit_lists = [[u for u in loaded.entry(i).units if u.kind == kind] for i in ids]
+                keep = [j for j, us in enumerate(unit_lists) if us]
+                ids = [ids[j] for j in keep]
+                unit_lists = [unit_lists[j] for j in keep]
+                flat_units = [u for us in unit_lists for u in us]
+                unit_index = np.array([u.index for u in flat_units], dtype=np.int64)
+                unit_of = flat_units.__getitem__
+            if not ids:
+                return []
             packed = self._pack([loaded.entry(i) for i in ids], unit_lists if plan.units else None)
         scores = granular_maxsim(q, packed, sq if plan.units and sq is not None else None, max_chunk_tokens=self.max_chunk_tokens)
         p_scores = scores.passage[0].float().cpu().numpy().astype(np.float64)
@@ -1103,13 +1117,11 @@ class Planner:
             ]
         u_scores = scores.unit[0].float().cpu().numpy().astype(np.float64)
         u_passage = scores.unit_passage.cpu().numpy()
-        flat_units = [u for us in unit_lists for u in us]
         total = u_scores + plan.alpha * p_scores[u_passage]
-        unit_index = np.array([u.index for u in flat_units], dtype=np.int64)
         order = np.lexsort((unit_index, u_passage, -total))[: plan.k]
         return [
             (
-                ids[u_passage[j]], flat_units[j], float(u_scores[j]), float(p_scores[u_passage[j]]),
+                ids[u_passage[j]], unit_of(j), float(u_scores[j]), float(p_scores[u_passage[j]]),
                 float(total[j]), *stage_of[ids[u_passage[j]]],
             )
             for j in order.tolist()

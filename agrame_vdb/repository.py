@@ -409,7 +409,9 @@ class TokenBatch:
     vectors are rows ``offsets[i]:offsets[i+1]`` of ``tokens``, one C-contiguous,
     writable float32 ``[T, dim]`` array (``offsets`` is int64 ``[P+1]``), so the
     batch goes to :func:`~agrame_vdb.maxsim.pack_concatenated` without a copy;
-    ``units[i]`` are its units. ``versions[i]`` is the passage's write version: it
+    ``units[i]`` are its units (``units`` may be a
+    :class:`~agrame_vdb.unit_table.UnitTable`, which the planner scores from without
+    building ``Unit`` records). ``versions[i]`` is the passage's write version: it
     changes whenever the passage is written again, so a cache can key on
     ``(id, version)``; None where the engine keeps no version
     (``capabilities().versions`` is False) or the passage was written without one.
@@ -425,7 +427,7 @@ class TokenBatch:
     missing: tuple[str, ...]
     tokens: np.ndarray
     offsets: np.ndarray
-    units: tuple[tuple[Unit, ...], ...]
+    units: Sequence[tuple[Unit, ...]]
     versions: tuple[int | str | None, ...]
 
     def __post_init__(self) -> None:

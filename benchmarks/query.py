@@ -160,6 +160,8 @@ def main() -> None:
         report("  sentence, engine MaxSim 50 of 200 pooled", *run_vectors(planner, queries, "sentence", args.k, first_stage="maxsim", candidates=50, prefetch=200))
         report("  sentence, filter lang=en", *run_vectors(planner, queries, "sentence", args.k, filter={"lang": "en"}))
         report("  sentence, with matched tokens", *run_vectors(planner, queries, "sentence", args.k, matches=True))
+        bf16 = Planner(repo, COLLECTION, device="cpu", candidates=args.candidates, dtype="bfloat16")
+        report("  sentence, bfloat16 scoring", *run_vectors(bf16, queries, "sentence", args.k))
 
         if args.cache_mb:
             cache = TokenCache(args.cache_mb << 20)

@@ -57,7 +57,7 @@ def test_fetch_reads_the_side_store_not_engine_vectors(edge):
 def test_stale_rows_fall_back_to_engine_vectors(edge):
     repo, passages, spy, d = edge
     con = sqlite3.connect(d / "tokens.sqlite")
-    con.execute("UPDATE tokens SET version = version + 1, data = zeroblob(length(data)) WHERE rowid % 2 = 0")
+    con.execute("UPDATE tokens SET version = version + 1 WHERE rowid % 2 = 0")
     con.execute("DELETE FROM tokens WHERE rowid = 3")
     con.commit()
     con.close()
@@ -108,7 +108,7 @@ def test_fetch_tokens_falls_back_to_engine_vectors_for_stale_rows(edge):
     repo, passages, spy, d = edge
     before = repo.fetch_tokens("c", [p.id for p in passages])
     con = sqlite3.connect(d / "tokens.sqlite")
-    con.execute("UPDATE tokens SET version = version + 1, data = zeroblob(length(data)), units = '[]' WHERE rowid % 2 = 0")
+    con.execute("UPDATE tokens SET version = version + 1, units = x'' WHERE rowid % 2 = 0")
     con.execute("DELETE FROM tokens WHERE rowid = 3")
     con.commit()
     con.close()
@@ -165,3 +165,184 @@ def _new_tokens(p, rng):
 
     t = rng.normal(size=(p.n_tokens, DIM)).astype(np.float32)
     return replace(p, tokens=t)
+
+
+# ----- the side store's data file: crashes, damage, compaction, old stores
+
+
+def _data_file(d):
+    (f,) = d.glob("tokens.sqlite.*.bin")
+    return f
+
+
+def _reopen(repo, d):
+    repo._shards["c"] = getattr(repo._shards["c"], "_shard", repo._shards["c"])
+    repo.close()
+    repo = connect(f"qdrant-edge://{d.parent}")
+    repo.open_collection("c")
+    spy = _Spy(repo._shards["c"])
+    repo._shards["c"] = spy
+    return repo, spy
+
+
+def _check_after_reopening(repo, d, passages):
+    """Closed and opened again, the store reads ``passages`` from the side store alone."""
+    repo, spy = _reopen(repo, d)
+    try:
+        _check_batch(repo, passages)
+        assert spy.vector_requests == [False]
+    finally:
+        repo.close()
+
+
+def test_bytes_appended_by_a_crashed_write_are_cut_off_at_open(edge):
+    repo, passages, spy, d = edge
+    f = _data_file(d)
+    size = f.stat().st_size
+    with f.open("ab") as out:  # a write that never committed its rows
+        out.write(b"\x7f" * 4096)
+    repo, spy = _reopen(repo, d)
+    try:
+        assert f.stat().st_size == size
+        _check_batch(repo, passages)
+        assert spy.vector_requests == [False]  # every row still good
+        fresh = make_passages(3, seed=9)  # the same ids as passages[:3], other vectors
+        repo.upsert("c", fresh)
+        _check_batch(repo, fresh + passages[3:])
+    finally:
+        repo.close()
+
+
+def test_a_truncated_data_file_drops_the_rows_past_its_end(edge):
+    repo, passages, spy, d = edge
+    f = _data_file(d)
+    with f.open("r+b") as out:
+        out.truncate(f.stat().st_size // 2)
+    repo, spy = _reopen(repo, d)
+    try:
+        store = repo._token_stores["c"]
+        assert 0 < len(store.ids()) < len(passages)
+        _check_batch(repo, passages)  # the rest from the engine
+        assert spy.vector_requests == [False, ["tokens"]]
+        # new bytes land where the dropped rows pointed: no old row may read them
+        fresh = make_passages(6, seed=11)  # the same ids as passages[:6], other vectors
+        repo.upsert("c", fresh)
+        _check_batch(repo, fresh + passages[6:])
+        _check(repo, fresh + passages[6:])
+    finally:
+        repo.close()
+
+
+def test_a_lost_data_file_leaves_the_engine_to_answer(edge):
+    repo, passages, spy, d = edge
+    repo, spy = _reopen(repo, d)
+    repo.close()
+    _data_file(d).unlink()
+    repo = connect(f"qdrant-edge://{d.parent}")
+    try:
+        repo.open_collection("c")
+        assert repo._token_stores["c"].ids() == set()
+        _check_batch(repo, passages)
+        repo.upsert("c", passages[:4])
+        assert len(repo._token_stores["c"].ids()) == 4
+        _check_batch(repo, passages)
+    finally:
+        repo.close()
+
+
+def test_optimize_compacts_the_data_file_once_a_quarter_is_dead(edge):
+    repo, passages, spy, d = edge
+    store = repo._token_stores["c"]
+    assert store.compact() is False  # nothing dead yet
+    rng = np.random.default_rng(5)
+    current = list(passages)
+    for _ in range(3):
+        current = [_new_tokens(p, rng) for p in current[:8]] + current[8:]
+        repo.upsert("c", current[:8])
+    repo.delete("c", [current[-1].id])
+    current = current[:-1]
+    before = store.stats()
+    assert before["dead_bytes"] > before["live_bytes"]
+    old = _data_file(d)
+    repo.optimize("c")
+    after = store.stats()
+    assert after["dead_bytes"] == 0 and after["live_bytes"] == before["live_bytes"]
+    assert not old.exists() and _data_file(d).stat().st_size == after["live_bytes"]
+    _check_batch(repo, current)
+    assert spy.vector_requests[-1] is False
+    _check_after_reopening(repo, d, current)
+
+
+def test_a_data_file_left_by_an_interrupted_compaction_is_removed_at_open(edge):
+    repo, passages, spy, d = edge
+    stray = d / "tokens.sqlite.deadbeef.bin"
+    stray.write_bytes(b"\x00" * 1024)
+    _check_after_reopening(repo, d, passages)
+    assert not stray.exists()
+
+
+def test_a_store_from_before_the_data_file_is_read_then_moved_by_optimize(edge):
+    import json
+
+    repo, passages, spy, d = edge
+    repo._shards["c"] = spy._shard
+    repo.close()
+    for f in d.glob("tokens.sqlite*"):
+        f.unlink()
+    stamps = {}
+    repo = connect(f"qdrant-edge://{d.parent}")
+    shard = repo._shards.get("c") or (repo.open_collection("c"), repo._shards["c"])[1]
+    for r in shard.retrieve([p.id for p in passages], ["tokens_version"], False):
+        stamps[str(r.id)] = r.payload["tokens_version"]
+    repo.close()
+    for f in d.glob("tokens.sqlite*"):
+        f.unlink()
+    con = sqlite3.connect(d / "tokens.sqlite")  # the earlier layout: vectors in a blob, units as JSON
+    con.execute("CREATE TABLE tokens (id TEXT PRIMARY KEY, version INTEGER NOT NULL, n INTEGER NOT NULL, data BLOB NOT NULL, units TEXT)")
+    con.executemany(
+        "INSERT INTO tokens VALUES (?, ?, ?, ?, ?)",
+        [
+            (p.id, stamps[p.id], p.n_tokens, p.tokens.astype("<f4").tobytes(),
+             json.dumps([[u.kind, u.index, [list(s) for s in u.char_spans], [list(r) for r in u.token_ranges]] for u in p.units]))
+            for p in passages
+        ],
+    )
+    con.commit()
+    con.close()
+    repo = connect(f"qdrant-edge://{d.parent}")
+    try:
+        repo.open_collection("c")
+        spy = _Spy(repo._shards["c"])
+        repo._shards["c"] = spy
+        store = repo._token_stores["c"]
+        assert store.stats()["old_rows"] == len(passages)
+        _check_batch(repo, passages)
+        assert spy.vector_requests == [False]
+        repo.optimize("c")
+        assert store.stats()["old_rows"] == 0
+        assert store.stats()["live_bytes"] == sum(p.tokens.nbytes for p in passages)
+        _check_batch(repo, passages)
+        assert spy.vector_requests[-1] is False
+    finally:
+        repo._shards["c"] = spy._shard
+        repo.close()
+
+
+def test_unit_kinds_keep_their_numbers_across_writes_and_reopening(edge):
+    from dataclasses import replace
+
+    from agrame_vdb.units import Unit
+
+    repo, passages, spy, d = edge
+    extra = replace(
+        make_passages(1, seed=4)[0],
+        units=(Unit("claim", 0, ((0, 7),), ((0, 1),)), Unit("sentence", 0, ((0, 7),), ((0, 2),))),
+    )
+    repo.upsert("c", [extra])
+    repo, spy = _reopen(repo, d)
+    try:
+        assert repo._token_stores["c"].kinds == ("proposition", "sentence", "claim")
+        _check_batch(repo, [extra, *passages[1:]])
+        assert spy.vector_requests == [False]
+    finally:
+        repo.close()

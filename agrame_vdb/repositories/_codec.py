@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ..units import Unit
+from ..units import Unit, trusted_unit
 
 __all__ = [
     "encode_tokens",
@@ -30,9 +30,7 @@ __all__ = [
     "join_tokens",
     "units_to_json",
     "units_from_json",
-    "units_text",
     "units_from_text",
-    "units_from_texts",
     "copy_dtype",
 ]
 
@@ -89,29 +87,10 @@ def units_to_json(units: Sequence[Unit]) -> list[list[Any]]:
     return [[u.kind, u.index, [list(s) for s in u.char_spans], [list(r) for r in u.token_ranges]] for u in units]
 
 
-_new = object.__new__
-_set_kind = Unit.kind.__set__  # type: ignore[attr-defined]
-_set_index = Unit.index.__set__  # type: ignore[attr-defined]
-_set_chars = Unit.char_spans.__set__  # type: ignore[attr-defined]
-_set_tokens = Unit.token_ranges.__set__  # type: ignore[attr-defined]
-
-
-def units_text(units: Sequence[Unit]) -> str:
-    """Units as one compact JSON string (a side store's column)."""
-    return json.dumps(units_to_json(units), separators=(",", ":"))
-
-
 def units_from_text(text: str) -> tuple[Unit, ...]:
-    """Units from :func:`units_text`."""
+    """Units from JSON text of :func:`units_to_json` (the Qdrant Edge side store's
+    rows from before its binary form)."""
     return units_from_json(json.loads(text))
-
-
-def units_from_texts(texts: Sequence[str]) -> list[tuple[Unit, ...]]:
-    """:func:`units_from_text` of many. One at a time: parsed as one JSON document it
-    is faster alone, but keeps thousands of lists alive at once, which sets off the
-    garbage collector (measured several times slower in a query)."""
-    loads = json.loads
-    return [units_from_json(loads(text)) for text in texts]
 
 
 def units_from_json(data: Sequence[Sequence[Any]]) -> tuple[Unit, ...]:
@@ -120,10 +99,10 @@ def units_from_json(data: Sequence[Sequence[Any]]) -> tuple[Unit, ...]:
 
 
 def _unit(kind: str, index: int, chars: Sequence[Sequence[int]], tokens: Sequence[Sequence[int]]) -> Unit:
-    u = _new(Unit)
-    _set_kind(u, kind)
-    _set_index(u, index)
     # one span / one range is the common case: built directly (about twice as fast)
-    _set_chars(u, ((chars[0][0], chars[0][1]),) if len(chars) == 1 else tuple(map(tuple, chars)))
-    _set_tokens(u, ((tokens[0][0], tokens[0][1]),) if len(tokens) == 1 else tuple(map(tuple, tokens)))
-    return u
+    return trusted_unit(
+        kind,
+        index,
+        ((chars[0][0], chars[0][1]),) if len(chars) == 1 else tuple(map(tuple, chars)),  # type: ignore[arg-type]
+        ((tokens[0][0], tokens[0][1]),) if len(tokens) == 1 else tuple(map(tuple, tokens)),  # type: ignore[arg-type]
+    )

@@ -4,7 +4,8 @@ Layout on disk, one directory per collection under the root path::
 
     <root>/<collection>/collection.json    the CollectionSchema (written first)
     <root>/<collection>/shard/             the Edge shard (segments, WAL)
-    <root>/<collection>/tokens.sqlite      token vectors as bytes (``token_copy``)
+    <root>/<collection>/tokens.sqlite      the token copy's index (``token_copy``)
+    <root>/<collection>/tokens.sqlite.<nonce>.bin   its vectors as raw bytes
     <root>/aliases.json                    aliases: {"aliases": {alias: collection}}
 
 Edge has no collections of its own: each collection is one shard. Points follow
@@ -25,27 +26,29 @@ Edge hands multivectors back as nested Python lists, ~200 ms to build plus ~150 
 into numpy. A base64 copy in the payload still cost ~75 ms (CPython decodes base64
 at ~110 MB/s here), made writes ~35% slower and added ~1000 bytes per token on
 disk. So with ``token_copy=True`` (the default) the token vectors also go, as raw
-float32 (float16 for float16 collections) bytes, into a SQLite side store tied to
-the payload by a version stamp (``_token_store``). Measured at 20k passages: fetch
-of 200 in 18-48 ms against 230-610 ms from the engine's vectors (quiet / loaded
-machine), writes at 0.83x raw engine calls (0.95x without the copy), ~556 more
-bytes per token on disk (float32). The engine's vectors stay the truth: a row
-whose stamp does not match the payload (a crash between the two writes, a restored
-snapshot) is ignored and the engine's vectors are read instead.
-``token_copy=False`` keeps only the engine's copy. Every write gets a new stamp
-(with or without the side store): ``fetch_tokens`` and
-``candidates(with_versions=True)`` report it as the passage's version.
+float32 (float16 for float16 collections) bytes, into a side store tied to the
+payload by a version stamp (``_token_store``: a memory-mapped data file and a
+SQLite index). The engine's vectors stay the truth: a row whose stamp does not
+match the payload (a crash between the two writes, a restored snapshot) is ignored
+and the engine's vectors are read instead. ``token_copy=False`` keeps only the
+engine's copy. Every write gets a new stamp (with or without the side store):
+``fetch_tokens`` and ``candidates(with_versions=True)`` report it as the passage's
+version.
 
-``fetch_tokens`` (the planner's scoring read; 20k passages, 200 read, loaded
-machine): ~10-12 ms CPU against ~15-20 ms for ``fetch``. It reads only the stamps
-from the engine (~2 ms; the whole payload costs ~6.5 ms, ~4.4 of them for Edge to
-build the units' nested lists), then bytes and units JSON from the side store rows
-at those stamps (~4.5 ms), joined into one array (~2 ms).
+``fetch_tokens`` (the planner's scoring read; 20k passages, 200 read, quiet
+machine): ~5 ms. It takes the stamps the candidates carried (or reads only the
+stamps from the engine, ~2 ms; the whole payload costs ~6.5 ms, ~4.4 of them for
+Edge to build the units' nested lists), then the rows at those stamps: the vectors
+gathered from the memory map into one array (~2 ms), the units into one
+:class:`~agrame_vdb.unit_table.UnitTable` (~0.3 ms). Kept as SQLite blobs and JSON
+units, the same read took ~9.5 ms.
 
 Writes pass vectors as lists, which Edge converts about twice as fast as numpy
 arrays. ``optimize()`` builds the pooled HNSW index (Edge never optimises by
 itself; until then the first stage is an exact scan), drops orphaned rows of the
-side store and fills in the units of rows written before the units column.
+side store, fills in the units of rows written before the units column and
+compacts the side store's data file (rows in the earlier form move to the current
+one).
 """
 
 from __future__ import annotations
@@ -86,7 +89,8 @@ from ..repository import (
 )
 from . import DEFAULT_EDGE_PATH, StoreURL, _option_bool
 from . import _qdrant_common as qc
-from ._codec import copy_dtype, join_tokens, units_from_json, units_from_texts, units_text
+from ..unit_table import UnitTable
+from ._codec import copy_dtype, units_from_json, units_from_text
 from ._token_store import TokenStore, new_version
 
 __all__ = ["QdrantEdgeRepository", "from_url"]
@@ -132,6 +136,19 @@ class _Dialect:
 
 
 _DIALECT = _Dialect()
+
+
+def _unit_table(sources: list[Any], kinds: Sequence[str]) -> UnitTable:
+    """One table of passages' units, each given in the side store's binary form
+    (bytes), as an old row's JSON text, or as Unit records (from the payload)."""
+    if all(type(u) is bytes for u in sources):
+        return UnitTable.from_blobs(sources, kinds)
+    return UnitTable.from_units(
+        [
+            UnitTable.from_blobs([u], kinds)[0] if type(u) is bytes else units_from_text(u) if isinstance(u, str) else u
+            for u in sources
+        ]
+    )
 
 
 def _is_panic(exc: BaseException) -> bool:
@@ -316,7 +333,7 @@ class QdrantEdgeRepository(RepositoryBase):
         ]
         self._shard(schema).update(qe.UpdateOperation.upsert_points(points))
         if store is not None:  # a row is used only while its stamp matches the payload's
-            store.put((p.id, v, p.tokens, units_text(p.units)) for p, v in zip(passages, versions))
+            store.put((p.id, v, p.tokens, p.units) for p, v in zip(passages, versions))
 
     def _delete(self, schema: CollectionSchema, ids: list[str]) -> None:
         self._shard(schema).update(qe.UpdateOperation.delete_points(ids))
@@ -415,11 +432,12 @@ class QdrantEdgeRepository(RepositoryBase):
         self, schema: CollectionSchema, ids: list[str], versions: dict[str, Any] | None = None
     ) -> TokenBatch:
         """Version stamps from the engine (the truth), or the ones the caller just saw
-        (``versions``, e.g. from the candidates); token bytes and units from the side
-        store's rows at those stamps, the bytes joined into one array. A row at
+        (``versions``, e.g. from the candidates); token vectors and units from the side
+        store's rows at those stamps: the vectors gathered from its memory map into one
+        array, the units as a :class:`~agrame_vdb.unit_table.UnitTable`. A row at
         another stamp (or every row, without a side store) gives way to the engine's
         own vectors, with the units and stamp of that same read, as in ``_fetch``; a
-        row from before the units column takes its units from the payload.
+        row without units takes them from the payload.
 
         Measured for 200 passages: the stamps alone ~2-3 ms (skipped when given), the
         whole payload ~6.5 ms (Edge builds the units' nested lists as Python objects,
@@ -427,9 +445,8 @@ class QdrantEdgeRepository(RepositoryBase):
         """
         shard = self._shard(schema)
         store = self._tokens(schema)
-        tokens: dict[str, Any] = {}
-        counts: dict[str, int] = {}
-        units: dict[str, Any] = {}
+        tokens: dict[str, np.ndarray] = {}
+        units: dict[str, Any] = {}  # binary units (bytes), JSON text (an old row), or Unit tuples
         read: dict[str, Any] = {}  # the version each passage was read at
         if store is None:
             found, stale = list(ids), list(ids)
@@ -441,23 +458,25 @@ class QdrantEdgeRepository(RepositoryBase):
                     {str(r.id): (r.payload or {}).get(qc.P_TV) for r in shard.retrieve(ask, [qc.P_TV], False)}
                 )
             found = [i for i in ids if i in stamps]
-            rows: dict[str, tuple[int, int, bytes, str | None]] = {}
+            rows = None
             try:
-                rows = store.get_raw(found)
+                rows = store.read(found)
             except sqlite3.Error as exc:  # the engine has the vectors: slower, still right
                 warnings.warn(f"token store {store.path} unreadable ({exc}); reading the engine's vectors", stacklevel=4)
-            stale, legacy, texts = [], [], []
+            stale, legacy, kept = [], [], []
             for pid in found:
-                version, row = stamps[pid], rows.get(pid)
+                version, row = stamps[pid], rows.get(pid) if rows is not None else None
                 if row is None or version is None or row[0] != version:
                     stale.append(pid)
                     continue
-                tokens[pid], counts[pid], read[pid] = row[2], row[1], version
-                if row[3] is None:
+                read[pid] = version
+                kept.append(pid)
+                if row[2] is None:
                     legacy.append(pid)
                 else:
-                    texts.append((pid, row[3]))
-            units.update(zip([pid for pid, _ in texts], units_from_texts([text for _, text in texts])))
+                    units[pid] = row[2]
+            if rows is not None:
+                tokens.update(zip(kept, store.tokens(rows, kept)))
             if legacy:
                 for r in shard.retrieve(legacy, [qc.P_UNITS, qc.P_TV], False):
                     pid, payload = str(r.id), r.payload or {}
@@ -471,20 +490,19 @@ class QdrantEdgeRepository(RepositoryBase):
                     continue
                 pid, payload = str(r.id), r.payload or {}
                 tokens[pid] = np.asarray(vector[qc.TOKENS], dtype=np.float32).reshape(-1, schema.dim)
-                counts[pid] = tokens[pid].shape[0]
                 units[pid] = units_from_json(payload.get(qc.P_UNITS, ()))
                 read[pid] = payload.get(qc.P_TV)
         found = [pid for pid in found if pid in units]  # less any deleted between the reads
-        lengths = [counts[pid] for pid in found]
+        parts = [tokens[pid] for pid in found]
         offsets = np.zeros(len(found) + 1, dtype=np.int64)
-        np.cumsum(lengths, out=offsets[1:])
+        np.cumsum([len(t) for t in parts], out=offsets[1:])
         present = set(found)
         return TokenBatch(
             tuple(found),
             tuple(i for i in ids if i not in present),
-            join_tokens([tokens[pid] for pid in found], lengths, schema.dim, copy_dtype(schema.dtype)),
+            np.concatenate(parts).astype(np.float32, copy=False) if parts else np.zeros((0, schema.dim), np.float32),
             offsets,
-            tuple(units[pid] for pid in found),
+            _unit_table([units[pid] for pid in found], store.kinds if store is not None else ()),
             tuple(read[pid] for pid in found),
         )
 
@@ -505,7 +523,7 @@ class QdrantEdgeRepository(RepositoryBase):
             if orphans:
                 store.delete(sorted(orphans))
             self._fill_units(shard, store)
-            store.checkpoint()
+            store.compact()
 
     @staticmethod
     def _fill_units(shard: Any, store: TokenStore) -> None:
@@ -516,7 +534,7 @@ class QdrantEdgeRepository(RepositoryBase):
             for r in shard.retrieve(todo[start : start + 1000], [qc.P_UNITS, qc.P_TV], False):
                 payload = r.payload or {}
                 if payload.get(qc.P_TV) is not None:
-                    rows.append((str(r.id), payload[qc.P_TV], json.dumps(payload.get(qc.P_UNITS, []), separators=(",", ":"))))
+                    rows.append((str(r.id), payload[qc.P_TV], units_from_json(payload.get(qc.P_UNITS, []))))
             store.set_units(rows)
 
     # ----- aliases (emulated: a JSON file under the root)
