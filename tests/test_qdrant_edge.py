@@ -285,15 +285,8 @@ def test_a_store_from_before_the_data_file_is_read_then_moved_by_optimize(edge):
     import json
 
     repo, passages, spy, d = edge
+    stamps = {str(r.id): r.payload["tokens_version"] for r in spy.retrieve([p.id for p in passages], ["tokens_version"], False)}
     repo._shards["c"] = spy._shard
-    repo.close()
-    for f in d.glob("tokens.sqlite*"):
-        f.unlink()
-    stamps = {}
-    repo = connect(f"qdrant-edge://{d.parent}")
-    shard = repo._shards.get("c") or (repo.open_collection("c"), repo._shards["c"])[1]
-    for r in shard.retrieve([p.id for p in passages], ["tokens_version"], False):
-        stamps[str(r.id)] = r.payload["tokens_version"]
     repo.close()
     for f in d.glob("tokens.sqlite*"):
         f.unlink()
@@ -302,9 +295,9 @@ def test_a_store_from_before_the_data_file_is_read_then_moved_by_optimize(edge):
     con.executemany(
         "INSERT INTO tokens VALUES (?, ?, ?, ?, ?)",
         [
-            (p.id, stamps[p.id], p.n_tokens, p.tokens.astype("<f4").tobytes(),
+            (p.id, stamps[p.id], p.n_tokens, p.tokens.astype("<f4").tobytes()[: None if i else -4],  # the first damaged
              json.dumps([[u.kind, u.index, [list(s) for s in u.char_spans], [list(r) for r in u.token_ranges]] for u in p.units]))
-            for p in passages
+            for i, p in enumerate(passages)
         ],
     )
     con.commit()
@@ -317,12 +310,13 @@ def test_a_store_from_before_the_data_file_is_read_then_moved_by_optimize(edge):
         store = repo._token_stores["c"]
         assert store.stats()["old_rows"] == len(passages)
         _check_batch(repo, passages)
-        assert spy.vector_requests == [False]
+        assert spy.vector_requests == [False, ["tokens"]]  # the damaged row: from the engine
         repo.optimize("c")
-        assert store.stats()["old_rows"] == 0
-        assert store.stats()["live_bytes"] == sum(p.tokens.nbytes for p in passages)
+        assert store.stats()["old_rows"] == 0 and store.ids() == {p.id for p in passages[1:]}
+        assert store.stats()["live_bytes"] == sum(p.tokens.nbytes for p in passages[1:])
+        spy.vector_requests.clear()
         _check_batch(repo, passages)
-        assert spy.vector_requests[-1] is False
+        assert spy.vector_requests == [False, ["tokens"]]
     finally:
         repo._shards["c"] = spy._shard
         repo.close()

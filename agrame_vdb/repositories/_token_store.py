@@ -315,7 +315,7 @@ class TokenStore:
             live *= self._row_bytes
             return {"rows": rows, "live_bytes": live, "dead_bytes": self._end - live, "old_rows": old}
 
-    def compact(self, units_of: Callable[[str], Sequence[Unit]] | None = None) -> bool:
+    def compact(self) -> bool:
         """Rewrite the data file with the live rows only, once dead bytes are a quarter
         of it or rows are in an older form (their vectors in a blob, their units JSON
         text: turned to the binary form). Returns whether it rewrote.
@@ -331,19 +331,22 @@ class TokenStore:
             path = self.path.parent / name
             view = self._view()
             moved: list[tuple[int, bytes | str | None, str]] = []
+            damaged: list[str] = []
             pos = 0
-            listed = self._con.execute("SELECT id, n, pos, data, units FROM tokens ORDER BY pos").fetchall()
+            # old rows' blobs are read one at a time: a store of them can be larger than memory
+            listed = self._con.execute("SELECT id, n, pos, length(data), units FROM tokens ORDER BY pos").fetchall()
             parsed = {pid: units_from_text(units) for pid, _, _, _, units in listed if isinstance(units, str)}
             kinds, add_kinds = self._numbering(parsed.values())
             with open(path, "wb") as out:
-                for pid, n, old_pos, blob, units in listed:
+                for pid, n, old_pos, blob_size, units in listed:
                     size = n * self._row_bytes
-                    if old_pos is not None:
-                        if old_pos + size > len(view):
-                            continue
+                    if old_pos is not None and old_pos + size <= len(view):
                         out.write(view[old_pos : old_pos + size].tobytes())
-                    else:
-                        out.write(blob)
+                    elif old_pos is None and blob_size == size:
+                        out.write(self._con.execute("SELECT data FROM tokens WHERE id = ?", (pid,)).fetchone()[0])
+                    else:  # damaged: the engine's vectors are read until it is written again
+                        damaged.append(pid)
+                        continue
                     if pid in parsed:
                         units = UnitTable.encode(parsed[pid], kinds)
                     moved.append((pos, units, pid))
@@ -353,7 +356,7 @@ class TokenStore:
 
             def body() -> None:
                 add_kinds()
-                self._con.execute("DELETE FROM tokens WHERE pos IS NOT NULL AND pos + n * ? > ?", (self._row_bytes, len(view)))
+                self._con.executemany("DELETE FROM tokens WHERE id = ?", [(pid,) for pid in damaged])
                 self._con.executemany("UPDATE tokens SET pos = ?, data = x'', units = ? WHERE id = ?", moved)
                 self._set_meta(name, pos)
 
