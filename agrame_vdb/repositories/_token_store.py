@@ -370,7 +370,6 @@ class TokenStore:
             self._fd, self._data_path, self._end, self._map = fd, path, pos, None
             self._use_numbering(kinds)
             self._remove_other_data_files()
-            self._con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             return True
 
     def checkpoint(self) -> None:

@@ -524,6 +524,7 @@ class QdrantEdgeRepository(RepositoryBase):
                 store.delete(sorted(orphans))
             self._fill_units(shard, store)
             store.compact()
+            store.checkpoint()
 
     @staticmethod
     def _fill_units(shard: Any, store: TokenStore) -> None:
