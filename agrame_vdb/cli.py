@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -29,6 +29,17 @@ DtypeOption = Annotated[str, typer.Option("--dtype", help="float32, bfloat16 or 
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress and warnings.")] = False) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _close(repository: Any) -> None:
+    """Close the store a command opened (None: it never opened); failing to close is a
+    warning, not the command's error."""
+    if repository is None:
+        return
+    try:
+        repository.close()
+    except AgrameError as exc:
+        typer.secho(f"warning: closing the store failed: {exc}", err=True)
 
 
 def _fail(exc: AgrameError) -> typer.Exit:
@@ -104,11 +115,7 @@ def index(
         typer.secho("interrupted: run the same command again to resume from the last checkpoint", err=True, fg=typer.colors.RED)
         raise typer.Exit(code=130) from None
     finally:
-        if repository is not None:
-            try:
-                repository.close()
-            except AgrameError as exc:
-                typer.secho(f"warning: closing the store failed: {exc}", err=True)
+        _close(repository)
     typer.echo(json.dumps(summary.to_json(), indent=2) if json_output else summary.format())
 
 
@@ -200,11 +207,7 @@ def eval_command(
     except AgrameError as exc:
         raise _fail(exc) from exc
     finally:
-        if repository is not None:
-            try:
-                repository.close()
-            except AgrameError as exc:
-                typer.secho(f"warning: closing the store failed: {exc}", err=True)
+        _close(repository)
     if not json_output:
         typer.echo(results_table(results, ("P@1", "R@5", "MRR@10", "nDCG@10")))
 
@@ -246,11 +249,7 @@ def _migrate(store: str, json_output: bool, action: object) -> None:
         typer.secho("interrupted: run the same command again to resume the migration", err=True, fg=typer.colors.RED)
         raise typer.Exit(code=130) from None
     finally:
-        if repository is not None:
-            try:
-                repository.close()
-            except AgrameError as exc:
-                typer.secho(f"warning: closing the store failed: {exc}", err=True)
+        _close(repository)
     if sys.stderr.isatty():
         typer.echo("", err=True)
     typer.echo(json.dumps(result.to_json(), indent=2) if json_output else result.format())
@@ -618,11 +617,7 @@ def search(
     except AgrameError as exc:
         raise _fail(exc) from exc
     finally:
-        if repository is not None:
-            try:
-                repository.close()
-            except AgrameError as exc:
-                typer.secho(f"warning: closing the store failed: {exc}", err=True)
+        _close(repository)
 
 
 @app.command()
@@ -671,11 +666,7 @@ def cite(
     except AgrameError as exc:
         raise _fail(exc) from exc
     finally:
-        if repository is not None:
-            try:
-                repository.close()
-            except AgrameError as exc:
-                typer.secho(f"warning: closing the store failed: {exc}", err=True)
+        _close(repository)
     typer.echo(json.dumps(result.to_json(), ensure_ascii=False, indent=2) if json_output else result.to_text().rstrip("\n"))
 
 
