@@ -254,3 +254,22 @@ def test_api_key_comes_from_env(monkeypatch):
     monkeypatch.setenv("QDRANT_API_KEY", "secret")
     connect("https://example.invalid:6333")
     assert seen["api_key"] == "secret" and seen["url"] == "https://example.invalid:6333"
+
+
+@pytest.mark.parametrize("module", ["qdrant", "milvus"])
+def test_grpc_errors_are_retried_only_when_transient(module):
+    grpc = pytest.importorskip("grpc")
+    import importlib
+
+    is_transient = importlib.import_module(f"agrame_vdb.repositories.{module}").is_transient
+
+    class Rpc(grpc.RpcError):
+        def __init__(self, code):
+            self._code = code
+
+        def code(self):
+            return self._code
+
+    for code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED):
+        assert is_transient(Rpc(code))
+    assert not is_transient(Rpc(grpc.StatusCode.INVALID_ARGUMENT))

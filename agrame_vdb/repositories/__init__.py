@@ -137,3 +137,18 @@ def _option_number(value: Any, name: str, kind: type = float) -> Any:
         return kind(value)
     except (TypeError, ValueError):
         raise InvalidInputError(f"option {name} must be a {kind.__name__}, got {value!r}") from None
+
+
+def _grpc_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` is a gRPC error worth retrying (unavailable, deadline exceeded,
+    resource exhausted); False where grpc is not installed. Shared by the server
+    repositories that speak gRPC (Qdrant with ``prefer_grpc``, Milvus)."""
+    try:
+        import grpc
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(exc, grpc.RpcError) and hasattr(exc, "code") and exc.code() in (
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    )

@@ -136,7 +136,7 @@ from ..repository import (
     RepositoryBase,
     StoredPassage,
 )
-from . import StoreURL, _option_bool, _option_number
+from . import StoreURL, _grpc_transient, _option_bool, _option_number
 from ._codec import units_from_json, units_to_json
 from ._milvus_filter import TRUE, filter_document, to_expr
 
@@ -351,17 +351,8 @@ def _message(exc: BaseException) -> str:
 
 def is_transient(exc: BaseException) -> bool:
     """Whether a pymilvus / gRPC exception is worth retrying."""
-    try:
-        import grpc
-
-        if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
-            return exc.code() in (
-                grpc.StatusCode.UNAVAILABLE,
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-            )
-    except ImportError:  # pragma: no cover
-        pass
+    if _grpc_transient(exc):
+        return True
     name = type(exc).__name__
     if name in ("MilvusUnavailableException", "FutureTimeoutError"):
         return True

@@ -46,7 +46,7 @@ from ..repository import (
     StoredPassage,
     TokenBatch,
 )
-from . import StoreURL, _option_bool, _option_number
+from . import StoreURL, _grpc_transient, _option_bool, _option_number
 from . import _qdrant_common as qc
 from ._codec import copy_dtype, decode_tokens, join_tokens, units_from_json
 from ._token_store import new_version
@@ -103,18 +103,7 @@ def is_transient(exc: BaseException) -> bool:
             return True
     except ImportError:  # pragma: no cover
         pass
-    try:
-        import grpc
-
-        if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
-            return exc.code() in (
-                grpc.StatusCode.UNAVAILABLE,
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-            )
-    except ImportError:  # pragma: no cover
-        pass
-    return False
+    return _grpc_transient(exc)
 
 
 class _Dialect:
