@@ -22,6 +22,8 @@ import tempfile
 import threading
 from urllib.parse import urlsplit
 
+from .containers import testcontainer_url
+
 _lock = threading.Lock()
 _embedded: dict[str, object] = {}
 _external: dict[str, tuple[str | None, str]] = {}
@@ -158,24 +160,9 @@ def external() -> tuple[str | None, str]:
 def _find_external() -> tuple[str | None, str]:
     if os.environ.get("MILVUS_URI"):
         return _store_url(os.environ["MILVUS_URI"]), ""
-    try:
-        import docker  # type: ignore[import-not-found]
-
-        docker.from_env().ping()
-    except Exception as exc:
-        return None, f"no MILVUS_URI and no Docker engine for testcontainers ({type(exc).__name__}: {exc})"
-    try:
-        from testcontainers.milvus import MilvusContainer  # type: ignore[import-not-found]
-    except ImportError as exc:
-        return None, f"no MILVUS_URI, and testcontainers[milvus] is not installed ({exc})"
-    try:
-        container = MilvusContainer("milvusdb/milvus:v2.6.4")
-        container.start()
-    except Exception as exc:
-        return None, f"testcontainers could not start Milvus: {type(exc).__name__}: {exc}"
-    atexit.register(container.stop)
-    host, port = container.get_container_host_ip(), container.get_exposed_port(19530)
-    return f"milvus://{host}:{port}", ""
+    return testcontainer_url(
+        "MILVUS_URI", "Milvus", "milvus", "MilvusContainer", "milvusdb/milvus:v2.6.4", 19530, "milvus", "[milvus]"
+    )
 
 
 def server_version(url: str) -> tuple[int, int, int]:

@@ -19,6 +19,7 @@ from agrame_vdb import connect
 from agrame_vdb.repository import RepositoryBase
 
 from .. import milvus_servers
+from ..containers import testcontainer_url
 
 
 @dataclass(frozen=True)
@@ -71,26 +72,7 @@ def _qdrant_server_url() -> tuple[str | None, str]:
     """The URL of a Qdrant server for tests, or None and why there is none."""
     if os.environ.get("QDRANT_URL"):
         return os.environ["QDRANT_URL"], ""
-    try:
-        import docker  # type: ignore[import-not-found]
-
-        docker.from_env().ping()
-    except Exception as exc:  # docker.errors.DockerException without an engine
-        return None, f"no QDRANT_URL and no Docker engine for testcontainers ({type(exc).__name__}: {exc})"
-    try:
-        from testcontainers.qdrant import QdrantContainer  # type: ignore[import-not-found]
-    except ImportError as exc:
-        return None, f"no QDRANT_URL, and testcontainers is not installed ({exc})"
-    try:
-        container = QdrantContainer("qdrant/qdrant:v1.16.0")
-        container.start()
-    except Exception as exc:
-        return None, f"testcontainers could not start Qdrant: {type(exc).__name__}: {exc}"
-    import atexit
-
-    atexit.register(container.stop)
-    host, port = container.get_container_host_ip(), container.get_exposed_port(6333)
-    return f"http://{host}:{port}", ""
+    return testcontainer_url("QDRANT_URL", "Qdrant", "qdrant", "QdrantContainer", "qdrant/qdrant:v1.16.0", 6333, "http")
 
 
 _server_cache: dict[str, tuple[str | None, str]] = {}
