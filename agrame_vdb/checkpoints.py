@@ -38,6 +38,10 @@ from .errors import ModelLoadError
 
 __all__ = [
     "DEFAULT_MODEL",
+    "DEFAULT_MODEL_NAME",
+    "PACKAGED_MODELS",
+    "model_directory",
+    "load_tokenizer",
     "FORMATS",
     "EncoderConfig",
     "Projection",
@@ -52,8 +56,16 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: The shipped default model directory (agrame format, base = packaged MiniLM).
-DEFAULT_MODEL = Path(__file__).parent / "models" / "default"
+#: The models shipped in the package, by name (agrame format, base = packaged MiniLM):
+#: ``plain-base`` is all-MiniLM-L6-v2 used plainly (its own 384-d token states, no
+#: markers, no query augmentation, no projection); ``minilm-frozen-128`` the frozen
+#: MiniLM with a trained projection to 128 and trained ``[Q]``/``[Q']`` rows.
+PACKAGED_MODELS = {name: Path(__file__).parent / "models" / name for name in ("plain-base", "minilm-frozen-128")}
+#: The name of the default model: the plain base until a trained model beats it on
+#: the development data at every granularity (see ``docs/results.md``).
+DEFAULT_MODEL_NAME = "plain-base"
+#: The shipped default model directory.
+DEFAULT_MODEL = PACKAGED_MODELS[DEFAULT_MODEL_NAME]
 #: Trained input-embedding rows of the marker tokens, inside an agrame directory.
 MARKERS_FILE = "markers.safetensors"
 FORMATS = ("agrame", "sentence-transformers", "stanford-colbert", "transformer")
@@ -72,20 +84,26 @@ _ACTIVATIONS = {
 
 @dataclass(frozen=True, slots=True)
 class EncoderConfig:
-    """How text becomes token vectors.
+    """How text becomes token vectors (the layout itself: :mod:`agrame_vdb.layout`).
 
     Markers are tokens already in the vocabulary (ColBERT reuses ``[unused*]``
-    slots), so the vocabulary does not grow.
+    slots), so the vocabulary does not grow. A marker set to ``None`` is not used:
+    a model trained without markers (the plain base) is fed none, and one without a
+    sub-passage marker ranks units with its ``[Q]`` query. ``query_augmentation``
+    pads queries with ``[MASK]`` to ``query_maxlen`` (ColBERT); without it a query
+    keeps only its own tokens. Indexer, planner, cite, eval and training all read
+    these settings from the model, so a model is always used as it was trained.
     """
 
     dim: int = 128
     query_maxlen: int = 32
     doc_maxlen: int = 512
-    query_marker: str = "[unused0]"
-    doc_marker: str = "[unused1]"
-    subpassage_marker: str = "[unused2]"
+    query_marker: str | None = "[unused0]"
+    doc_marker: str | None = "[unused1]"
+    subpassage_marker: str | None = "[unused2]"
     attend_to_mask_tokens: bool = False
     base: str | None = None
+    query_augmentation: bool = True
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EncoderConfig:
@@ -247,7 +265,7 @@ def marker_token_id(tokenizer: Any, token: str) -> int:
 def marker_rows(transformer: Any, tokenizer: Any, config: EncoderConfig) -> dict[str, torch.Tensor]:
     """The input-embedding rows of the three marker tokens, by token (float32 copies)."""
     weight = transformer.get_input_embeddings().weight
-    tokens = dict.fromkeys((config.query_marker, config.doc_marker, config.subpassage_marker))
+    tokens = dict.fromkeys(t for t in (config.query_marker, config.doc_marker, config.subpassage_marker) if t is not None)
     return {t: weight[marker_token_id(tokenizer, t)].detach().float().cpu().clone() for t in tokens}
 
 
@@ -344,6 +362,18 @@ def _load_stanford(path: Path, weights: Path, state: dict[str, torch.Tensor], dt
     return Checkpoint(model, _load_tokenizer(path), projection, _with_dim(config, projection, model.config.hidden_size), "stanford-colbert", path)
 
 
+def model_directory(model: str | Path | None) -> Path:
+    """The directory of ``model``: a path, a packaged model's name (``plain-base``,
+    ``minilm-frozen-128``), or None / ``"default"`` for the default model. A path
+    that exists wins over a packaged name."""
+    if model is None or (isinstance(model, str) and model in ("", "default")):
+        return DEFAULT_MODEL
+    path = Path(model).expanduser()
+    if not path.exists() and str(model) in PACKAGED_MODELS:
+        return PACKAGED_MODELS[str(model)]
+    return path
+
+
 def load_checkpoint(
     path: str | Path | None = None,
     *,
@@ -351,7 +381,7 @@ def load_checkpoint(
     dtype: torch.dtype = torch.float32,
 ) -> Checkpoint:
     """Load a model directory in any accepted format (the shipped default when None)."""
-    directory = DEFAULT_MODEL if path is None else Path(path).expanduser()
+    directory = model_directory(path)
     if not directory.exists():
         raise ModelLoadError(f"model path {directory} does not exist; {_ACCEPTED}")
     if not directory.is_dir():
@@ -379,6 +409,28 @@ def load_checkpoint(
     checkpoint.transformer.eval()
     log.info("loaded %s model from %s (dim %d)", checkpoint.format, directory, checkpoint.config.dim)
     return checkpoint
+
+
+def load_tokenizer(model: str | Path | None = None) -> tuple[Any, EncoderConfig]:
+    """A model's tokenizer and settings (``doc_maxlen`` capped at the transformer's
+    positions, as the encoder caps it), without loading the weights for the agrame
+    format (the packaged models); other formats load the whole checkpoint."""
+    directory = model_directory(model)
+    config_file = directory / "agrame_config.json"
+    if config_file.is_file():
+        from transformers import AutoConfig
+
+        config = EncoderConfig.from_dict(_read_json(config_file))
+        base = resolve_base(config.base, directory) if config.base else directory
+        tokenizer = _load_tokenizer(directory if (directory / "tokenizer.json").is_file() else base)
+        try:
+            positions = getattr(AutoConfig.from_pretrained(str(base), local_files_only=True), "max_position_embeddings", 512)
+        except Exception as exc:
+            raise ModelLoadError(f"cannot read the transformer config of {directory}: {exc}") from exc
+        return tokenizer, replace(config, doc_maxlen=min(config.doc_maxlen, positions or 512))
+    checkpoint = load_checkpoint(model)
+    positions = getattr(checkpoint.transformer.config, "max_position_embeddings", 512) or 512
+    return checkpoint.tokenizer, replace(checkpoint.config, doc_maxlen=min(checkpoint.config.doc_maxlen, positions))
 
 
 def _maybe_colbert(directory: Path) -> bool:
@@ -423,7 +475,8 @@ def save_checkpoint(
         data["projection_activation"] = checkpoint.projection.activation_name
     if markers is not None or not include_transformer:
         rows = markers if markers is not None else marker_rows(checkpoint.transformer, checkpoint.tokenizer, config)
-        _write_marker_rows(directory / MARKERS_FILE, rows)
+        if rows:  # a model without markers has none to keep
+            _write_marker_rows(directory / MARKERS_FILE, rows)
     elif (directory / MARKERS_FILE).is_file():  # the saved transformer carries its rows: no stale file
         (directory / MARKERS_FILE).unlink()
     (directory / "agrame_config.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")

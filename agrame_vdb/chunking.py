@@ -45,7 +45,7 @@ from .units import SENTENCE, Span, Unit, align_units, split_sentences
 
 __all__ = ["ChunkingOptions", "Chunk", "Chunker"]
 
-_SPECIAL_TOKENS = 3  # [CLS] [D] ... [SEP]
+_SPECIAL_TOKENS = 3  # [CLS] [D] ... [SEP], for a model with a document marker
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,20 +118,23 @@ class Chunker:
     """Cuts :class:`~agrame_vdb.documents.Document` records into :class:`Chunk` passages.
 
     ``tokenizer`` is the encoder's (a Hugging Face fast tokenizer), ``doc_maxlen``
-    the encoder's document length (special tokens included).
+    the encoder's document length (special tokens included), ``special_tokens``
+    how many of its positions hold no text (:func:`agrame_vdb.layout.special_tokens`).
     """
 
-    def __init__(self, tokenizer: Any, doc_maxlen: int, options: ChunkingOptions | None = None) -> None:
+    def __init__(self, tokenizer: Any, doc_maxlen: int, options: ChunkingOptions | None = None, *,
+                 special_tokens: int = _SPECIAL_TOKENS) -> None:
         self.tokenizer = tokenizer
         self.options = options or ChunkingOptions()
-        self.capacity = int(doc_maxlen) - _SPECIAL_TOKENS
+        self.special_tokens = int(special_tokens)
+        self.capacity = int(doc_maxlen) - self.special_tokens
         if self.capacity < 8:
             raise InvalidInputError(f"doc_maxlen {doc_maxlen} leaves no room for text")
         budget = self.options.max_tokens or self.capacity
         if budget > self.capacity:
             raise InvalidInputError(
                 f"max_tokens {budget} is more than the model encodes ({self.capacity} text tokens: "
-                f"doc_maxlen {doc_maxlen} less {_SPECIAL_TOKENS} special tokens); lower it"
+                f"doc_maxlen {doc_maxlen} less {self.special_tokens} special tokens); lower it"
             )
         if self.options.overlap >= budget // 2 and self.options.overlap:
             raise InvalidInputError(f"overlap {self.options.overlap} must be less than half of max_tokens {budget}")

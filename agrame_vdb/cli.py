@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -20,7 +21,7 @@ app = typer.Typer(
 
 ModelOption = Annotated[
     Optional[Path],
-    typer.Option("--model", help="Model directory (agrame, PyLate/sentence-transformers, Stanford ColBERT or plain encoder); default: the shipped model."),
+    typer.Option("--model", help="Model directory (agrame, PyLate/sentence-transformers, Stanford ColBERT or plain encoder) or a packaged model's name (plain-base, minilm-frozen-128); default: plain-base."),
 ]
 DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")]
 DtypeOption = Annotated[str, typer.Option("--dtype", help="float32, bfloat16 or float16.")]
@@ -156,14 +157,14 @@ def train(
 
 @app.command(name="eval")
 def eval_command(
-    dataset: Annotated[str, typer.Option("--dataset", help="wikiqa, scifact or propsegment.")],
+    dataset: Annotated[str, typer.Option("--dataset", help="wikiqa, scifact, propsegment or squad (a training set).")],
     path: Annotated[Path, typer.Option("--path", help="The data set file or folder (e.g. wikiqa/WikiQA-dev.tsv, scifact/, propsegment/).")],
     model: Annotated[Optional[list[Path]], typer.Option("--model", help="Model directory; repeat to compare models (default: the shipped model).")] = None,
-    store: Annotated[str, typer.Option("--store", help="Store URL, as connect() takes it; collections agrame_eval_* are replaced.")] = "memory://",
+    store: Annotated[Optional[str], typer.Option("--store", help="Store URL, as connect() takes it; collections agrame_eval_* are replaced. Default: a temporary Qdrant Edge store, removed afterwards.")] = None,
     configuration: Annotated[Optional[list[str]], typer.Option("--configuration", help="Only these configurations (repeatable); default: all.")] = None,
-    candidates: Annotated[int, typer.Option("--candidates", "-n", help="First-stage candidates per query; 0: every passage (exhaustive).")] = 0,
+    candidates: Annotated[int, typer.Option("--candidates", "-n", help="First-stage candidates per query (the planner's default first stage); 0: every passage (exhaustive).")] = 200,
     alpha: Annotated[float, typer.Option("--alpha", help="Weight of S(q,p) in the alpha configuration.")] = 1.0,
-    split: Annotated[str, typer.Option("--split", help="SciFact claims: heldout, train or all.")] = "heldout",
+    split: Annotated[str, typer.Option("--split", help="SciFact claims / PropSegmEnt document clusters: heldout, train or all.")] = "heldout",
     distractors: Annotated[int, typer.Option("--distractors", help="SciFact: abstracts added beside the cited ones.")] = 300,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Evaluate only the first N queries.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object per configuration and model.")] = False,
@@ -172,19 +173,25 @@ def eval_command(
 ) -> None:
     """Evaluate models side by side at unit and passage level (P@1, R@5, MRR@10, nDCG@10).
 
-    Configurations: units encoded on their own (sentence-encoding), and passages
-    encoded whole with units ranked by span MaxSim with [Q], with [Q'], and with
-    [Q'] plus alpha times the passage score. Everything runs through the planner
-    over the store (memory:// by default).
+    Configurations: the model's base used plainly (plain-base, the baseline), units
+    encoded on their own (sentence-encoding), and passages encoded whole with units
+    ranked by span MaxSim with [Q], with [Q'], and with [Q'] plus alpha times the
+    passage score. Everything runs through the planner over the store (a temporary
+    Qdrant Edge store by default) with its default first stage (200 pooled candidates).
     """
     import dataclasses
+    import tempfile
 
     from .encoder import MultiVectorEncoder
     from .evaluation import CONFIGURATIONS, evaluate, read_dataset, results_table
     from .repositories import connect
 
-    options: dict[str, object] = {"split": split, "distractors": distractors} if dataset == "scifact" else {}
+    options: dict[str, object] = (
+        {"split": split, "distractors": distractors} if dataset == "scifact" else {"split": split} if dataset == "propsegment" else {}
+    )
     repository = None
+    scratch = None
+    stack = contextlib.ExitStack()
     try:
         if limit is not None and limit < 1:
             raise AgrameError(f"--limit must be >= 1, got {limit}")
@@ -192,13 +199,16 @@ def eval_command(
         if limit is not None:
             data = dataclasses.replace(data, queries=data.queries[:limit])
         configs = tuple(configuration or CONFIGURATIONS)
+        if store is None:
+            scratch = stack.enter_context(tempfile.TemporaryDirectory(prefix="agrame-eval-"))
+            store = f"qdrant-edge://{scratch}/store"
         repository = connect(store)
         results = []
         for directory in model or [None]:
             encoder = MultiVectorEncoder.load(directory, device=device, dtype=dtype)
             name = "default" if directory is None else str(directory)
             found = evaluate(data, encoder, repository, model_name=name, configurations=configs,
-                             candidates=candidates, alpha=alpha, store=store)
+                             candidates=candidates, alpha=alpha, store="qdrant-edge (temporary)" if scratch else store)
             results.extend(found)
             if json_output:
                 for r in found:
@@ -208,6 +218,7 @@ def eval_command(
         raise _fail(exc) from exc
     finally:
         _close(repository)
+        stack.close()
     if not json_output:
         typer.echo(results_table(results, ("P@1", "R@5", "MRR@10", "nDCG@10")))
 

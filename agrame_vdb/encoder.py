@@ -26,21 +26,20 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoints import Checkpoint, EncoderConfig, Projection, load_checkpoint, marker_token_id, save_checkpoint
+from .checkpoints import Checkpoint, EncoderConfig, Projection, load_checkpoint, save_checkpoint
 from .errors import InvalidInputError, ModelLoadError
+from .layout import DocTokens, Marker, document_tokens, marker_ids, query_tokens, special_ids
 from .units import AlignedUnits, Passage, Span, TruncatedUnit, Unit, align_units, segment
 
 __all__ = ["MultiVectorEncoder", "EncodedPassage", "EncoderConfig", "resolve_device", "resolve_dtype"]
 
 log = logging.getLogger(__name__)
 
-Marker = Literal["query", "subpassage", "document"]
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -101,13 +100,6 @@ class EncodedPassage:
         return (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
 
 
-@dataclass(frozen=True, slots=True)
-class _DocTokens:
-    ids: list[int]
-    offsets: tuple[Span | None, ...]
-    encoded_chars: int
-
-
 class MultiVectorEncoder:
     """A ColBERT-style encoder with AGRaME's query markers.
 
@@ -135,19 +127,11 @@ class MultiVectorEncoder:
         if config.doc_maxlen > max_positions:
             config = replace(config, doc_maxlen=max_positions)
         self.config: EncoderConfig = config
-        self._cls, self._sep = self._special_ids()
+        self._cls, self._sep = special_ids(self.tokenizer)
         self._pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self._mask = self.tokenizer.mask_token_id
-        if self._mask is None:
+        if config.query_augmentation and self.tokenizer.mask_token_id is None:
             raise ModelLoadError(f"the tokenizer of {checkpoint.path} has no [MASK] token for query augmentation")
-        self.marker_ids = {
-            "query": marker_token_id(self.tokenizer, config.query_marker),
-            "document": marker_token_id(self.tokenizer, config.doc_marker),
-            "subpassage": marker_token_id(self.tokenizer, config.subpassage_marker),
-        }
-        if len(set(self.marker_ids.values())) != 3:
-            raise ModelLoadError(f"markers must be three distinct tokens, got {config.query_marker!r}, "
-                                 f"{config.doc_marker!r}, {config.subpassage_marker!r}")
+        self.marker_ids = marker_ids(self.tokenizer, config)
 
     def _placed(self, module: torch.nn.Module) -> torch.nn.Module:
         """``module`` on this encoder's device and dtype; a copy if it must move, so
@@ -186,48 +170,13 @@ class MultiVectorEncoder:
     def dim(self) -> int:
         return self.config.dim
 
-    def _special_ids(self) -> tuple[int, int]:
-        tok = self.tokenizer
-        cls_id = tok.cls_token_id if tok.cls_token_id is not None else tok.bos_token_id
-        sep_id = tok.sep_token_id if tok.sep_token_id is not None else tok.eos_token_id
-        if cls_id is None or sep_id is None:
-            raise ModelLoadError("the tokenizer has no [CLS]/[SEP] (or <s>/</s>) tokens")
-        return int(cls_id), int(sep_id)
-
     # --------------------------------------------------------------- tokenising
     def tokenize_queries(self, texts: Sequence[str], marker: Marker = "query") -> dict[str, torch.Tensor]:
-        """``[CLS] marker text [SEP] [MASK]…`` ids and attention mask, ``query_maxlen`` long."""
-        texts = _check_texts(texts, "queries")
-        length = self.config.query_maxlen
-        body = self.tokenizer(texts, add_special_tokens=False, truncation=True, max_length=length - 3, verbose=False)
-        ids = torch.full((len(texts), length), self._mask, dtype=torch.long)
-        attention = torch.zeros((len(texts), length), dtype=torch.long)
-        marker_id = self.marker_ids[marker]
-        for row, tokens in enumerate(body["input_ids"]):
-            seq = [self._cls, marker_id, *tokens, self._sep]
-            ids[row, : len(seq)] = torch.tensor(seq)
-            attention[row, : len(seq)] = 1
-        if self.config.attend_to_mask_tokens:
-            attention[:] = 1
-        return {"input_ids": ids, "attention_mask": attention}
+        """Query ids and attention mask, ``query_maxlen`` long (layout: :func:`~agrame_vdb.layout.query_tokens`)."""
+        return query_tokens(self.tokenizer, self.config, _check_texts(texts, "queries"), marker)
 
-    def _tokenize_documents(self, texts: Sequence[str]) -> list[_DocTokens]:
-        budget = self.config.doc_maxlen - 3
-        enc = self.tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-        out: list[_DocTokens] = []
-        marker = self.marker_ids["document"]
-        for text, tokens, offsets in zip(texts, enc["input_ids"], enc["offset_mapping"], strict=True):
-            kept = tokens[:budget]
-            kept_offsets = [tuple(o) for o in offsets[:budget]]
-            encoded_chars = len(text) if len(tokens) <= budget else int(kept_offsets[-1][1]) if kept_offsets else 0
-            out.append(
-                _DocTokens(
-                    [self._cls, marker, *kept, self._sep],
-                    (None, None, *kept_offsets, None),  # type: ignore[arg-type]
-                    encoded_chars,
-                )
-            )
-        return out
+    def _tokenize_documents(self, texts: Sequence[str]) -> list[DocTokens]:
+        return document_tokens(self.tokenizer, self.config, texts)
 
     # ---------------------------------------------------------------- encoding
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -238,6 +187,14 @@ class MultiVectorEncoder:
         if self.projection is not None:
             hidden = self.projection(hidden)
         return F.normalize(hidden.float(), p=2, dim=-1)
+
+    def embed_queries(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Query token vectors ``[B, query_maxlen, dim]``: :meth:`embed`, with the padding
+        rows of a model without query augmentation zeroed (they add 0 to every MaxSim)."""
+        vectors = self.embed(input_ids, attention_mask)
+        if not self.config.query_augmentation:
+            vectors = vectors * attention_mask.to(vectors.device, vectors.dtype)[..., None]
+        return vectors
 
     def encode_queries(
         self, texts: Sequence[str], *, subpassage: bool = False, batch_size: int = 64
@@ -253,7 +210,7 @@ class MultiVectorEncoder:
         with torch.inference_mode():
             for start in range(0, batch["input_ids"].shape[0], batch_size):
                 sl = slice(start, start + batch_size)
-                parts.append(self.embed(batch["input_ids"][sl], batch["attention_mask"][sl]).cpu())
+                parts.append(self.embed_queries(batch["input_ids"][sl], batch["attention_mask"][sl]).cpu())
         return torch.cat(parts).numpy()
 
     def encode_passages(

@@ -31,11 +31,13 @@ item is relevant when its grade is at least 1. nDCG uses the grade as the gain
 from __future__ import annotations
 
 import csv
+import dataclasses
 import functools
 import hashlib
 import json
 import math
 import random
+import time
 from collections import Counter, defaultdict
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,7 +47,7 @@ from typing import Any
 
 from .errors import InvalidInputError
 from .repository import Eq, Filter, Not
-from .units import PROPOSITION, SENTENCE, Passage, Unit, proposition_from_word_indices, units_from_char_spans
+from .units import PROPOSITION, SENTENCE, Passage, Unit, proposition_from_word_indices, split_sentences, units_from_char_spans
 
 __all__ = [
     "EvalQuery",
@@ -56,6 +58,8 @@ __all__ = [
     "read_wikiqa",
     "read_propsegment",
     "scifact_split",
+    "propsegment_split",
+    "read_squad",
     "precision_at_k",
     "recall_at_k",
     "mrr_at_k",
@@ -63,6 +67,7 @@ __all__ = [
     "mean_metrics",
     "METRICS",
     "CONFIGURATIONS",
+    "plain_base_encoder",
     "ConfigurationResult",
     "evaluate",
     "results_table",
@@ -292,8 +297,15 @@ def _jaccard(a: set[int], b: set[int]) -> float:
     return len(a & b) / len(a | b) if a | b else 0.0
 
 
+def propsegment_split(cluster_id: int | str, heldout_fraction: float = 0.5) -> str:
+    """``"heldout"`` or ``"train"`` for a PropSegmEnt document cluster, by a hash of its id."""
+    return "heldout" if _bucket(f"propsegment-cluster-{cluster_id}") < heldout_fraction else "train"
+
+
 @_reader("PropSegmEnt dev")
-def read_propsegment(path: str | Path, *, min_votes: int = 2, min_overlap: float = 0.5) -> EvalDataset:
+def read_propsegment(
+    path: str | Path, *, split: str = "all", heldout_fraction: float = 0.5, min_votes: int = 2, min_overlap: float = 0.5
+) -> EvalDataset:
     """PropSegmEnt dev: Wikipedia documents with their reference propositions as units.
 
     A query is a hypothesis proposition (its words joined by spaces) that at least
@@ -301,7 +313,13 @@ def read_propsegment(path: str | Path, *, min_votes: int = 2, min_overlap: float
     passage (grade = votes); each rater's supporting proposition counts one vote for
     the reference proposition of that sentence it overlaps most (Jaccard of token
     sets at least ``min_overlap``). The query's own document is filtered out.
+
+    ``split`` keeps the document clusters of one part (``train`` or ``heldout``, by
+    :func:`propsegment_split`, half each by default) or ``all``: queries and their
+    premises always share a cluster, so the parts share no document.
     """
+    if split not in ("train", "heldout", "all"):
+        raise InvalidInputError(f"PropSegmEnt split must be train, heldout or all, got {split!r}")
     folder = Path(path)
     folder = folder if folder.is_dir() else folder.parent
     files = {name: folder / f"{name}.dev.json" for name in ("propositions", "document_clusters", "relationships")}
@@ -327,6 +345,8 @@ def read_propsegment(path: str | Path, *, min_votes: int = 2, min_overlap: float
     unit_index: dict[tuple[str, int, int], int] = {}  # (doc, sentence, proposition) → unit index
     n_sentences = 0
     for cluster in clusters:
+        if split != "all" and propsegment_split(cluster["cluster_id"], heldout_fraction) != split:
+            continue
         for doc in cluster["documents"]:
             doc_id = str(doc["document_id"])
             texts = [s["sentence_text"] for s in doc["sentences"]]
@@ -389,16 +409,57 @@ def read_propsegment(path: str | Path, *, min_votes: int = 2, min_overlap: float
         "documents": len(passages),
         "queries": len(queries),
     }
-    return EvalDataset("propsegment-dev", tuple(passages), tuple(units), tuple(queries), PROPOSITION, stats)
+    name = "propsegment-dev" if split == "all" else f"propsegment-dev-{split}"
+    return EvalDataset(name, tuple(passages), tuple(units), tuple(queries), PROPOSITION, stats)
+
+
+# --------------------------------------------------------------------------- SQuAD (training)
+
+
+@_reader("SQuAD v1.1 json")
+def read_squad(path: str | Path) -> EvalDataset:
+    """A SQuAD v1.1 file (``data[].paragraphs[].context/qas``): paragraph = passage,
+    sentence (the splitter's) = unit; a question's relevant unit is the sentence
+    holding its first answer's ``answer_start`` (grade 1), its paragraph the relevant
+    passage (grade 2). Questions whose answer falls outside every sentence are left out."""
+    file = Path(path)
+    if file.is_dir():
+        found = sorted(file.glob("*.json"))
+        if not found:
+            raise InvalidInputError(f"no SQuAD .json file in {file}")
+        file = found[0]
+    try:
+        articles = json.loads(file.read_text(encoding="utf-8"))["data"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise InvalidInputError(f"cannot read SQuAD file {file}: {exc}") from exc
+    passages, units, queries = [], [], []
+    skipped = 0
+    for a_i, article in enumerate(articles):
+        for p_i, paragraph in enumerate(article["paragraphs"]):
+            text = paragraph["context"]
+            passage = Passage.create(f"squad-{a_i}-{p_i}", 0, text, {"title": article.get("title", "")})
+            sentences = tuple(split_sentences(text))
+            passages.append(passage)
+            units.append(sentences)
+            for qa in paragraph["qas"]:
+                start = int(qa["answers"][0]["answer_start"]) if qa.get("answers") else -1
+                hit = next((u.index for u in sentences if any(a <= start < b for a, b in u.char_spans)), None)
+                if hit is None:
+                    skipped += 1
+                    continue
+                queries.append(EvalQuery(f"squad-{qa['id']}", qa["question"], _freeze({passage.id: 2}),
+                                         _freeze({(passage.id, hit): 1})))
+    stats = {"articles": len(articles), "passages": len(passages), "queries": len(queries), "skipped": skipped}
+    return EvalDataset("squad-train", tuple(passages), tuple(units), tuple(queries), SENTENCE, stats)
 
 
 #: The readers ``agrame-vdb eval --dataset`` knows.
-DATASETS = ("wikiqa", "scifact", "propsegment")
+DATASETS = ("wikiqa", "scifact", "propsegment", "squad")
 
 
 def read_dataset(name: str, path: str | Path, **options: Any) -> EvalDataset:
     """Read data set ``name`` (one of :data:`DATASETS`) from ``path``."""
-    readers = {"wikiqa": read_wikiqa, "scifact": read_scifact, "propsegment": read_propsegment}
+    readers = {"wikiqa": read_wikiqa, "scifact": read_scifact, "propsegment": read_propsegment, "squad": read_squad}
     if name not in readers:
         raise InvalidInputError(f"unknown data set {name!r}; use one of {DATASETS}")
     return readers[name](path, **options)
@@ -471,12 +532,39 @@ def mean_metrics(rankings: Iterable[tuple[Sequence[Hashable], Mapping[Hashable, 
 
 #: The configurations :func:`evaluate` compares, with what each one does.
 CONFIGURATIONS: Mapping[str, str] = MappingProxyType({
+    "plain-base": "the model's base transformer used plainly (its own token states: no markers, no query "
+                  "augmentation, no projection), passages encoded whole; units ranked by S(q,u) + alpha * S(q,p), "
+                  "passages by S(q,p): the baseline",
     "sentence-encoding": "each unit encoded on its own as a passage; units ranked by S(q,u) with [Q], "
                          "passages by their best unit",
     "passage-span-q": "passages encoded whole; units ranked by span MaxSim S(q,u) with the [Q] query",
     "passage-span-q'": "passages encoded whole; units ranked by S(q',u) with the [Q'] query",
     "passage-span-q'+alpha": "passages encoded whole; units ranked by S(q',u) + alpha * S(q,p)",
 })
+#: The configurations that rank units inside whole-passage encodings of the model itself.
+_SPAN_CONFIGURATIONS = ("passage-span-q", "passage-span-q'", "passage-span-q'+alpha")
+
+
+def plain_base_encoder(encoder: Any) -> Any:
+    """The plain form of ``encoder``'s base transformer: its own token states (no
+    markers, no query augmentation, no projection), as it was trained, with the
+    encoder's lengths. A model that names no base (its transformer saved whole) is
+    taken to be built on the packaged base (the ``plain-base`` model's)."""
+    from .checkpoints import PACKAGED_MODELS, EncoderConfig, load_checkpoint, resolve_base
+    from .encoder import MultiVectorEncoder
+
+    plain = PACKAGED_MODELS["plain-base"]
+    checkpoint = load_checkpoint(plain)
+    base = encoder.config.base or checkpoint.config.base
+    if base != checkpoint.config.base:
+        checkpoint = load_checkpoint(resolve_base(base, Path(encoder.checkpoint.path)))
+    checkpoint.projection = None
+    checkpoint.config = EncoderConfig(
+        dim=int(checkpoint.transformer.config.hidden_size), query_maxlen=encoder.config.query_maxlen,
+        doc_maxlen=encoder.config.doc_maxlen, query_marker=None, doc_marker=None, subpassage_marker=None,
+        query_augmentation=False, base=base,
+    )
+    return MultiVectorEncoder(checkpoint, device=encoder.device, dtype=encoder.dtype)
 
 
 @dataclass(frozen=True)
@@ -559,7 +647,7 @@ def evaluate(
     *,
     model_name: str = "default",
     configurations: Sequence[str] = tuple(CONFIGURATIONS),
-    candidates: int = 0,
+    candidates: int = 200,
     alpha: float = 1.0,
     k: int = 10,
     collection_prefix: str = "agrame_eval",
@@ -567,92 +655,125 @@ def evaluate(
     batch_size: int = 32,
     keep: bool = False,
     on_query: Any = None,
+    plain_encoder: Any = None,
 ) -> list[ConfigurationResult]:
     """Index ``dataset`` into ``repository`` and rank its queries in each configuration.
 
     Passages are indexed as given (one stored passage per data set passage, its
     units attached); ``sentence-encoding`` indexes every unit as a passage of its
-    own in a second collection. Every ranking goes through the
-    :class:`~agrame_vdb.planner.Planner`: ``candidates`` first-stage candidates per
-    query (0: every passage of the collection, an exhaustive rerank), the top ``k``
-    results. Collections are dropped afterwards unless ``keep``.
+    own in a second collection, ``plain-base`` the passages again with the plain
+    base (``plain_encoder``, default :func:`plain_base_encoder`) in a third. Every
+    ranking goes through the :class:`~agrame_vdb.planner.Planner`: ``candidates``
+    first-stage candidates per query (the planner's default first stage, 200
+    pooled candidates; 0: every passage of the collection, an exhaustive rerank),
+    the top ``k`` results. Collections are dropped afterwards unless ``keep``.
     """
-    import time as _time
-
-    from .planner import PASSAGE, Planner, TokenCache, encode_queries
-
     unknown = [c for c in configurations if c not in CONFIGURATIONS]
     if unknown:
         raise InvalidInputError(f"unknown configuration {unknown[0]!r}; use one of {list(CONFIGURATIONS)}")
     if not dataset.queries:
         raise InvalidInputError(f"{dataset.name} has no queries to evaluate")
-    kind = dataset.unit_kind
-    passages_coll = f"{collection_prefix}_passages"
-    units_coll = f"{collection_prefix}_units"
-    started = _time.perf_counter()
-    n_passages = _index(_documents(dataset), repository, passages_coll, encoder, batch_size)
-    span_configs = [c for c in configurations if c != "sentence-encoding"]
-    texts = [q.text for q in dataset.queries]
-    q_all, sq_all = encode_queries(encoder, texts, both=True)
-    assert sq_all is not None
-    index_s = _time.perf_counter() - started
+    run = _Run(dataset, repository, candidates, alpha, k, store, batch_size, on_query, model_name)
+    names = [f"{collection_prefix}_{what}" for what in ("passages", "units", "plain")]
     results: list[ConfigurationResult] = []
-    pid_of_doc = {p.doc_id: p.id for p in dataset.passages}
     try:
-        if span_configs:
-            t0 = _time.perf_counter()
-            n = candidates or n_passages
-            planner = Planner(repository, passages_coll, encoder, candidates=n, cache=TokenCache(2 << 30), device="cpu")
-            runs: dict[str, list[tuple[list[Hashable], Mapping[Hashable, int]]]] = {c: [] for c in span_configs}
-            passage_runs = []
-            for i, query in enumerate(dataset.queries):
-                q, sq = q_all[i], sq_all[i]
-                ranked = planner.search_vectors(q, granularity=PASSAGE, k=k, filter=query.filter)
-                passage_runs.append(([r.passage_id for r in ranked], query.passage_qrels))
-                for config in span_configs:
-                    sub = q if config == "passage-span-q" else sq
-                    a = alpha if config.endswith("+alpha") else 0.0
-                    ranked = planner.search_vectors(q, sub, granularity=kind, k=k, filter=query.filter, alpha=a)
-                    runs[config].append(([(r.passage_id, r.unit_index) for r in ranked], query.unit_qrels))
-                if on_query is not None:
-                    on_query("passage encoding", i + 1, len(dataset.queries))
-            passage_metrics = mean_metrics(passage_runs)
-            seconds = index_s + _time.perf_counter() - t0
-            for config in span_configs:
-                results.append(ConfigurationResult(
-                    dataset.name, model_name, config, passage_metrics, mean_metrics(runs[config]),
-                    alpha if config.endswith("+alpha") else None, n, store, seconds,
-                ))
+        if "plain-base" in configurations:
+            plain = plain_encoder if plain_encoder is not None else plain_base_encoder(encoder)
+            [found] = run.span(plain, names[2], ["passage-span-q'+alpha"], "plain base")
+            results.append(dataclasses.replace(found, configuration="plain-base"))
         if "sentence-encoding" in configurations:
-            t0 = _time.perf_counter()
-            docs, back = _unit_documents(dataset)
-            n_units = _index(docs, repository, units_coll, encoder, batch_size)
-            n = candidates or n_units
-            planner = Planner(repository, units_coll, encoder, candidates=n, cache=TokenCache(2 << 30), device="cpu")
-            unit_runs, passage_runs = [], []
-            depth = min(n_units, max(10 * k, 100))
-            for i, query in enumerate(dataset.queries):
-                ranked = planner.search_vectors(q_all[i], granularity=PASSAGE, k=depth, filter=query.filter)
-                keys = [back[(r.doc_id, r.passage_index)] for r in ranked]
-                unit_runs.append((keys[:k], query.unit_qrels))
-                best: list[str] = []
-                for r in ranked:  # a passage ranks where its best unit does
-                    pid = pid_of_doc[r.doc_id]
-                    if pid not in best:
-                        best.append(pid)
-                passage_runs.append((best[:k], query.passage_qrels))
-                if on_query is not None:
-                    on_query("sentence encoding", i + 1, len(dataset.queries))
-            results.insert(0, ConfigurationResult(
-                dataset.name, model_name, "sentence-encoding", mean_metrics(passage_runs), mean_metrics(unit_runs),
-                None, n, store, _time.perf_counter() - t0 + index_s,
-            ))
+            results.append(run.unit_encoding(encoder, names[1]))
+        span_configs = [c for c in _SPAN_CONFIGURATIONS if c in configurations]
+        if span_configs:
+            results.extend(run.span(encoder, names[0], span_configs, "passage encoding"))
     finally:
         if not keep:
-            for name in (passages_coll, units_coll):
+            for name in names:
                 if name in repository.list_collections():
                     repository.drop_collection(name)
     return results
+
+
+@dataclass
+class _Run:
+    """One data set's queries ranked through the planner, collection by collection."""
+
+    dataset: EvalDataset
+    repository: Any
+    candidates: int
+    alpha: float
+    k: int
+    store: str
+    batch_size: int
+    on_query: Any
+    model_name: str
+
+    def _planner(self, collection: str, encoder: Any, n_passages: int) -> tuple[Any, int]:
+        from .planner import Planner, TokenCache
+
+        n = min(self.candidates, n_passages) if self.candidates else n_passages
+        return Planner(self.repository, collection, encoder, candidates=n, cache=TokenCache(2 << 30), device="cpu"), n
+
+    def _tick(self, what: str, i: int) -> None:
+        if self.on_query is not None:
+            self.on_query(what, i + 1, len(self.dataset.queries))
+
+    def span(self, encoder: Any, collection: str, configs: Sequence[str], what: str) -> list[ConfigurationResult]:
+        """Passages encoded whole by ``encoder``; units ranked inside them in each of ``configs``."""
+        from .planner import PASSAGE, encode_queries
+
+        started = time.perf_counter()
+        data = self.dataset
+        n_passages = _index(_documents(data), self.repository, collection, encoder, self.batch_size)
+        q_all, sq_all = encode_queries(encoder, [q.text for q in data.queries], both=True)
+        assert sq_all is not None
+        planner, n = self._planner(collection, encoder, n_passages)
+        runs: dict[str, list[tuple[list[Hashable], Mapping[Hashable, int]]]] = {c: [] for c in configs}
+        passage_runs = []
+        for i, query in enumerate(data.queries):
+            q, sq = q_all[i], sq_all[i]
+            ranked = planner.search_vectors(q, granularity=PASSAGE, k=self.k, filter=query.filter)
+            passage_runs.append(([r.passage_id for r in ranked], query.passage_qrels))
+            for config in configs:
+                sub = q if config == "passage-span-q" else sq
+                a = self.alpha if config.endswith("+alpha") else 0.0
+                ranked = planner.search_vectors(q, sub, granularity=data.unit_kind, k=self.k, filter=query.filter, alpha=a)
+                runs[config].append(([(r.passage_id, r.unit_index) for r in ranked], query.unit_qrels))
+            self._tick(what, i)
+        passage_metrics = mean_metrics(passage_runs)
+        seconds = time.perf_counter() - started
+        return [
+            ConfigurationResult(data.name, self.model_name, config, passage_metrics, mean_metrics(runs[config]),
+                                self.alpha if config.endswith("+alpha") else None, n, self.store, seconds)
+            for config in configs
+        ]
+
+    def unit_encoding(self, encoder: Any, collection: str) -> ConfigurationResult:
+        """Every unit encoded as a passage of its own; a passage ranks where its best unit does."""
+        from .planner import PASSAGE, encode_queries
+
+        started = time.perf_counter()
+        data = self.dataset
+        docs, back = _unit_documents(data)
+        n_units = _index(docs, self.repository, collection, encoder, self.batch_size)
+        q_all, _ = encode_queries(encoder, [q.text for q in data.queries], both=False)
+        planner, n = self._planner(collection, encoder, n_units)
+        pid_of_doc = {p.doc_id: p.id for p in data.passages}
+        unit_runs, passage_runs = [], []
+        depth = min(n, max(10 * self.k, 100))
+        for i, query in enumerate(data.queries):
+            ranked = planner.search_vectors(q_all[i], granularity=PASSAGE, k=depth, filter=query.filter)
+            keys = [back[(r.doc_id, r.passage_index)] for r in ranked]
+            unit_runs.append((keys[: self.k], query.unit_qrels))
+            best: list[str] = []
+            for r in ranked:  # a passage ranks where its best unit does
+                pid = pid_of_doc[r.doc_id]
+                if pid not in best:
+                    best.append(pid)
+            passage_runs.append((best[: self.k], query.passage_qrels))
+            self._tick("sentence encoding", i)
+        return ConfigurationResult(data.name, self.model_name, "sentence-encoding", mean_metrics(passage_runs),
+                                   mean_metrics(unit_runs), None, n, self.store, time.perf_counter() - started)
 
 
 def results_table(results: Sequence[ConfigurationResult], metrics: Sequence[str] = ("P@1", "R@5")) -> str:

@@ -67,7 +67,9 @@ from .errors import (
     RepositoryError,
     TransientRepositoryError,
 )
+from .checkpoints import load_tokenizer
 from .jobstate import JobCheckpoint, file_fingerprint, job_differences
+from .layout import special_tokens
 from .repository import And, CollectionSchema, In, Range, StoredPassage, validate_metadata
 from .units import Passage
 
@@ -362,42 +364,15 @@ class _PendingDoc:
 
 
 def _model_identity(encoder: Any = None, model: str | Path | None = None, dtype: str = "float32") -> dict[str, Any]:
-    from .checkpoints import DEFAULT_MODEL
+    from .checkpoints import model_directory
     from .encoder import resolve_dtype
 
     if encoder is not None:
         ck = getattr(encoder, "checkpoint", None)
         path = str(Path(ck.path).resolve()) if ck is not None else f"{type(encoder).__module__}.{type(encoder).__qualname__}"
         return {"path": path, "dtype": str(getattr(encoder, "dtype", "float32")).removeprefix("torch.")}
-    path = Path(model).expanduser() if model is not None else DEFAULT_MODEL
+    path = model_directory(model)
     return {"path": str(path.resolve()), "dtype": str(resolve_dtype(dtype)).removeprefix("torch.")}
-
-
-def load_tokenizer(model: str | Path | None = None) -> tuple[Any, int]:
-    """A model's tokenizer and ``doc_maxlen``, without loading its weights for the
-    agrame format (the default model); other formats load the whole encoder."""
-    from .checkpoints import DEFAULT_MODEL, EncoderConfig, resolve_base
-
-    directory = DEFAULT_MODEL if model is None else Path(model).expanduser()
-    config_file = directory / "agrame_config.json"
-    if config_file.is_file():
-        from transformers import AutoConfig, AutoTokenizer
-
-        config = EncoderConfig.from_dict(json.loads(config_file.read_text()))
-        base = resolve_base(config.base, directory) if config.base else directory
-        tok_dir = directory if (directory / "tokenizer.json").is_file() else base
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(str(tok_dir), local_files_only=True)
-            positions = getattr(AutoConfig.from_pretrained(str(base), local_files_only=True), "max_position_embeddings", 512)
-        except Exception as exc:
-            from .errors import ModelLoadError
-
-            raise ModelLoadError(f"cannot load the tokenizer of {directory}: {exc}") from exc
-        return tokenizer, min(config.doc_maxlen, positions or 512)
-    from .encoder import MultiVectorEncoder
-
-    enc = MultiVectorEncoder.load(model, device="cpu")
-    return enc.tokenizer, enc.config.doc_maxlen
 
 
 class IndexJob:
@@ -616,22 +591,22 @@ class IndexJob:
                 self._times["setup"] = time.perf_counter() - self._started
                 return self._summary(already_done=True, rejects=previous.rejects_path)
         if self.dry_run:
-            tokenizer, doc_maxlen = (
-                (self.encoder.tokenizer, self.encoder.config.doc_maxlen) if self.encoder is not None
-                else load_tokenizer(self.model)
+            tokenizer, config = (
+                (self.encoder.tokenizer, self.encoder.config) if self.encoder is not None else load_tokenizer(self.model)
             )
         else:
             if self.encoder is None:
                 from .encoder import MultiVectorEncoder
 
                 self.encoder = MultiVectorEncoder.load(self.model, device=self.device, dtype=self.dtype)
-            tokenizer, doc_maxlen = self.encoder.tokenizer, self.encoder.config.doc_maxlen
+            tokenizer, config = self.encoder.tokenizer, self.encoder.config
             schema = CollectionSchema(
                 self.collection, dim=int(self.encoder.dim), dtype=self.storage_dtype, on_disk=self.on_disk,
                 indexed_fields=self.indexed_fields,
             )
             self._call("create the collection", self.repository.create_collection, schema, setup=True)
-        chunker = Chunker(tokenizer, doc_maxlen, self.chunking)
+        chunker = Chunker(tokenizer, config.doc_maxlen, self.chunking, special_tokens=special_tokens(config))
+        self._special_tokens = chunker.special_tokens
         self._times["setup"] = time.perf_counter() - self._started
         same_rejects = previous is not None and previous.rejects_path == (str(self.rejects_path) if self.rejects_path else None)
         rejects = _Rejects(self.rejects_path, previous.rejects_bytes if same_rejects and previous is not None else None)
@@ -742,7 +717,7 @@ class IndexJob:
             for c in (self._counts, self._run):
                 c.documents += len(pending)
                 c.passages += sum(len(d.chunks) for d in pending)
-                c.tokens += sum(ch.n_tokens + 3 for d in pending for ch in d.chunks)
+                c.tokens += sum(ch.n_tokens + self._special_tokens for d in pending for ch in d.chunks)
         if pending and not self.dry_run:
             chunks = [c for d in pending for c in d.chunks]
             t = time.perf_counter()

@@ -426,18 +426,23 @@ def encoder_lock(encoder: Any) -> threading.Lock:
 
 def encode_queries(encoder: MultiVectorEncoder, texts: Sequence[str], *, both: bool) -> tuple[np.ndarray, np.ndarray | None]:
     """``[Q]`` vectors ``[B, Lq, dim]`` and, when ``both``, ``[Q']`` vectors, in one
-    forward pass; thread-safe (the tokenizer is locked, the model is not)."""
+    forward pass (a model without a ``[Q']`` marker ranks units with its ``[Q]``
+    vectors: one pass, the same array twice); thread-safe (the tokenizer is
+    locked, the model is not)."""
+    both_passes = both and "subpassage" in encoder.marker_ids
     with encoder_lock(encoder):
         batch = encoder.tokenize_queries(texts, "query")
-        if both:
+        if both_passes:
             sub = encoder.tokenize_queries(texts, "subpassage")
     ids, mask = batch["input_ids"], batch["attention_mask"]
-    if both:
+    if both_passes:
         ids, mask = torch.cat([ids, sub["input_ids"]]), torch.cat([mask, sub["attention_mask"]])
     with torch.inference_mode():
-        out = encoder.embed(ids, mask).cpu().numpy()
+        out = encoder.embed_queries(ids, mask).cpu().numpy()
     n = len(texts)
-    return out[:n], (out[n:] if both else None)
+    if not both:
+        return out, None
+    return out[:n], (out[n:] if both_passes else out)
 
 
 def _takes(fn: Any, name: str) -> bool:

@@ -24,6 +24,16 @@ def data_file(*parts: str) -> Path:
 
 @pytest.fixture(scope="session")
 def encoder():
+    """The packaged model with markers and query augmentation (minilm-frozen-128):
+    what the marker, [Q'] and augmentation machinery is tested with."""
+    from agrame_vdb.encoder import MultiVectorEncoder
+
+    return MultiVectorEncoder.load("minilm-frozen-128", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def plain_encoder():
+    """The default model: the plain base (no markers, no augmentation, 384-d)."""
     from agrame_vdb.encoder import MultiVectorEncoder
 
     return MultiVectorEncoder.load(device="cpu")

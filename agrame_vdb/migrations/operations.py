@@ -5,7 +5,7 @@ inside the passage's one stored encoding, so new units (sentences the splitter
 finds, propositions from elsewhere, custom spans) need only the map from token
 positions to characters. That map comes from the tokenizer alone: the stored
 encoding is ``[CLS] [D] text [SEP]``, so re-tokenizing the stored text with the
-model's tokenizer (``return_offsets_mapping``, cut at ``doc_maxlen - 3`` as the
+model's tokenizer (``return_offsets_mapping``, cut at ``doc_maxlen`` less the special tokens as the
 encoder cuts) gives every position's character span, with no forward pass.
 :func:`add_units` checks, per passage, that the tokenizer gives exactly as many
 positions as the passage has token vectors (else the collection was encoded with
@@ -34,11 +34,13 @@ import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInputError, MigrationError
 from ..repository import DTYPES, SCHEMA_VERSION, CollectionSchema, StoredPassage
 from ..units import SENTENCE, Span, Unit, align_units, split_sentences, units_from_char_spans
+if TYPE_CHECKING:
+    from ..checkpoints import EncoderConfig
 from . import DEFAULT_PAGE, MigrationResult, MigrationState, _open, _Run, _state_file
 
 __all__ = [
@@ -59,36 +61,27 @@ _GEN_RE = re.compile(r"^(?P<base>.+?)__g(?P<n>\d+)$")
 # --------------------------------------------------------------------------- tokenizer only
 
 
-def doc_token_offsets(tokenizer: Any, doc_maxlen: int, texts: Sequence[str]) -> list[tuple[tuple[Span | None, ...], int]]:
+def doc_token_offsets(tokenizer: Any, config: EncoderConfig, texts: Sequence[str]) -> list[tuple[tuple[Span | None, ...], int]]:
     """Per text: the character span of every position of its document encoding
-    ``[CLS] [D] text [SEP]`` (None for the three special positions), and where the
-    encoded text ends. The same cut as :class:`~agrame_vdb.encoder.MultiVectorEncoder`."""
-    budget = doc_maxlen - 3
-    enc = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-    out = []
-    for text, tokens, offsets in zip(texts, enc["input_ids"], enc["offset_mapping"], strict=True):
-        kept = [tuple(o) for o in offsets[:budget]]
-        encoded = len(text) if len(tokens) <= budget else int(kept[-1][1]) if kept else 0
-        out.append(((None, None, *kept, None), encoded))
-    return out
+    (None for the special positions: ``[CLS] [D] text [SEP]``, or ``[CLS] text [SEP]``
+    for a model without a document marker), and where the encoded text ends. The
+    layout of :class:`~agrame_vdb.encoder.MultiVectorEncoder` (:mod:`agrame_vdb.layout`)."""
+    from ..layout import document_tokens
+
+    return [(d.offsets, d.encoded_chars) for d in document_tokens(tokenizer, config, texts)]
 
 
 def load_doc_tokenizer(model: Any = None, encoder: Any = None) -> DocTokenizer:
     """A function from texts to document offsets (see :func:`doc_token_offsets`) for a
     loaded ``encoder``, or a ``model`` (directory or name; ``"default"``/None: the
-    shipped model) whose tokenizer is loaded without its weights where the format
+    default model) whose tokenizer is loaded without its weights where the format
     allows it."""
     if encoder is not None:
-        docs = encoder._tokenize_documents
+        return lambda texts: doc_token_offsets(encoder.tokenizer, encoder.config, texts)
+    from ..checkpoints import load_tokenizer
 
-        def from_encoder(texts: Sequence[str]) -> list[tuple[tuple[Span | None, ...], int]]:
-            return [(d.offsets, d.encoded_chars) for d in docs(list(texts))]
-
-        return from_encoder
-    from ..indexer import load_tokenizer
-
-    tokenizer, doc_maxlen = load_tokenizer(None if model in (None, "", "default") else model)
-    return lambda texts: doc_token_offsets(tokenizer, doc_maxlen, texts)
+    tokenizer, config = load_tokenizer(model)
+    return lambda texts: doc_token_offsets(tokenizer, config, texts)
 
 
 # --------------------------------------------------------------------------- add units
@@ -417,7 +410,7 @@ def reindex(
             else:
                 from ..encoder import MultiVectorEncoder
 
-                loaded["e"] = MultiVectorEncoder.load(None if model == "default" else model, device=device)
+                loaded["e"] = MultiVectorEncoder.load(model, device=device)
         return loaded["e"]
 
     recorded = model if model else getattr(getattr(encoder, "checkpoint", None), "path", None)

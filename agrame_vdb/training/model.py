@@ -29,6 +29,7 @@ from torch import nn
 from ..checkpoints import Checkpoint, marker_rows, save_checkpoint
 from ..encoder import MultiVectorEncoder
 from ..errors import InvalidInputError
+from ..layout import document_tokens
 from ..units import Unit, align_units
 
 __all__ = ["Regime", "EncodedDoc", "PassageCache", "TrainableModel"]
@@ -89,19 +90,8 @@ class PassageCache:
         return self.docs[_text_key(text)]
 
     def _tokenize(self, texts: Sequence[str]) -> list[EncodedDoc]:
-        enc = self.encoder
-        budget = self.doc_maxlen - 3
-        out = enc.tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True, verbose=False)
-        docs = []
-        for text, tokens, offsets in zip(texts, out["input_ids"], out["offset_mapping"], strict=True):
-            kept, kept_offsets = tokens[:budget], [tuple(o) for o in offsets[:budget]]
-            encoded = len(text) if len(tokens) <= budget else (int(kept_offsets[-1][1]) if kept_offsets else 0)
-            docs.append(EncodedDoc(
-                (enc._cls, enc.marker_ids["document"], *kept, enc._sep),
-                (None, None, *kept_offsets, None),  # type: ignore[arg-type]
-                encoded,
-            ))
-        return docs
+        config = replace(self.encoder.config, doc_maxlen=self.doc_maxlen)
+        return [EncodedDoc(tuple(d.ids), d.offsets, d.encoded_chars) for d in document_tokens(self.encoder.tokenizer, config, texts)]
 
     def encode(self, texts: Sequence[str], progress: Callable[[int], None] | None = None) -> int:
         """Tokenize (and, frozen regime, run the frozen transformer over) new texts; returns how many."""
@@ -237,7 +227,10 @@ class TrainableModel(nn.Module):
             rows = torch.einsum("blm,mh->blh", slot, self.marker_rows).to(base.dtype)
             embeds = torch.where(slot.sum(-1, keepdim=True) > 0, rows, base)
             hidden = self.transformer(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
-        return self.project(hidden), mask
+        vectors = self.project(hidden)
+        if not self.encoder.config.query_augmentation:  # padding adds nothing, as in the encoder
+            vectors = vectors * mask[..., None].to(vectors.dtype)
+        return vectors, mask
 
     def doc_hidden(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Last hidden states of passages with gradients (full regime)."""

@@ -1,0 +1,166 @@
+"""Encoding settings are read from the model everywhere: markers, query augmentation, dim.
+
+The default model is the plain base (all-MiniLM-L6-v2's own token states): no
+markers, no ``[MASK]`` padding, no projection. Every path that turns text into
+vectors (encoder, planner, cite, eval, migrations, training) must lay text out as
+the model says, checked here against the raw transformer run by hand.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from agrame_vdb import Passage, connect
+from agrame_vdb.checkpoints import DEFAULT_MODEL, PACKAGED_MODELS, EncoderConfig, load_checkpoint, load_tokenizer
+from agrame_vdb.encoder import MultiVectorEncoder
+from agrame_vdb.evaluation import EvalDataset, EvalQuery, evaluate, plain_base_encoder, read_propsegment, read_squad
+from agrame_vdb.layout import document_tokens, query_tokens, special_tokens
+from agrame_vdb.planner import Planner, encode_queries
+from agrame_vdb.units import SENTENCE, split_sentences
+
+from .conftest import data_file
+
+TEXTS = ["The tower is tall. It was built in 1889 by Gustave Eiffel.", "Rivers flow to the sea. Some freeze in winter."]
+
+
+def _raw_states(encoder: MultiVectorEncoder, text: str) -> np.ndarray:
+    """The base transformer's own normalised token states of ``[CLS] text [SEP]``, run by hand."""
+    batch = encoder.tokenizer([text], return_tensors="pt")
+    with torch.no_grad():
+        hidden = encoder.transformer(**batch).last_hidden_state[0]
+    return F.normalize(hidden.float(), dim=-1).numpy()
+
+
+def test_the_default_is_the_plain_base(plain_encoder):
+    assert DEFAULT_MODEL == PACKAGED_MODELS["plain-base"]
+    cfg = plain_encoder.config
+    assert (cfg.query_marker, cfg.doc_marker, cfg.subpassage_marker, cfg.query_augmentation) == (None, None, None, False)
+    assert plain_encoder.projection is None and plain_encoder.dim == plain_encoder.transformer.config.hidden_size == 384
+    assert plain_encoder.marker_ids == {}
+
+
+def test_plain_queries_are_never_padded_with_mask(plain_encoder):
+    mask_id = plain_encoder.tokenizer.mask_token_id
+    for marker in ("query", "subpassage"):
+        batch = plain_encoder.tokenize_queries(["when was the tower built?", "a much longer question " * 20], marker)
+        assert not (batch["input_ids"] == mask_id).any()
+    q, sq = encode_queries(plain_encoder, ["when was the tower built?"], both=True)
+    raw = _raw_states(plain_encoder, "when was the tower built?")
+    n = raw.shape[0]
+    np.testing.assert_allclose(q[0, :n], raw, atol=1e-5)
+    assert not q[0, n:].any()  # padding rows are zero: they add nothing to a MaxSim sum
+    np.testing.assert_array_equal(q, sq)  # no [Q'] marker: units are ranked with the [Q] query
+    np.testing.assert_array_equal(plain_encoder.encode_queries(["when was the tower built?"], subpassage=True), q)
+
+
+def test_a_marker_model_keeps_its_markers_and_mask_padding(encoder):
+    batch = encoder.tokenize_queries(["when was it built?"], "subpassage")
+    ids = batch["input_ids"][0].tolist()
+    assert ids[1] == encoder.marker_ids["subpassage"] and ids[-1] == encoder.tokenizer.mask_token_id
+    [doc] = document_tokens(encoder.tokenizer, encoder.config, ["It was built."])
+    assert doc.ids[1] == encoder.marker_ids["document"] and special_tokens(encoder.config) == 3
+
+
+def test_plain_documents_are_cls_text_sep_and_units_index_them(plain_encoder):
+    passages = [Passage.create(f"d{i}", 0, t) for i, t in enumerate(TEXTS)]
+    for p, e in zip(passages, plain_encoder.encode_passages(passages), strict=True):
+        raw = _raw_states(plain_encoder, p.text)
+        np.testing.assert_allclose(e.token_vectors, raw, atol=1e-5)
+        assert e.token_ids[0] == plain_encoder.tokenizer.cls_token_id and e.token_offsets[0] is None
+        assert e.token_offsets[1] is not None  # text starts at row 1: no [D] row
+        for u in e.units:
+            (start, end), = u.token_ranges
+            decoded = plain_encoder.tokenizer.decode(list(e.token_ids[start:end]))
+            assert decoded.replace(" ", "") == u.text_in(p.text).lower().replace(" ", "")
+
+
+def test_planner_scores_plain_units_as_brute_force_span_maxsim(plain_encoder, tmp_path):
+    repo = connect(f"qdrant-edge://{tmp_path / 'store'}")
+    from agrame_vdb.indexer import IndexJob
+
+    IndexJob([{"id": f"d{i}", "text": t} for i, t in enumerate(TEXTS)], repo, "plain", encoder=plain_encoder).run()
+    planner = Planner(repo, "plain", plain_encoder, device="cpu")
+    query = "who built the tower?"
+    got = planner.search(query, granularity=SENTENCE, k=10, alpha=0.5)
+    q = _raw_states(plain_encoder, query)
+    expected = {}
+    for i, text in enumerate(TEXTS):
+        d = _raw_states(plain_encoder, text)
+        sim = q @ d.T
+        passage = sim.max(axis=1).sum()
+        [e] = plain_encoder.encode_passages([Passage.create(f"d{i}", 0, text)])
+        for u in e.units:
+            (a, b), = u.token_ranges
+            expected[(f"d{i}", u.index)] = sim[:, a:b].max(axis=1).sum() + 0.5 * passage
+    assert len(got.results) == len(expected)
+    for r in got.results:
+        assert r.score == pytest.approx(expected[(r.doc_id, r.unit_index)], abs=1e-3)
+    assert [(r.doc_id, r.unit_index) for r in got.results] == sorted(expected, key=lambda k: -expected[k])
+    repo.close()
+
+
+def test_plain_base_configuration_is_the_plain_model_ranked_with_alpha(encoder, plain_encoder):
+    passages = tuple(Passage.create(f"d{i}", 0, t) for i, t in enumerate(TEXTS))
+    units = tuple(tuple(split_sentences(p.text)) for p in passages)
+    queries = (
+        EvalQuery("q1", "who built the tower?", {passages[0].id: 1}, {(passages[0].id, 1): 1}),
+        EvalQuery("q2", "do rivers freeze?", {passages[1].id: 1}, {(passages[1].id, 1): 1}),
+    )
+    data = EvalDataset("tiny", passages, units, queries)
+    [via_config] = evaluate(data, encoder, connect("memory://"), configurations=["plain-base"])
+    [direct] = evaluate(data, plain_encoder, connect("memory://"), configurations=["passage-span-q'+alpha"])
+    assert via_config.configuration == "plain-base"
+    assert dict(via_config.unit) == dict(direct.unit) and dict(via_config.passage) == dict(direct.passage)
+    plain = plain_base_encoder(encoder)
+    assert plain.projection is None and plain.config.query_augmentation is False and plain.marker_ids == {}
+
+
+def test_settings_round_trip_through_a_saved_checkpoint(tmp_path):
+    checkpoint = load_checkpoint("plain-base")
+    checkpoint.config = dataclasses.replace(checkpoint.config, query_maxlen=24, base=None)
+    from agrame_vdb.checkpoints import save_checkpoint
+
+    save_checkpoint(checkpoint, tmp_path / "m")
+    tokenizer, cfg = load_tokenizer(tmp_path / "m")
+    assert (cfg.query_marker, cfg.doc_marker, cfg.subpassage_marker, cfg.query_augmentation, cfg.query_maxlen) == (None, None, None, False, 24)
+    assert not (tmp_path / "m" / "markers.safetensors").exists()
+    ids = query_tokens(tokenizer, cfg, ["a question"])["input_ids"]
+    assert ids.shape == (1, 24) and not (ids == tokenizer.mask_token_id).any()
+
+
+def test_marker_settings_default_as_before_for_old_configs():
+    cfg = EncoderConfig.from_dict({"dim": 128, "query_marker": "[unused0]"})
+    assert cfg.query_augmentation is True and cfg.doc_marker == "[unused1]" and special_tokens(cfg) == 3
+
+
+def test_propsegment_parts_share_no_cluster_and_make_up_the_whole():
+    folder = data_file("propsegment", "propositions.dev.json").parent
+    whole, train, held = (read_propsegment(folder, split=s) for s in ("all", "train", "heldout"))
+    assert {p.id for p in train.passages}.isdisjoint({p.id for p in held.passages})
+    assert {p.id for p in train.passages} | {p.id for p in held.passages} == {p.id for p in whole.passages}
+    assert len(train.queries) + len(held.queries) == len(whole.queries) and train.queries and held.queries
+    held_ids = {p.id for p in held.passages}
+    for q in held.queries:
+        assert set(q.passage_qrels) <= held_ids
+
+
+def test_squad_reader_points_each_question_at_the_sentence_with_its_answer():
+    path = data_file("squad-train", "train-v1.1-part.json")
+    data = read_squad(path)
+    assert len(data.queries) == 3807 and len(data.passages) == 583
+    import json
+
+    answers = {f"squad-{qa['id']}": qa["answers"][0]["text"] for a in json.loads(path.read_text())["data"]
+               for p in a["paragraphs"] for qa in p["qas"]}
+    by_id = {p.id: (p, u) for p, u in zip(data.passages, data.units, strict=True)}
+    hits = 0
+    for q in data.queries:
+        [(pid, index)] = q.unit_qrels
+        passage, units = by_id[pid]
+        hits += answers[q.id] in units[index].text_in(passage.text)
+    assert hits / len(data.queries) > 0.97  # an answer may cross a sentence boundary
