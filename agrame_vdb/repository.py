@@ -228,6 +228,25 @@ class CollectionSchema:
             raise SchemaMismatchError(f"collection {self.name!r} exists with another schema: " + "; ".join(diffs) + hint)
 
 
+def check_name(name: Any, what: str = "collection") -> str:
+    """``name`` when it is a valid collection or alias name (a letter or '_', then
+    letters, digits or '_', 64 at most: never a path); InvalidSchemaError otherwise.
+    Check a name with it before building a path from it.
+
+    >>> check_name("docs__g2")
+    'docs__g2'
+    >>> check_name("../x", "alias")
+    Traceback (most recent call last):
+    ...
+    agrame_vdb.errors.InvalidSchemaError: invalid alias name '../x': a letter or '_' followed by letters, digits or '_' (64 at most)
+    """
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise InvalidSchemaError(
+            f"invalid {what} name {name!r}: a letter or '_' followed by letters, digits or '_' (64 at most)"
+        )
+    return name
+
+
 def upgrade_hint(collection: str, version: int) -> str:
     """What to run to bring a collection at an older ``version`` up to this library's."""
     return (
@@ -1269,8 +1288,7 @@ class RepositoryBase(abc.ABC):
     def _schema(self, name: str) -> CollectionSchema:
         """The stored schema of collection ``name``, or of the collection alias ``name`` points at."""
         self._check_open()
-        if not isinstance(name, str) or not _NAME_RE.match(name):
-            raise InvalidSchemaError(f"invalid collection name {name!r}")
+        check_name(name)
         target = self._alias_map().get(name, name)
         schema = self._schemas.get(target)
         if schema is not None:
@@ -1316,11 +1334,7 @@ class RepositoryBase(abc.ABC):
         return self._alias_ttl_s
 
     def _check_alias_name(self, alias: Any) -> str:
-        if not isinstance(alias, str) or not _NAME_RE.match(alias):
-            raise InvalidSchemaError(
-                f"an alias name is a letter or '_' followed by letters, digits or '_' (64 at most), got {alias!r}"
-            )
-        return alias
+        return check_name(alias, "alias")
 
     def _alias_target_collection(self, collection: str) -> str:
         """The concrete collection an alias will point at (an alias given resolves)."""
@@ -1488,8 +1502,7 @@ class RepositoryBase(abc.ABC):
     def drop_collection(self, name: str) -> bool:
         """Delete a collection and its data, and the aliases that point at it."""
         self._check_open()
-        if not isinstance(name, str) or not _NAME_RE.match(name):
-            raise InvalidSchemaError(f"invalid collection name {name!r}")
+        check_name(name)
         with self._lock:
             aliases = self._alias_map(refresh=True)
             if name in aliases:

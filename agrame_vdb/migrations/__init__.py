@@ -65,7 +65,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import AgrameError, CollectionNotFoundError, MigrationError
-from ..repository import SCHEMA_VERSION, CollectionSchema, StoredPassage
+from ..repository import SCHEMA_VERSION, CollectionSchema, StoredPassage, check_name
 
 __all__ = [
     "Migration",
@@ -221,7 +221,7 @@ class _StateFile:
 
     def __init__(self, directory: Path | None, collection: str) -> None:
         self.directory = directory
-        self.collection = collection
+        self.collection = check_name(collection)  # the name becomes a file name: never a path
         self.path = None if directory is None else directory / f"{collection}.json"
         self.history_path = None if directory is None else directory / f"{collection}.history.jsonl"
         self._memory: MigrationState | None = None
@@ -520,6 +520,12 @@ class _Run:
         """The state to run: the unfinished one (same operation and parameters), or a new one."""
         previous = self.unfinished()
         if previous is not None:
+            if previous.source != source:
+                raise MigrationError(
+                    f"the unfinished {previous.describe()} ran on collection {previous.source!r}, but "
+                    f"{self.collection!r} now stands for {source!r}: switch the alias back to finish it, or abort it "
+                    f"(agrame-vdb migrate abort --collection {self.collection}) and run it again"
+                )
             self.state = previous
             self.resumed = True
             log.info("resuming %s", previous.describe())

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidInputError, MigrationError
-from ..repository import DTYPES, SCHEMA_VERSION, CollectionSchema, StoredPassage
+from ..repository import DTYPES, SCHEMA_VERSION, CollectionSchema, StoredPassage, check_name
 from ..units import SENTENCE, Span, Unit, align_units, split_sentences, units_from_char_spans
 if TYPE_CHECKING:
     from ..checkpoints import EncoderConfig
@@ -212,10 +212,11 @@ def add_units(
 
 
 def next_generation(repository: Any, current: str) -> str:
-    """The next free ``<base>__g<N>`` name after collection ``current``."""
+    """The next free ``<base>__g<N>`` name after collection ``current`` (no collection's
+    and no alias's)."""
     m = _GEN_RE.match(current)
     base, n = (m.group("base"), int(m.group("n"))) if m else (current, 1)
-    taken = set(repository.list_collections())
+    taken = set(repository.list_collections()) | set(repository.list_aliases())
     for g in range(n + 1, n + 10_000):
         suffix = f"__g{g}"
         candidate = base[: 64 - len(suffix)] + suffix
@@ -236,6 +237,21 @@ def _alias_of(repository: Any, alias: str) -> str:
     return aliases[alias]
 
 
+def _check_target(repository: Any, target: str, *, new: bool) -> None:
+    """A blue/green migration writes into ``target`` and deletes what the source lacks
+    from it, so it must be a collection of its own: never an alias (that would write
+    into, and empty, the collection the alias points at), and not one that exists
+    before the run (``new``)."""
+    aliases = repository.list_aliases()
+    if target in aliases:
+        raise MigrationError(
+            f"{target!r} is an alias (of collection {aliases[target]!r}), not a new collection: the migration "
+            f"would overwrite {aliases[target]!r}; give --into a name no collection or alias has (nothing was changed)"
+        )
+    if new and target in repository.list_collections():
+        raise MigrationError(f"collection {target!r} exists already; give another --into, or drop it first")
+
+
 Transform = Callable[[list[StoredPassage]], list[StoredPassage]]
 
 
@@ -254,6 +270,8 @@ def _blue_green(
     on_page: Callable[[MigrationState], None] | None,
     fill: Callable[[_Run, str], None] | None = None,
 ) -> MigrationResult:
+    if into is not None:
+        check_name(into, "new collection")
     run = _Run(repository, alias, operation, {**params, "into": into, "drop_old": drop_old}, state_dir, on_page, page)
     with run.file.locked():
         unfinished = run.unfinished()
@@ -262,10 +280,7 @@ def _blue_green(
         else:
             source = _alias_of(repository, alias)
             target = into or next_generation(repository, source)
-            if target in repository.list_collections() and unfinished is None:
-                raise MigrationError(
-                    f"collection {target!r} exists already; give another --into, or drop it first"
-                )
+        _check_target(repository, target, new=unfinished is None)
         if source == target:
             raise MigrationError(f"the new collection must differ from the live one ({source!r})")
         plan = ["create", "copy", "catch-up", "optimize", "switch"] + (["drop-old"] if drop_old else [])
@@ -274,7 +289,10 @@ def _blue_green(
         while state.step < len(plan):
             step = plan[state.step]
             if step == "create":
-                repository.create_collection(new_schema(src_schema, target))
+                _check_target(repository, target, new=False)  # an alias made since the run began
+                made = repository.create_collection(new_schema(src_schema, target))
+                if made.name != target:
+                    raise MigrationError(f"{target!r} stands for collection {made.name!r}; give another --into")
             elif step == "copy":
                 if fill is not None:
                     fill(run, target)
@@ -483,7 +501,11 @@ def rollback(repository: Any, alias: str, *, state_dir: str | Path | None = None
             if record.get("alias") == alias and record.get("target") == current and record.get("previous"):
                 previous = record["previous"]
                 if previous not in repository.list_collections():
-                    raise MigrationError(f"the collection {previous!r} that {alias!r} pointed at before was dropped")
+                    now = repository.list_aliases().get(previous)
+                    raise MigrationError(
+                        f"the collection {previous!r} that {alias!r} pointed at before was dropped"
+                        + (f" ({previous!r} is now an alias of {now!r}: nothing was switched)" if now else "")
+                    )
                 repository.switch_alias(alias, previous)
                 file.append_history({"operation": "rollback", "collection": alias, "alias": alias, "source": current,
                                      "target": previous, "previous": current})

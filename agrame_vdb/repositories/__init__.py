@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
-from ..errors import StoreUnavailableError, UnknownStoreError
+from ..errors import InvalidInputError, StoreUnavailableError, UnknownStoreError
 
 if TYPE_CHECKING:
     from ..repository import RepositoryBase
@@ -86,6 +86,8 @@ def parse_url(url: str) -> StoreURL:
             f"a store URL looks like 'qdrant-edge:///path' or 'memory://', got {url!r}; "
             f"known schemes: {', '.join(known_schemes())}"
         )
+    if "\x00" in url:  # the URL itself is never shown: it may hold a password
+        raise InvalidInputError(f"a store URL must not contain a NUL character (found at position {url.index(chr(0))})")
     scheme, rest = url.split(":", 1)
     scheme = scheme.lower()
     rest_no_query, _, query = rest.partition("?")
@@ -119,8 +121,6 @@ def connect(url: str, **options: Any) -> RepositoryBase:
 
 def _option_bool(value: Any, name: str) -> bool:
     """A boolean option given as a bool or as a URL string (1/0, true/false, yes/no)."""
-    from ..errors import InvalidInputError
-
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
@@ -131,8 +131,6 @@ def _option_bool(value: Any, name: str) -> bool:
 
 
 def _option_number(value: Any, name: str, kind: type = float) -> Any:
-    from ..errors import InvalidInputError
-
     try:
         return kind(value)
     except (TypeError, ValueError):

@@ -74,6 +74,7 @@ from ..errors import (
     CollectionNotFoundError,
     ConcurrentAccessError,
     InvalidInputError,
+    InvalidSchemaError,
     RepositoryError,
     SchemaMismatchError,
 )
@@ -86,6 +87,7 @@ from ..repository import (
     RepositoryBase,
     StoredPassage,
     TokenBatch,
+    check_name,
 )
 from . import DEFAULT_EDGE_PATH, StoreURL, _option_bool
 from . import _qdrant_common as qc
@@ -163,6 +165,8 @@ class QdrantEdgeRepository(RepositoryBase):
 
     def __init__(self, root: str | os.PathLike[str] = DEFAULT_EDGE_PATH, *, token_copy: bool = True) -> None:
         super().__init__()
+        if "\x00" in os.fspath(root):
+            raise InvalidInputError(f"a Qdrant Edge path must not contain a NUL character, got {os.fspath(root)!r}")
         self._root = Path(root)
         self._token_copy = token_copy
         self._shards: dict[str, Any] = {}
@@ -565,6 +569,15 @@ class QdrantEdgeRepository(RepositoryBase):
         table = data.get("aliases") if isinstance(data, dict) else None
         if not isinstance(table, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in table.items()):
             raise RepositoryError(f"the Qdrant Edge alias file {f} is not an alias table; fix or remove it")
+        for alias, collection in table.items():  # a target becomes a path under the root: never let one escape it
+            try:
+                check_name(alias, "alias")
+                check_name(collection)
+            except InvalidSchemaError as exc:
+                raise RepositoryError(
+                    f"the Qdrant Edge alias file {f} has a bad entry {alias!r} -> {collection!r} ({exc}); "
+                    "fix or remove it"
+                ) from None
         return dict(table)
 
     @contextlib.contextmanager
