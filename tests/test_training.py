@@ -367,3 +367,78 @@ def test_hard_negatives_from_a_repository_join_with_label_zero(encoder):
     assert examples[0].passages[0].text not in {p.text for p in added}  # never the example's own passage
     assert all(p.units and p.unit_labels == tuple(0.0 for _ in p.units) and not p.has_unit_targets for p in added)
     assert all(u.token_ranges == () for p in added for u in p.units)  # re-aligned when cached
+
+
+# --------------------------------------------------------------------------- plain layout, PCA, resume
+
+
+def _tiny_config(tmp_path, run: str, **fields):
+    from agrame_vdb.training.trainer import TrainConfig
+
+    wikiqa = data_file("wikiqa", "WikiQA-dev.tsv")
+    base = dict(seed=3, data_root=str(wikiqa.parent.parent), output=str(tmp_path / run / "model"),
+                run_dir=str(tmp_path / run / "run"), steps=4, batch_size=2, negatives=1, hard_negatives=1,
+                doc_maxlen=64, cache_dtype="float32", train_dtype="float32", threads=1,
+                data=[{"dataset": "wikiqa", "path": "wikiqa/WikiQA-dev.tsv", "limit": 4}])
+    base.update(fields)
+    return TrainConfig.model_validate(base)
+
+
+@pytest.mark.slow
+def test_a_stopped_run_resumes_to_the_same_model(tmp_path):
+    from safetensors.torch import load_file
+
+    from agrame_vdb.training.trainer import train
+
+    fields = dict(layout="plain", projection_init="identity", dim=384, resume_every=2, lr=1e-2)
+    whole = train(_tiny_config(tmp_path, "whole", **fields), quiet=True)
+
+    def stop_at_3(record):
+        if record["step"] == 3:
+            raise KeyboardInterrupt  # the session ends here
+    with pytest.raises(KeyboardInterrupt):
+        train(_tiny_config(tmp_path, "cut", **fields), quiet=True, on_step=stop_at_3)
+    assert (tmp_path / "cut" / "run" / "resume.pt").is_file()
+    again = train(_tiny_config(tmp_path, "cut", **fields), quiet=True)
+    assert not (tmp_path / "cut" / "run" / "resume.pt").exists()
+    for name in ("projection.safetensors", MARKERS_FILE):
+        a, b = load_file(str(whole.output / name)), load_file(str(again.output / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert again.last_loss == whole.last_loss and again.first_loss == whole.first_loss
+    events = [json.loads(x).get("event") for x in (tmp_path / "cut" / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert events.count("start") == 1 and events.count("resume") == 1
+    with pytest.raises(KeyboardInterrupt):
+        train(_tiny_config(tmp_path, "other", **fields), quiet=True, on_step=stop_at_3)
+    with pytest.raises(InvalidInputError, match="another config"):  # never resumed into a different run
+        train(_tiny_config(tmp_path, "other", **{**fields, "lr": 5e-3}), quiet=True)
+    (tmp_path / "other" / "run" / "resume.pt").write_bytes(b"torn")
+    with pytest.raises(InvalidInputError, match="cannot read the resume state"):
+        train(_tiny_config(tmp_path, "other", **fields), quiet=True)
+
+
+@pytest.mark.slow
+def test_plain_layout_trains_a_model_read_back_without_markers_or_augmentation(tmp_path):
+    from agrame_vdb.training.trainer import train
+
+    result = train(_tiny_config(tmp_path, "plain", layout="plain", projection_init="pca", dim=96), quiet=True)
+    enc = MultiVectorEncoder.load(result.output, device="cpu")
+    cfg = enc.config
+    assert (cfg.query_marker, cfg.doc_marker, cfg.subpassage_marker, cfg.query_augmentation, cfg.dim) == (
+        None, None, "[unused2]", False, 96)
+    assert set(enc.marker_ids) == {"subpassage"}
+    ids = enc.tokenize_queries(["who wrote it?"])["input_ids"][0]
+    assert not (ids == enc.tokenizer.mask_token_id).any() and ids[1] != enc.marker_ids["subpassage"]
+    assert enc.tokenize_queries(["who wrote it?"], "subpassage")["input_ids"][0][1] == enc.marker_ids["subpassage"]
+
+
+def test_pca_projection_keeps_the_principal_directions():
+    generator = torch.Generator().manual_seed(0)
+    basis, _ = torch.linalg.qr(torch.randn(16, 16, generator=generator))
+    scales = torch.tensor([10.0, 5.0, 2.0] + [0.01] * 13)
+    states = torch.randn(500, 16, generator=generator) * scales @ basis.T
+    from agrame_vdb.training.trainer import pca_projection
+
+    rows = pca_projection([states[:250], states[250:]], 3)
+    assert rows.shape == (3, 16)
+    overlap = (rows @ basis[:, :3]).abs()  # each row lies along one of the top three directions
+    assert torch.allclose(overlap.max(dim=1).values, torch.ones(3), atol=1e-2)

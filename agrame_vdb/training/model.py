@@ -186,14 +186,18 @@ class TrainableModel(nn.Module):
         self.transformer = encoder.transformer
         self.projection = encoder.projection
         self.projection.requires_grad_(True)
-        self.trained_markers = ("query", "subpassage")
-        if regime == "frozen":
+        self.trained_markers = tuple(m for m in ("query", "subpassage") if m in encoder.marker_ids)
+        if regime == "frozen" and self.trained_markers:
             self.transformer.requires_grad_(False)
             self.transformer.eval()
             weight = self.transformer.get_input_embeddings().weight
             ids = [encoder.marker_ids[m] for m in self.trained_markers]
             self.register_buffer("marker_ids", torch.tensor(ids, dtype=torch.long, device=weight.device), persistent=False)
             self.marker_rows = nn.Parameter(weight[ids].detach().clone().float())
+        elif regime == "frozen":  # a model without query markers: only the projection learns
+            self.transformer.requires_grad_(False)
+            self.transformer.eval()
+            self.marker_rows = None
         else:
             self.transformer.requires_grad_(True)
             self.transformer.train()
@@ -203,7 +207,7 @@ class TrainableModel(nn.Module):
         groups = [{"params": list(self.projection.parameters()), "lr": lr, "name": "projection"}]
         if self.marker_rows is not None:
             groups.append({"params": [self.marker_rows], "lr": marker_lr, "name": "markers"})
-        else:
+        elif self.regime == "full":
             groups.append({"params": list(self.transformer.parameters()), "lr": transformer_lr, "name": "transformer"})
         return groups
 
@@ -218,7 +222,9 @@ class TrainableModel(nn.Module):
         device = self.encoder.device
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         if self.marker_rows is None:
-            hidden = self.transformer(input_ids=ids, attention_mask=mask).last_hidden_state
+            grad = torch.enable_grad() if self.regime == "full" else torch.no_grad()
+            with grad:  # a frozen transformer with no trained rows needs no graph
+                hidden = self.transformer(input_ids=ids, attention_mask=mask).last_hidden_state
         else:
             embedding = self.transformer.get_input_embeddings()
             with torch.no_grad():
@@ -242,9 +248,21 @@ class TrainableModel(nn.Module):
         rows = marker_rows(self.transformer, enc.tokenizer, enc.config)
         if self.marker_rows is not None:
             names = {"query": enc.config.query_marker, "subpassage": enc.config.subpassage_marker}
-            for i, m in enumerate(self.trained_markers):
+            for i, m in enumerate(self.trained_markers):  # (only markers the model has)
                 rows[names[m]] = self.marker_rows[i].detach().float().cpu().clone()
         return rows
+
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        """The weights this regime trains (what a resumed run must restore)."""
+        return {k: v for k, v in self.state_dict().items()
+                if self.regime == "full" or not k.startswith("transformer.")}
+
+    def load_trained_state(self, state: dict[str, torch.Tensor]) -> None:
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        wanted = set(self.trained_state())
+        if unexpected or wanted - set(state):
+            raise InvalidInputError(f"a resume state of another model: missing {sorted(wanted - set(state))[:4]}, "
+                                    f"unexpected {sorted(unexpected)[:4]}")
 
     def save(self, path: str | Path) -> Path:
         """Save in the agrame format: small files (settings, projection, marker rows) when

