@@ -580,6 +580,9 @@ def evaluate(
     import time as _time
 
     from .planner import PASSAGE, Planner, TokenCache, encode_queries
+    from .redact import redact_url
+
+    store = redact_url(store)  # a label of the results: never its credentials
 
     unknown = [c for c in configurations if c not in CONFIGURATIONS]
     if unknown:
