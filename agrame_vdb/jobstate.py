@@ -181,6 +181,11 @@ class JobCheckpoint:
             raw = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return None
+        except UnicodeDecodeError as exc:
+            raise CheckpointMismatchError(
+                f"the job checkpoint {path} is not JSON (invalid UTF-8 at byte {exc.start}); delete it or start "
+                "over with --restart"
+            ) from exc
         except OSError as exc:
             raise CheckpointMismatchError(f"cannot read the job checkpoint {path}: {exc}") from exc
         try:
