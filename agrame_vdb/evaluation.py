@@ -668,6 +668,9 @@ def evaluate(
     pooled candidates; 0: every passage of the collection, an exhaustive rerank),
     the top ``k`` results. Collections are dropped afterwards unless ``keep``.
     """
+    from .redact import redact_url
+
+    store = redact_url(store)  # a label of the results: never its credentials
     unknown = [c for c in configurations if c not in CONFIGURATIONS]
     if unknown:
         raise InvalidInputError(f"unknown configuration {unknown[0]!r}; use one of {list(CONFIGURATIONS)}")

@@ -68,8 +68,9 @@ from .errors import (
     TransientRepositoryError,
 )
 from .checkpoints import load_tokenizer
-from .jobstate import JobCheckpoint, file_fingerprint, job_differences
+from .jobstate import JobCheckpoint, file_fingerprint, job_differences, private_opener
 from .layout import special_tokens
+from .redact import redact_url
 from .repository import And, CollectionSchema, In, Range, StoredPassage, validate_metadata
 from .units import Passage
 
@@ -334,7 +335,9 @@ class _Rejects:
             self._file.truncate(keep_bytes)
             self._file.seek(keep_bytes)
         else:
-            self._file = path.open("wb")
+            self._file = open(path, "wb", opener=private_opener)  # noqa: SIM115 - closed by close()
+        if keep_bytes is not None:
+            os.fchmod(self._file.fileno(), 0o600)  # one an older version created readable by all
 
     def add(self, line: int, doc_id: str | None, reason: str) -> None:
         row = {"line": line, "id": doc_id, "reason": reason}
@@ -458,7 +461,7 @@ class IndexJob:
         self.on_disk = on_disk
         self.indexed_fields = dict(indexed_fields or {})
         self.optimize = optimize
-        self.store = store
+        self.store = redact_url(store) if store else store  # shown and kept: never its credentials
         self.on_progress = on_progress
         self._sleep: Callable[[float], None] = time.sleep
         self._reset()
@@ -564,6 +567,10 @@ class IndexJob:
         if self.checkpoint_path is not None:
             previous = None if self.restart else JobCheckpoint.load(self.checkpoint_path)
             job = self._describe(file_fingerprint(self.source))  # type: ignore[arg-type]
+            if previous is not None and redact_url(previous.job.get("store")) != previous.job.get("store"):
+                # written before stores were redacted: compare (and keep) it without its credentials
+                previous.job["store"] = redact_url(previous.job["store"])
+                previous.save(self.checkpoint_path)
             if previous is not None:
                 diffs = job_differences(previous.job, job)
                 if diffs and previous.done:
@@ -575,6 +582,12 @@ class IndexJob:
                         f"the checkpoint {self.checkpoint_path} belongs to an unfinished job with other input or "
                         f"arguments ({'; '.join(diffs[:6])}); run with the same arguments to resume it, or "
                         "restart to index from the beginning"
+                    )
+                if not diffs and previous.position > (end := self._input_extent()):
+                    raise CheckpointMismatchError(
+                        f"the job checkpoint {self.checkpoint_path} is invalid: field 'position': "
+                        f"{previous.position} lies past the end of the input ({end}); "
+                        "delete it or start over with --restart"
                     )
         if previous is not None and previous.last_passage_id is not None and not self._has(previous.last_passage_id):
             log.warning(
@@ -626,15 +639,18 @@ class IndexJob:
         self._rejects_sample = tuple(rejects.sample)
         return self._summary(rejects=str(self.rejects_path) if rejects.path else None)
 
+    def _input_extent(self) -> int:
+        """Where the input file ends, in positions: its rows (Parquet) or bytes (JSON Lines)."""
+        container, _ = container_of(self.source, self.format)  # type: ignore[arg-type]
+        if container == "parquet":
+            import pyarrow.parquet as pq
+
+            return int(pq.ParquetFile(str(self.source)).metadata.num_rows)
+        return int(self.source.stat().st_size)  # type: ignore[union-attr]
+
     def _records(self) -> Iterator[SourceRecord]:
         if self.is_file:
-            container, _ = container_of(self.source, self.format)  # type: ignore[arg-type]
-            if container == "parquet":
-                import pyarrow.parquet as pq
-
-                self._total = pq.ParquetFile(str(self.source)).metadata.num_rows
-            else:
-                self._total = self.source.stat().st_size  # type: ignore[union-attr]
+            self._total = self._input_extent()
             return read_documents(self.source, format=self.format, start=self._position, start_line=self._line)  # type: ignore[arg-type]
         return records_from_iterable(self.source, format=self.format, start=self._position)  # type: ignore[arg-type]
 

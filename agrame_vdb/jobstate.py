@@ -23,6 +23,15 @@ file. It records:
 The job writes passages first, then the checkpoint; a crash between the two
 makes the resumed job write the same passages again, which overwrites them
 (ids are deterministic), so the collection ends as a clean run leaves it.
+
+Job files are created readable by their owner only (mode 0600). The store in
+``job`` is the URL with its credentials redacted (:func:`agrame_vdb.redact.redact_url`):
+it still tells one host, path, database or option set from another, so a job is
+only resumed against the store it was started on, and no secret is ever written.
+A checkpoint is validated field by field when it is read (:class:`CheckpointFile`):
+a hand-edited one (a negative position, a count given as a string, a missing key)
+is refused with a :class:`~agrame_vdb.errors.CheckpointMismatchError` naming the
+file and the field.
 """
 
 from __future__ import annotations
@@ -31,15 +40,21 @@ import contextlib
 import hashlib
 import json
 import os
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, NonNegativeInt, ValidationError, ValidationInfo, field_validator
 
 from .errors import CheckpointMismatchError
 
-__all__ = ["CHECKPOINT_VERSION", "JobCheckpoint", "file_fingerprint", "job_differences", "atomic_write_text"]
+__all__ = [
+    "CHECKPOINT_VERSION", "CheckpointFile", "JobCheckpoint", "file_fingerprint", "job_differences",
+    "atomic_write_text", "private_opener",
+]
 
 CHECKPOINT_VERSION = 1
 _CHUNK = 1 << 20
@@ -66,16 +81,27 @@ def _fsync_dir(directory: Path) -> None:
             os.close(fd)
 
 
+def private_opener(path: str, flags: int) -> int:
+    """An ``opener`` for :func:`open` that creates files readable by their owner only (0600)."""
+    return os.open(path, flags, 0o600)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Replace ``path`` with ``text`` atomically and durably."""
+    """Replace ``path`` with ``text`` atomically and durably; the file is created with
+    mode 0600 (its temporary file is born so: nothing is ever readable by others)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # mode 0600
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     _fsync_dir(path.parent)
 
 
@@ -90,6 +116,42 @@ def job_differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str 
         elif a != b:
             out.append(f"{name}: {a!r} -> {b!r}")
     return out
+
+
+class CheckpointFile(BaseModel):
+    """What a checkpoint file must hold: every key, each of its type (strictly: no
+    count as a string), counts and positions not negative, ``line <= position``."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    job: dict[str, Any]
+    position: NonNegativeInt
+    line: NonNegativeInt
+    counts: dict[str, NonNegativeInt]
+    rejects_path: str | None
+    rejects_bytes: NonNegativeInt
+    last_passage_id: str | None
+    done: bool
+    updated: float
+    version: Literal[1]
+
+    @field_validator("line")
+    @classmethod
+    def _line_within_position(cls, line: int, info: ValidationInfo) -> int:
+        # every record before the position takes at least one byte (JSON Lines) or one row (Parquet)
+        position = info.data.get("position")
+        if position is not None and line > position:
+            raise ValueError(f"{line} records cannot lie before position {position}")
+        return line
+
+
+def _field_errors(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors(include_url=False)[:4]:
+        where = ".".join(str(x) for x in err["loc"])
+        got = "" if err["type"] == "missing" else f" (got {err['input']!r:.60})"
+        parts.append(f"field {where!r}: {err['msg']}{got}")
+    return "; ".join(parts)
 
 
 @dataclass
@@ -119,19 +181,32 @@ class JobCheckpoint:
             raw = path.read_text(encoding="utf-8")
         except FileNotFoundError:
             return None
+        except UnicodeDecodeError as exc:
+            raise CheckpointMismatchError(
+                f"the job checkpoint {path} is not JSON (invalid UTF-8 at byte {exc.start}); delete it or start "
+                "over with --restart"
+            ) from exc
         except OSError as exc:
             raise CheckpointMismatchError(f"cannot read the job checkpoint {path}: {exc}") from exc
         try:
             data = json.loads(raw)
-            if data.get("version") != CHECKPOINT_VERSION:
-                raise CheckpointMismatchError(
-                    f"the job checkpoint {path} has version {data.get('version')!r}, this agrame-vdb writes "
-                    f"{CHECKPOINT_VERSION}; start over with --restart"
-                )
-            return cls(**data)
-        except CheckpointMismatchError:
-            raise
-        except (ValueError, TypeError, AttributeError) as exc:
+        except ValueError as exc:
             raise CheckpointMismatchError(
-                f"the job checkpoint {path} is unreadable ({exc}); delete it or start over with --restart"
+                f"the job checkpoint {path} is not JSON ({exc}); delete it or start over with --restart"
             ) from exc
+        if not isinstance(data, dict):
+            raise CheckpointMismatchError(
+                f"the job checkpoint {path} is not a JSON object; delete it or start over with --restart"
+            )
+        if data.get("version") != CHECKPOINT_VERSION:
+            raise CheckpointMismatchError(
+                f"the job checkpoint {path} has version {data.get('version')!r}, this agrame-vdb writes "
+                f"{CHECKPOINT_VERSION}; start over with --restart"
+            )
+        try:
+            checked = CheckpointFile.model_validate(data)
+        except ValidationError as exc:
+            raise CheckpointMismatchError(
+                f"the job checkpoint {path} is invalid: {_field_errors(exc)}; delete it or start over with --restart"
+            ) from None
+        return cls(**checked.model_dump())

@@ -57,6 +57,7 @@ from .errors import (
     SchemaMismatchError,
     UnsupportedOperationError,
 )
+from .redact import scrub_exception
 from .units import Unit, passage_id
 
 __all__ = [
@@ -1148,6 +1149,9 @@ class RepositoryBase(abc.ABC):
     engine: ClassVar[str] = "base"
     #: passages per engine write call
     batch_size: ClassVar[int] = 256
+    #: credentials this repository holds (from its URL, arguments or environment):
+    #: scrubbed out of every error it raises (:func:`agrame_vdb.redact.scrub`)
+    _secrets: frozenset[str] = frozenset()
 
     def __init__(self) -> None:
         self._schemas: dict[str, CollectionSchema] = {}
@@ -1260,15 +1264,15 @@ class RepositoryBase(abc.ABC):
     def _engine(self, op: str, collection: str | None = None) -> Iterator[None]:
         try:
             yield
-        except AgrameError:
-            raise
+        except AgrameError as exc:
+            raise scrub_exception(exc, self._secrets)
         except (KeyboardInterrupt, SystemExit, GeneratorExit):
             raise
         except BaseException as exc:  # pyo3 panics are BaseExceptions
             translated = self._translate_error(exc, op, collection)
             if translated is None:
-                raise
-            raise translated from exc
+                raise scrub_exception(exc, self._secrets)
+            raise scrub_exception(translated, self._secrets) from exc
 
     # ----- public API
 

@@ -264,7 +264,9 @@ class _StateFile:
             _MEMORY_HISTORY.setdefault(self.collection, []).append(record)
             return
         self.history_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.history_path.open("a", encoding="utf-8") as f:
+        from ..jobstate import private_opener
+
+        with open(self.history_path, "a", encoding="utf-8", opener=private_opener) as f:
             f.write(json.dumps(record, sort_keys=True) + "\n")
             f.flush()
             os.fsync(f.fileno())

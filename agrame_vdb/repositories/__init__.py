@@ -20,6 +20,12 @@ URL                                         engine
 Query parameters become options of the engine (``?token_copy=0``), as do keyword
 arguments: ``connect("qdrant-edge:///data", token_copy=False)``.
 
+Credentials in a URL (``http://user:pass@host``, ``?token=``, ``?api_key=``) are
+never shown: messages, reprs and everything kept of a URL use
+:func:`agrame_vdb.redact.redact_url`. Embedded engines take a path, not
+credentials: ``qdrant-edge://user:pass@x`` is refused (write ``qdrant-edge:rel/a@b``
+or ``qdrant-edge:///abs/a@b`` for a path with an ``@``).
+
 >>> connect("nope://x")
 Traceback (most recent call last):
 ...
@@ -34,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
 from ..errors import InvalidInputError, StoreUnavailableError, UnknownStoreError
+from ..redact import redact_url, split_userinfo
 
 if TYPE_CHECKING:
     from ..repository import RepositoryBase
@@ -53,6 +60,9 @@ _SCHEMES: dict[str, str] = {
     "milvus": "agrame_vdb.repositories.milvus",
 }
 
+#: schemes whose location is a path (or nothing): a ``user:pass@`` there is refused
+_PATH_SCHEMES = frozenset({"memory", "qdrant-edge", "qdrant-local", "milvus-lite"})
+
 
 @dataclass(frozen=True)
 class StoreURL:
@@ -70,6 +80,14 @@ class StoreURL:
     base: str
     options: dict[str, str] = field(default_factory=dict)
 
+    @property
+    def shown(self) -> str:
+        """The URL as it may be shown or stored: credentials redacted."""
+        return redact_url(self.raw)
+
+    def __repr__(self) -> str:
+        return f"StoreURL({self.shown!r})"
+
 
 def known_schemes() -> list[str]:
     return sorted(_SCHEMES)
@@ -83,7 +101,7 @@ def register_scheme(scheme: str, module: str) -> None:
 def parse_url(url: str) -> StoreURL:
     if not isinstance(url, str) or ":" not in url:
         raise UnknownStoreError(
-            f"a store URL looks like 'qdrant-edge:///path' or 'memory://', got {url!r}; "
+            f"a store URL looks like 'qdrant-edge:///path' or 'memory://', got {redact_url(url)!r}; "
             f"known schemes: {', '.join(known_schemes())}"
         )
     if "\x00" in url:  # the URL itself is never shown: it may hold a password
@@ -91,6 +109,11 @@ def parse_url(url: str) -> StoreURL:
     scheme, rest = url.split(":", 1)
     scheme = scheme.lower()
     rest_no_query, _, query = rest.partition("?")
+    if scheme in _PATH_SCHEMES and split_userinfo(rest_no_query)[0] is not None:
+        raise InvalidInputError(
+            f"{scheme} is embedded and takes a path, not credentials: got {redact_url(url)!r}; for a path "
+            f"with an '@' in it write {scheme}:relative/path or {scheme}:///absolute/path"
+        )
     location = rest_no_query[2:] if rest_no_query.startswith("//") else rest_no_query
     options = dict(parse_qsl(query, keep_blank_values=True))
     return StoreURL(url, scheme, location, f"{scheme}:{rest_no_query}", options)
@@ -102,7 +125,7 @@ def connect(url: str, **options: Any) -> RepositoryBase:
     module_name = _SCHEMES.get(parsed.scheme)
     if module_name is None:
         raise UnknownStoreError(
-            f"unknown store scheme {parsed.scheme!r} in {url!r}; known schemes: {', '.join(known_schemes())}"
+            f"unknown store scheme {parsed.scheme!r} in {parsed.shown!r}; known schemes: {', '.join(known_schemes())}"
         )
     try:
         module = importlib.import_module(module_name)

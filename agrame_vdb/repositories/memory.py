@@ -44,7 +44,7 @@ def from_url(url: StoreURL, **options: Any) -> MemoryRepository:
     if url.location or options:
         from ..errors import InvalidInputError
 
-        raise InvalidInputError(f"memory:// takes no path or options, got {url.raw!r}")
+        raise InvalidInputError(f"memory:// takes no path or options, got {url.shown!r}")
     return MemoryRepository()
 
 

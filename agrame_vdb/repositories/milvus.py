@@ -96,18 +96,29 @@ search. Long ``in`` lists and large requests are split into chunks.
 Milvus Lite: a collection with an index reopens released, so it is loaded on
 open; index specs are created on the empty collection and built by ``load`` or
 after a flush, never inside a long ``create_index`` call (which times out).
+
+Logging: pymilvus logs every failed call at ERROR, with a traceback, on its own
+stderr handler, before raising. The calls this repository makes turn those
+exceptions into typed errors, so a filter on the ``pymilvus`` loggers (added when
+the first repository is created) drops the records logged *during this
+repository's calls* and hands them to this module's logger at DEBUG
+(``agrame_vdb.repositories.milvus``); pymilvus's levels and handlers are left
+alone, and what it logs during a caller's own pymilvus calls still shows.
 """
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
+import logging
 import math
 import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -136,6 +147,7 @@ from ..repository import (
     RepositoryBase,
     StoredPassage,
 )
+from ..redact import redact_url, secret_parts, url_secrets
 from . import StoreURL, _grpc_transient, _option_bool, _option_number
 from ._codec import units_from_json, units_to_json
 from ._milvus_filter import TRUE, filter_document, to_expr
@@ -263,14 +275,17 @@ def from_url(url: StoreURL, **options: Any) -> MilvusRepository:
         )
     if url.scheme == "milvus-lite":
         if not url.location:
-            raise InvalidInputError(f"milvus-lite needs a path, as in milvus-lite:///data/agrame.db; got {url.raw!r}")
+            raise InvalidInputError(f"milvus-lite needs a path, as in milvus-lite:///data/agrame.db; got {url.shown!r}")
         if secure or "token" in kwargs or "db_name" in kwargs:
             raise InvalidInputError("secure, token and db_name are server options; Milvus Lite takes none")
         return MilvusRepository(path=url.location, **kwargs)
     loc = url.location.rstrip("/")
     m = re.match(r"^(\[[0-9A-Fa-f:.]+\]|[^:/\[\]]+)(?::(\d+))?(/[A-Za-z0-9_]*)?$", loc)
     if not m or not 1 <= int(m[2] or 19530) <= 65535:
-        raise InvalidInputError(f"a Milvus server URL looks like milvus://host:19530[/db_name], got {url.raw!r}")
+        raise InvalidInputError(
+            f"a Milvus server URL looks like milvus://host:19530[/db_name], got {url.shown!r} "
+            "(credentials go in ?token=user:password or MILVUS_TOKEN, not before the host)"
+        )
     return MilvusRepository(uri=f"{'https' if secure else 'http'}://{loc}", **kwargs)
 
 
@@ -343,6 +358,35 @@ def _locked_elsewhere(path: str) -> bool:
 
 # ----------------------------------------------------------------------------- errors
 
+log = logging.getLogger(__name__)
+#: set while a MilvusRepository is inside one of its engine calls
+_IN_CALL: contextvars.ContextVar[bool] = contextvars.ContextVar("agrame_milvus_call", default=False)
+
+
+class _OwnCallsFilter(logging.Filter):
+    """Drops pymilvus's records logged during this library's calls (they become typed
+    errors); passes them on to this module's logger at DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not _IN_CALL.get():
+            return True
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("pymilvus %s (%s): %s", record.levelname, record.name, record.getMessage())
+        return False
+
+
+_FILTER = _OwnCallsFilter()
+
+
+def _quiet_pymilvus() -> None:
+    """Put the filter on every pymilvus logger there is (idempotent); a filter acts on
+    the records of its own logger only, so each one gets it."""
+    names = ["pymilvus", *(n for n in list(logging.Logger.manager.loggerDict) if n.startswith("pymilvus."))]
+    for name in names:
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
+
 
 def _message(exc: BaseException) -> str:
     msg = getattr(exc, "message", None) or str(exc) or repr(exc)
@@ -410,7 +454,10 @@ class MilvusRepository(RepositoryBase):
         self._lite = path is not None
         self.engine = "milvus-lite" if self._lite else "milvus-server"
         self._path = os.path.abspath(path) if path is not None else None
-        self._where = self._path or uri or ""
+        self._where = self._path or redact_url(uri or "")
+        tok = token if token is not None else os.environ.get("MILVUS_TOKEN")
+        self._secrets = frozenset(url_secrets(uri or "") | secret_parts(tok))
+        _quiet_pymilvus()
         self._layout = layout
         self._first_stage = first_stage
         self._pooled_index = (pooled_index or ("FLAT" if self._lite else "HNSW")).upper()
@@ -433,7 +480,6 @@ class MilvusRepository(RepositoryBase):
                     self._client = MilvusClient(uri=self._lite_uri)
                 else:
                     kwargs: dict[str, Any] = {"uri": uri, "timeout": timeout}
-                    tok = token if token is not None else os.environ.get("MILVUS_TOKEN")
                     if tok:
                         kwargs["token"] = tok
                     if db_name:
@@ -450,6 +496,15 @@ class MilvusRepository(RepositoryBase):
         self._version = _parse_version(self.server_version)
 
     # ----- plumbing
+
+    @contextmanager
+    def _engine(self, op: str, collection: str | None = None) -> Iterator[None]:
+        outer = _IN_CALL.set(True)  # pymilvus's own ERROR records of these calls are filtered
+        try:
+            with super()._engine(op, collection):
+                yield
+        finally:
+            _IN_CALL.reset(outer)
 
     def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         attempt = 0

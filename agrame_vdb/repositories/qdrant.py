@@ -46,6 +46,7 @@ from ..repository import (
     StoredPassage,
     TokenBatch,
 )
+from ..redact import redact_url, secret_parts, url_secrets
 from . import StoreURL, _grpc_transient, _option_bool, _option_number
 from . import _qdrant_common as qc
 from ._codec import copy_dtype, decode_tokens, join_tokens, units_from_json
@@ -158,14 +159,17 @@ class QdrantRepository(RepositoryBase):
         self._token_copy = token_copy
         self._retries = retries
         self._retry_wait_max = retry_wait_max
-        self._where = url or path or location or "client"
+        self._where = redact_url(url) if url is not None else path or location or "client"
+        if url is not None:
+            key = api_key if api_key is not None else os.environ.get("QDRANT_API_KEY") or None
+            self._secrets = frozenset(url_secrets(url) | secret_parts(key))
         with self._engine("connect"):
             if client is not None:
                 self._client = client
             elif url is not None:
                 self._client = QdrantClient(
                     url=url,
-                    api_key=api_key if api_key is not None else os.environ.get("QDRANT_API_KEY") or None,
+                    api_key=key,
                     timeout=timeout,
                     prefer_grpc=prefer_grpc,
                     check_compatibility=False,
