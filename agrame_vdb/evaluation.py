@@ -81,7 +81,8 @@ class EvalQuery:
     """A query with graded relevance: passage id → grade, (passage id, unit index) → grade.
 
     ``filter`` restricts the candidates (e.g. PropSegmEnt leaves out the
-    hypothesis's own document).
+    hypothesis's own document); ``excluded`` names the passages it leaves out, so
+    training never takes them as negatives.
     """
 
     id: str
@@ -89,6 +90,7 @@ class EvalQuery:
     passage_qrels: Mapping[str, int]
     unit_qrels: Mapping[UnitKey, int]
     filter: Filter | None = None
+    excluded: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -401,7 +403,8 @@ def read_propsegment(
         if not text.strip():
             continue
         qid = f"propsegment-{doc_id}-{si}-{hashlib.sha1(str(tokens).encode()).hexdigest()[:8]}"
-        queries.append(EvalQuery(qid, text, _freeze(entry["passages"]), _freeze(dict(entry["units"])), Not(Eq("doc_id", doc_id))))
+        own = frozenset({pid[doc_id]} if doc_id in pid else ())
+        queries.append(EvalQuery(qid, text, _freeze(entry["passages"]), _freeze(dict(entry["units"])), Not(Eq("doc_id", doc_id)), own))
     stats = {
         "segmented_sentences": len(segmentations),
         "reference_propositions": n_reference,

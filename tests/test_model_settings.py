@@ -164,3 +164,17 @@ def test_squad_reader_points_each_question_at_the_sentence_with_its_answer():
         passage, units = by_id[pid]
         hits += answers[q.id] in units[index].text_in(passage.text)
     assert hits / len(data.queries) > 0.97  # an answer may cross a sentence boundary
+
+
+def test_propsegment_training_never_takes_the_hypothesis_document_as_a_negative():
+    from agrame_vdb.training.data import examples_from_dataset
+
+    data = read_propsegment(data_file("propsegment", "propositions.dev.json").parent, split="train")
+    assert all(q.excluded for q in data.queries)
+    text_of = {p.id: p.text for p in data.passages}
+    examples = examples_from_dataset(data, negatives=7, hard_negatives=3, seed=0)
+    queries = [q for q in data.queries if any(g > 0 for g in q.passage_qrels.values())]  # one example each, in order
+    assert len(examples) == len(queries)
+    for q, e in zip(queries, examples, strict=True):
+        assert e.query == q.text
+        assert not {text_of[pid] for pid in q.excluded} & {p.text for p in e.passages}

@@ -225,6 +225,12 @@ class BM25:
 # --------------------------------------------------------------------------- from data sets
 
 
+def _banned(query: Any, relevant: set[int], index: dict[str, int]) -> set[int]:
+    """Passages that are never a negative of ``query``: its relevant ones and those
+    its filter leaves out (``EvalQuery.excluded``, e.g. the hypothesis's own document)."""
+    return relevant | {index[pid] for pid in query.excluded if pid in index}
+
+
 def examples_from_dataset(
     dataset: Any,
     *,
@@ -256,11 +262,12 @@ def examples_from_dataset(
         if not relevant:
             continue
         positives = sorted(relevant, key=lambda i: (-q.passage_qrels[dataset.passages[i].id], i))[:max_positives]
+        banned = _banned(q, relevant, index)
         hard: list[int] = []
         if bm25 is not None:
-            mined = [i for i, _ in bm25.top(q.text, mine_depth, exclude=relevant)]
+            mined = [i for i, _ in bm25.top(q.text, mine_depth, exclude=banned)]
             hard = rng.sample(mined, min(hard_negatives, len(mined)))
-        chosen.append((q, relevant, positives, hard))
+        chosen.append((q, banned, positives, hard))
     pool = sorted({i for _, _, pos, hard in chosen for i in pos + hard})
     if len(pool) < 2 * (1 + negatives):  # too few to draw from: use the whole data set
         pool = list(range(len(dataset.passages)))

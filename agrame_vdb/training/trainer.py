@@ -60,7 +60,7 @@ class DataSource(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    dataset: Literal["scifact", "wikiqa", "propsegment", "jsonl"]
+    dataset: Literal["scifact", "wikiqa", "propsegment", "squad", "jsonl"]
     path: str
     split: Literal["train", "heldout", "all"] = "train"
     limit: int | None = Field(default=None, ge=1)
@@ -240,6 +240,8 @@ def build_examples(source: DataSource, data_root: Path, config: TrainConfig, see
     if source.dataset == "scifact":
         options.setdefault("split", source.split)
         options.setdefault("corpus", "full")
+    elif source.dataset == "propsegment":  # the train half of the clusters unless the config says otherwise
+        options.setdefault("split", source.split)
     dataset = read_dataset(source.dataset, path, **options)
     return examples_from_dataset(
         dataset,
