@@ -84,17 +84,24 @@ def _frozen(value: Mapping[str, Any] | None) -> Mapping[str, Any]:
 
 
 def _has_surrogate(value: Any) -> bool:
-    """True when a string somewhere in ``value`` is not encodable as UTF-8 (a lone surrogate)."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return True
-        return False
-    if isinstance(value, Mapping):
-        return any(_has_surrogate(k) or _has_surrogate(v) for k, v in value.items())
-    if isinstance(value, (list, tuple)):
-        return any(_has_surrogate(v) for v in value)
+    """True when a string somewhere in ``value`` is not encodable as UTF-8 (a lone surrogate).
+
+    Walks with a stack, not recursion: a record's metadata may nest hundreds of levels
+    (it is refused later, with a typed error, for nesting too deep)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, Mapping):
+            for k, v in item.items():
+                stack.append(k)
+                stack.append(v)
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
     return False
 
 

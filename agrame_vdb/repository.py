@@ -30,6 +30,7 @@ import abc
 import json
 import math
 import re
+import reprlib
 import threading
 import time
 import uuid
@@ -87,6 +88,10 @@ __all__ = [
     "newer_hint",
     "validate_ids",
     "validate_metadata",
+    "MAX_EXACT_INT",
+    "MAX_FILTER_DEPTH",
+    "MAX_METADATA_BYTES",
+    "MAX_STRING_BYTES",
 ]
 
 #: Version of the stored collection contract (schema record, payload mapping, vector
@@ -106,15 +111,30 @@ FIELD_TYPES: tuple[str, ...] = ("keyword", "integer", "float", "bool")
 #: Filter fields that are not metadata keys: every collection indexes them.
 BUILTIN_FIELDS: Mapping[str, str] = MappingProxyType({"doc_id": "keyword", "passage_index": "integer"})
 
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+# validators match whole strings (fullmatch, and \A..\Z: ``$`` would let a trailing
+# newline through, and ``"docs\n"`` become a collection)
+_NAME_RE = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
 _SEGMENT = r"[A-Za-z_][A-Za-z0-9_-]*"
-_FIELD_RE = re.compile(rf"^{_SEGMENT}(\.{_SEGMENT})*$")
-_INT64 = (-(2**63), 2**63 - 1)
+_FIELD_RE = re.compile(rf"\A{_SEGMENT}(\.{_SEGMENT})*\Z")
+#: The largest magnitude of an integer in metadata or a filter: every engine compares
+#: integers up to 2**53 exactly (Milvus's JSON and Qdrant's ranges compare as float64,
+#: where 2**53 + 1 is 2**53), so larger ones are refused; store them as strings.
+MAX_EXACT_INT = 2**53
 _MAX_LIMIT = 100_000
 #: seconds a shared server's alias look-up is reused (another client may move an
 #: alias; an operation on a collection that has gone looks again at once)
 ALIAS_TTL_S = 1.0
 _MAX_DEPTH = 32
+#: The deepest a filter may nest (a leaf is depth 1, ``Not(Eq(...))`` depth 2): deeper
+#: ones are refused with InvalidFilterError when built or parsed, long before Python's
+#: recursion limit or an engine's expression parser.
+MAX_FILTER_DEPTH = 32
+#: The most bytes a passage's metadata may take as compact JSON (``\uXXXX`` escapes
+#: counted as written), on every engine: a Milvus server's JSON field limit.
+MAX_METADATA_BYTES = 65536
+#: The most UTF-8 bytes of a passage's text and of its doc id, on every engine: a
+#: Milvus server's VARCHAR limit.
+MAX_STRING_BYTES = 65535
 
 
 # --------------------------------------------------------------------------- schema
@@ -144,7 +164,7 @@ class CollectionSchema:
     model: str | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
+        if not isinstance(self.name, str) or not _NAME_RE.fullmatch(self.name):
             raise InvalidSchemaError(
                 f"collection name must be a letter or '_' followed by letters, digits or '_' "
                 f"(64 at most), got {self.name!r}"
@@ -241,7 +261,7 @@ def check_name(name: Any, what: str = "collection") -> str:
     ...
     agrame_vdb.errors.InvalidSchemaError: invalid alias name '../x': a letter or '_' followed by letters, digits or '_' (64 at most)
     """
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise InvalidSchemaError(
             f"invalid {what} name {name!r}: a letter or '_' followed by letters, digits or '_' (64 at most)"
         )
@@ -301,8 +321,8 @@ class StoredPassage:
         object.__setattr__(self, "id", _check_id(self.id))
         if not isinstance(self.doc_id, str) or not self.doc_id:
             raise InvalidInputError(f"doc_id must be a non-empty string, got {self.doc_id!r}")
-        if not _is_int(self.index) or self.index < 0:
-            raise InvalidInputError(f"passage index must be an int >= 0, got {self.index!r}")
+        if not _is_int(self.index) or not 0 <= self.index <= MAX_EXACT_INT:
+            raise InvalidInputError(f"passage index must be an int in [0, 2**53], got {self.index!r}")
         object.__setattr__(self, "index", int(self.index))
         if not isinstance(self.text, str):
             raise InvalidInputError(f"passage text must be a string, got {type(self.text).__name__}")
@@ -328,9 +348,10 @@ class StoredPassage:
         schema_version: int = SCHEMA_VERSION,
     ) -> StoredPassage:
         """A passage with the deterministic id; ``pooled`` defaults to :func:`pool_tokens`."""
+        pid = passage_id(doc_id, index)  # checks doc_id and index first
         tokens = _as_matrix(tokens, None, f"passage {doc_id!r}/{index} tokens")
         return cls(
-            id=passage_id(doc_id, index),
+            id=pid,
             doc_id=doc_id,
             index=index,
             tokens=tokens,
@@ -557,7 +578,9 @@ class Filter(abc.ABC):
     filters, which the memory reference copies): a field holding a list matches
     when any element matches; a missing field matches nothing, so ``Not`` of it
     matches; values compare with their JSON type (``1`` does not equal ``1.0``
-    or ``True``). Combine with ``&``, ``|`` and ``~``.
+    or ``True``). Combine with ``&``, ``|`` and ``~``. A filter nests at most
+    :data:`MAX_FILTER_DEPTH` levels and compares integers within ±:data:`MAX_EXACT_INT`
+    (InvalidFilterError otherwise, when it is built).
     """
 
     __slots__ = ()
@@ -569,18 +592,20 @@ class Filter(abc.ABC):
         ``{"lang": "en"}`` (Eq), ``{"lang": {"$in": [...]}}``, ``{"$nin": [...]}``,
         ``{"$ne": v}``, ``{"year": {"$gte": 2000, "$lt": 2010}}`` (Range),
         ``{"$and": [...]}``, ``{"$or": [...]}``, ``{"$not": {...}}``; several keys
-        in one object are and-ed.
+        in one object are and-ed. Filters nest at most :data:`MAX_FILTER_DEPTH` deep.
         """
         if isinstance(obj, str):
             try:
                 obj = json.loads(obj)
-            except json.JSONDecodeError as exc:
+            except ValueError as exc:  # JSONDecodeError, or an int of more than 4300 digits
                 raise InvalidFilterError(f"filter is not valid JSON: {exc}") from exc
+            except RecursionError:  # the decoder's own limit, far past ours
+                raise InvalidFilterError(_too_deep()) from None
         if not isinstance(obj, Mapping):
-            raise InvalidFilterError(f"a filter must be a JSON object, got {obj!r}")
+            raise InvalidFilterError(f"a filter must be a JSON object, got {_short(obj)}")
         if not obj:
             return None
-        return _parse_filter(obj)
+        return _parse_filter(obj, 1)
 
     @abc.abstractmethod
     def to_json(self) -> dict[str, Any]:
@@ -631,12 +656,12 @@ class In(Filter):
     def __post_init__(self) -> None:
         _check_field_name(self.field, InvalidFilterError)
         if isinstance(self.values, (str, bytes)) or not isinstance(self.values, (Sequence, set, frozenset)):
-            raise InvalidFilterError(f"In({self.field!r}) values must be a list of str or int, got {self.values!r}")
+            raise InvalidFilterError(f"In({self.field!r}) values must be a list of str or int, got {_short(self.values)}")
         values = tuple(_check_scalar(v, self.field, allow_bool=False) for v in self.values)
         if not values:
             raise InvalidFilterError(f"In({self.field!r}) needs at least one value")
         if len({type(v) for v in values}) != 1:
-            raise InvalidFilterError(f"In({self.field!r}) values must be all strings or all ints, got {values!r}")
+            raise InvalidFilterError(f"In({self.field!r}) values must be all strings or all ints, got {_short(values)}")
         object.__setattr__(self, "values", values)
 
     def to_json(self) -> dict[str, Any]:
@@ -666,8 +691,13 @@ class Range(Filter):
                 continue
             if isinstance(v, np.generic):
                 v = v.item()
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise InvalidFilterError(f"Range({self.field!r}) bound {k} must be a finite number, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or isinstance(v, float) and not math.isfinite(v):
+                raise InvalidFilterError(f"Range({self.field!r}) bound {k} must be a finite number, got {_short(v)}")
+            if isinstance(v, int) and not -MAX_EXACT_INT <= v <= MAX_EXACT_INT:
+                raise InvalidFilterError(
+                    f"Range({self.field!r}) bound {k} ({_int_text(v)}) is outside ±2**53 (MAX_EXACT_INT), which not every "
+                    "engine compares exactly; give a float bound, or store such numbers as strings"
+                )
             object.__setattr__(self, k, v)
 
     def to_json(self) -> dict[str, Any]:
@@ -682,9 +712,11 @@ class And(Filter):
     """Every one of ``filters`` matches: ``And(a, b, ...)``."""
 
     filters: tuple[Filter, ...]
+    _depth: int = field(default=1, init=False, repr=False, compare=False)
 
     def __init__(self, *filters: Filter) -> None:
         object.__setattr__(self, "filters", _check_children(filters, "And"))
+        object.__setattr__(self, "_depth", _depth_over(self.filters))
 
     def to_json(self) -> dict[str, Any]:
         return {"$and": [f.to_json() for f in self.filters]}
@@ -698,9 +730,11 @@ class Or(Filter):
     """At least one of ``filters`` matches: ``Or(a, b, ...)``."""
 
     filters: tuple[Filter, ...]
+    _depth: int = field(default=1, init=False, repr=False, compare=False)
 
     def __init__(self, *filters: Filter) -> None:
         object.__setattr__(self, "filters", _check_children(filters, "Or"))
+        object.__setattr__(self, "_depth", _depth_over(self.filters))
 
     def to_json(self) -> dict[str, Any]:
         return {"$or": [f.to_json() for f in self.filters]}
@@ -714,16 +748,43 @@ class Not(Filter):
     """``filter`` does not match (a missing field does not match, so Not matches it)."""
 
     filter: Filter
+    _depth: int = field(default=1, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.filter, Filter):
-            raise InvalidFilterError(f"Not() takes a Filter, got {self.filter!r}")
+            raise InvalidFilterError(f"Not() takes a Filter, got {_short(self.filter)}")
+        object.__setattr__(self, "_depth", _depth_over((self.filter,)))
 
     def to_json(self) -> dict[str, Any]:
         return {"$not": self.filter.to_json()}
 
     def fields(self) -> set[str]:
         return self.filter.fields()
+
+
+def _short(value: Any) -> str:
+    """A bounded repr for messages (a deeply nested value's repr would recurse)."""
+    return reprlib.repr(value)
+
+
+def _int_text(value: int) -> str:
+    """An int for a message (Python refuses to print one of more than 4300 digits)."""
+    return f"int {value}" if value.bit_length() <= 256 else f"an int of {value.bit_length()} bits"
+
+
+def _too_deep() -> str:
+    return (
+        f"filter is nested deeper than {MAX_FILTER_DEPTH} levels (MAX_FILTER_DEPTH); "
+        "flatten it: And/Or take many filters at one level, and Not(Not(f)) is f"
+    )
+
+
+def _depth_over(children: tuple[Filter, ...]) -> int:
+    """The depth of a node over ``children`` (whose depths are known: no recursion)."""
+    depth = 1 + max(getattr(c, "_depth", 1) for c in children)
+    if depth > MAX_FILTER_DEPTH:
+        raise InvalidFilterError(_too_deep())
+    return depth
 
 
 def _check_children(filters: tuple[Any, ...], what: str) -> tuple[Filter, ...]:
@@ -733,15 +794,15 @@ def _check_children(filters: tuple[Any, ...], what: str) -> tuple[Filter, ...]:
         raise InvalidFilterError(f"{what}() needs at least one filter")
     for f in filters:
         if not isinstance(f, Filter):
-            raise InvalidFilterError(f"{what}() takes Filter objects, got {f!r}")
+            raise InvalidFilterError(f"{what}() takes Filter objects, got {_short(f)}")
     return tuple(filters)
 
 
 def _check_field_name(name: Any, error: type[InvalidInputError]) -> None:
-    if not isinstance(name, str) or not _FIELD_RE.match(name):
+    if not isinstance(name, str) or not _FIELD_RE.fullmatch(name):
         raise error(
             f"field name must be a dotted path of identifiers (letters, digits, '_' or '-', "
-            f"not starting with a digit), got {name!r}"
+            f"not starting with a digit), got {_short(name)}"
         )
 
 
@@ -753,33 +814,39 @@ def _check_scalar(value: Any, fname: str, *, allow_bool: bool) -> Scalar:
             return value
         raise InvalidFilterError(f"filter on {fname!r}: $in takes strings or ints, not bools; use Eq for a bool")
     if isinstance(value, int):
-        if not _INT64[0] <= value <= _INT64[1]:
-            raise InvalidFilterError(f"filter on {fname!r}: int {value} does not fit in 64 bits")
+        if not -MAX_EXACT_INT <= value <= MAX_EXACT_INT:
+            raise InvalidFilterError(
+                f"filter on {fname!r}: {_int_text(value)} is outside ±2**53 (MAX_EXACT_INT), which not every engine "
+                "compares exactly; store and filter such numbers as strings"
+            )
         return value
     if isinstance(value, str):
         return value
     if isinstance(value, float):
         raise InvalidFilterError(
-            f"filter on {fname!r}: equality on a float ({value!r}) is not supported; use Range(gte=, lte=)"
+            f"filter on {fname!r}: equality on a float ({_short(value)}) is not supported; use Range(gte=, lte=)"
         )
-    raise InvalidFilterError(f"filter on {fname!r}: value must be a str, int or bool, got {value!r}")
+    raise InvalidFilterError(f"filter on {fname!r}: value must be a str, int or bool, got {_short(value)}")
 
 
 _RANGE_OPS = {"$gt": "gt", "$gte": "gte", "$lt": "lt", "$lte": "lte"}
 
 
-def _parse_filter(obj: Mapping[str, Any]) -> Filter:
+def _parse_filter(obj: Mapping[str, Any], depth: int) -> Filter:
+    # every JSON level adds a filter level at least: stop before Python's recursion limit
+    if depth > MAX_FILTER_DEPTH:
+        raise InvalidFilterError(_too_deep())
     parts: list[Filter] = []
     for key, value in obj.items():
         if not isinstance(key, str):
             raise InvalidFilterError(f"filter keys must be strings, got {key!r}")
         if key in ("$and", "$or"):
             if not isinstance(value, list) or not value:
-                raise InvalidFilterError(f"{key} takes a non-empty list of filters, got {value!r}")
-            children = [_parse_child(v, key) for v in value]
+                raise InvalidFilterError(f"{key} takes a non-empty list of filters, got {_short(value)}")
+            children = [_parse_child(v, key, depth + 1) for v in value]
             parts.append(And(*children) if key == "$and" else Or(*children))
         elif key == "$not":
-            parts.append(Not(_parse_child(value, key)))
+            parts.append(Not(_parse_child(value, key, depth + 1)))
         elif key.startswith("$"):
             raise InvalidFilterError(f"unknown filter operator {key!r}; known: $and, $or, $not at the top level")
         else:
@@ -787,10 +854,10 @@ def _parse_filter(obj: Mapping[str, Any]) -> Filter:
     return parts[0] if len(parts) == 1 else And(*parts)
 
 
-def _parse_child(value: Any, op: str) -> Filter:
+def _parse_child(value: Any, op: str, depth: int) -> Filter:
     if not isinstance(value, Mapping) or not value:
-        raise InvalidFilterError(f"{op} takes non-empty filter objects, got {value!r}")
-    return _parse_filter(value)
+        raise InvalidFilterError(f"{op} takes non-empty filter objects, got {_short(value)}")
+    return _parse_filter(value, depth)
 
 
 def _parse_field(fname: str, value: Any) -> list[Filter]:
@@ -808,7 +875,7 @@ def _parse_field(fname: str, value: Any) -> list[Filter]:
                 out.append(Not(Eq(fname, arg)))
             elif op in ("$in", "$nin"):
                 if not isinstance(arg, list):
-                    raise InvalidFilterError(f"{op} on {fname!r} takes a list, got {arg!r}")
+                    raise InvalidFilterError(f"{op} on {fname!r} takes a list, got {_short(arg)}")
                 f = In(fname, tuple(arg))
                 out.append(f if op == "$in" else Not(f))
             else:
@@ -928,9 +995,10 @@ def _check_units(units: Any, n_tokens: int, text: str, pid: str) -> tuple[Unit, 
 def validate_metadata(metadata: Any, pid: str = "?") -> dict[str, Any]:
     """A JSON-native copy of ``metadata``: numpy scalars become Python, tuples lists.
 
-    Rejects NaN and infinities, ints outside 64 bits, bytes, sets and other
-    non-JSON values, non-string keys, and the reserved top-level keys ``doc_id``
-    and ``passage_index``.
+    Rejects NaN and infinities, ints outside ±2**53 (:data:`MAX_EXACT_INT`), bytes,
+    sets and other non-JSON values, non-string keys, the reserved top-level keys
+    ``doc_id`` and ``passage_index``, and metadata taking more than
+    :data:`MAX_METADATA_BYTES` as JSON (the same limits on every engine).
     """
     if not isinstance(metadata, Mapping):
         raise InvalidMetadataError(f"passage {pid}: metadata must be a mapping, got {type(metadata).__name__}")
@@ -939,7 +1007,14 @@ def validate_metadata(metadata: Any, pid: str = "?") -> dict[str, Any]:
             raise InvalidMetadataError(
                 f"passage {pid}: metadata key {key!r} is reserved (it is the passage's own field); rename it"
             )
-    return _json_safe(metadata, f"passage {pid} metadata", 0)
+    out = _json_safe(metadata, f"passage {pid} metadata", 0)
+    size = len(json.dumps(out, separators=(",", ":")))  # ASCII: \uXXXX escapes
+    if size > MAX_METADATA_BYTES:
+        raise InvalidMetadataError(
+            f"passage {pid}: metadata takes {size} bytes as JSON; every engine holds at most "
+            f"{MAX_METADATA_BYTES} (MAX_METADATA_BYTES): keep large values out of metadata"
+        )
+    return out
 
 
 def _json_safe(value: Any, where: str, depth: int) -> Any:
@@ -953,8 +1028,11 @@ def _json_safe(value: Any, where: str, depth: int) -> Any:
             raise InvalidMetadataError(f"{where} holds bytes; store text or base64 instead")
         return _json_safe(value, where, depth)
     if isinstance(value, int):
-        if not _INT64[0] <= value <= _INT64[1]:
-            raise InvalidMetadataError(f"{where} holds int {value}, outside 64 bits; store it as a string")
+        if not -MAX_EXACT_INT <= value <= MAX_EXACT_INT:
+            raise InvalidMetadataError(
+                f"{where} holds {_int_text(value)}, outside ±2**53 (MAX_EXACT_INT), which not every engine compares "
+                "exactly; store it as a string"
+            )
         return int(value)
     if isinstance(value, float):
         if not math.isfinite(value):
@@ -1574,6 +1652,7 @@ class RepositoryBase(abc.ABC):
             raise InvalidVectorError(f"{what} pooled vector is not finite or is all zeros")
         if p.units and max(u.token_ranges[-1][1] for u in p.units) > p.tokens.shape[0]:
             raise InvalidUnitError(f"{what} has a unit past its {p.tokens.shape[0]} token vectors")
+        _check_sizes(p)
         if versions is not None and p.schema_version in versions:
             return
         if p.schema_version != schema.schema_version:
@@ -1723,9 +1802,23 @@ class RepositoryBase(abc.ABC):
                 self._close()
 
 
+def _check_sizes(p: StoredPassage) -> None:
+    """The limits every engine holds a passage to (a Milvus server's): text and doc id
+    strings, and metadata checked again (nested values may have changed in place)."""
+    for what, value in (("text", p.text), ("doc_id", p.doc_id)):
+        if isinstance(value, str) and len(value) * 4 > MAX_STRING_BYTES:  # else short enough
+            size = len(value.encode("utf-8", "surrogatepass"))
+            if size > MAX_STRING_BYTES:
+                raise InvalidInputError(
+                    f"passage {p.id}: its {what} takes {size} UTF-8 bytes; every engine holds at most "
+                    f"{MAX_STRING_BYTES} (MAX_STRING_BYTES)"
+                )
+    validate_metadata(p.metadata, p.id)
+
+
 def _check_filter(filter: Any) -> None:
     if filter is not None and not isinstance(filter, Filter):
         raise InvalidFilterError(
-            f"filter must be a Filter (Eq, In, Range, And, Or, Not) or None, got {filter!r}; "
+            f"filter must be a Filter (Eq, In, Range, And, Or, Not) or None, got {_short(filter)}; "
             "parse JSON with Filter.from_json()"
         )

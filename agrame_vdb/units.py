@@ -55,7 +55,7 @@ CUSTOM = "custom"
 #: A half-open ``[start, end)`` interval (characters or token positions).
 Span = tuple[int, int]
 
-_KIND_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+_KIND_RE = re.compile(r"\A[a-z][a-z0-9_-]{0,63}\Z")
 _PASSAGE_NAMESPACE = uuid.UUID("5b0f6f0e-3f57-4c53-9a35-6a0b6c1f7a11")
 # PropSegmEnt's word tokens: every run of alphanumeric characters, and every other
 # non-space character on its own ("_" is not alphanumeric).
@@ -75,6 +75,8 @@ def passage_id(doc_id: str, index: int) -> str:
         raise InvalidInputError(f"doc_id must be a non-empty string, got {doc_id!r}")
     if not isinstance(index, int) or isinstance(index, bool) or index < 0:
         raise InvalidInputError(f"passage index must be an int >= 0, got {index!r}")
+    if index > 2**53:  # repository.MAX_EXACT_INT: past it, not every engine filters it exactly
+        raise InvalidInputError(f"passage index must be an int in [0, 2**53], got one of {index.bit_length()} bits")
     return str(uuid.uuid5(_PASSAGE_NAMESPACE, f"{doc_id}\x1f{index}"))
 
 
@@ -173,7 +175,7 @@ class Unit:
     token_ranges: tuple[Span, ...] = ()
 
     def __post_init__(self) -> None:
-        if not isinstance(self.kind, str) or not _KIND_RE.match(self.kind):
+        if not isinstance(self.kind, str) or not _KIND_RE.fullmatch(self.kind):
             raise InvalidUnitError(
                 f"unit kind must be a lower-case identifier such as 'sentence', "
                 f"'proposition' or 'custom', got {self.kind!r}"

@@ -271,6 +271,12 @@ def test_aliases_are_milvus_aliases(store):
 # ----------------------------------------------------------------------------- limits and chunking
 
 
+def _grown_after_build(p):
+    bad = replace(p, metadata={"blob": ["x"]})
+    bad.metadata["blob"][0] = "x" * 70000  # a nested value changed in place after the checks
+    return bad
+
+
 def test_server_limits_are_enforced_before_any_write(lite_store):
     repo, name = lite_store
     good = make_passages(1, seed=20)[0]
@@ -278,7 +284,7 @@ def test_server_limits_are_enforced_before_any_write(lite_store):
     cases = [
         (replace(good, text="é" * 40000, units=()), InvalidInputError, "UTF-8 bytes"),
         (replace(good, tokens=unit_vectors(rng, mv.MAX_TOKENS + 1), units=()), InvalidVectorError, "at most 8192"),
-        (replace(good, metadata={"blob": "x" * 70000}), InvalidMetadataError, "65536"),
+        (_grown_after_build(good), InvalidMetadataError, "65536"),  # built small: refused at the write
         (replace(good, metadata={"many": list(np.arange(400) * 0.5)}), InvalidMetadataError, "filter index"),
     ]
     for bad, error, words in cases:
@@ -497,3 +503,25 @@ def test_data_survives_a_new_process(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.stdout.split() == [str(DIM), "{'lang':", "'keyword'}", "5", str(passages[2].n_tokens), "tokens"], out.stderr
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "milvus://localhost:19530\n",
+        "milvus://localhost\n",
+        "milvus://local host:19530",
+        "milvus://h:19530/db\n",
+        "milvus://h:19530\n?token=s3cret",
+        "milvus://user:s3cret@h:19530\n",
+    ],
+)
+def test_server_urls_with_trailing_newlines_or_spaces_are_refused(monkeypatch, url):
+    opened = []
+    monkeypatch.setattr(mv, "MilvusRepository", lambda **kw: opened.append(kw))  # never connects
+    with pytest.raises(InvalidInputError, match="looks like milvus://host") as err:
+        connect(url)
+    assert "s3cret" not in str(err.value)
+    assert opened == []
+    connect("milvus://localhost:19530/db")  # the same URL without the tail is taken
+    assert opened == [{"uri": "http://localhost:19530/db"}]

@@ -55,7 +55,7 @@ __all__ = [
 
 DocTokenizer = Callable[[Sequence[str]], list[tuple[tuple[Span | None, ...], int]]]
 UnitSource = Callable[[StoredPassage], Iterable[Unit | Span | Sequence[Span]]]
-_GEN_RE = re.compile(r"^(?P<base>.+?)__g(?P<n>\d+)$")
+_GEN_RE = re.compile(r"\A(?P<base>.+?)__g(?P<n>\d+)\Z")
 
 
 # --------------------------------------------------------------------------- tokenizer only
@@ -214,7 +214,7 @@ def add_units(
 def next_generation(repository: Any, current: str) -> str:
     """The next free ``<base>__g<N>`` name after collection ``current`` (no collection's
     and no alias's)."""
-    m = _GEN_RE.match(current)
+    m = _GEN_RE.fullmatch(current)
     base, n = (m.group("base"), int(m.group("n"))) if m else (current, 1)
     taken = set(repository.list_collections()) | set(repository.list_aliases())
     for g in range(n + 1, n + 10_000):

@@ -52,14 +52,16 @@ FX = "fx"
 TRUE = '(id != "")'
 FALSE = '(id == "")'
 
-_SEGMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
-_SAFE = re.compile(r"^[A-Za-z0-9 _.,:;/@+=#-]{0,64}$")
+# whole strings only (fullmatch, \Z): with ``$`` a value ending in "\n" went into an
+# expression verbatim, which Milvus cannot parse
+_SEGMENT = re.compile(r"\A[A-Za-z_][A-Za-z0-9_-]*\Z")
+_SAFE = re.compile(r"\A[A-Za-z0-9 _.,:;/@+=#-]{0,64}\Z")
 _KEY_HEX = 16  # hex digits of the 64-bit order key
 
 
 def string_literal(value: str) -> str | None:
     """``"value"`` when it can go into an expression verbatim, else None."""
-    return f'"{value}"' if _SAFE.match(value) else None
+    return f'"{value}"' if _SAFE.fullmatch(value) else None
 
 
 def _term(path: str, value: Any) -> str:
@@ -67,7 +69,7 @@ def _term(path: str, value: Any) -> str:
         return f"{path}=b:{int(value)}"
     if isinstance(value, int):
         return f"{path}=i:{value}"
-    if _SAFE.match(value):
+    if _SAFE.fullmatch(value):
         return f"{path}=s:{value}"
     return f"{path}=h:{hashlib.blake2b(value.encode('utf-8'), digest_size=12).hexdigest()}"
 
@@ -118,7 +120,7 @@ def filter_document(doc_id: str, passage_index: int, metadata: Mapping[str, Any]
 
     def walk(node: Mapping[str, Any], prefix: str) -> None:
         for key, value in node.items():
-            if not isinstance(key, str) or not _SEGMENT.match(key):
+            if not isinstance(key, str) or not _SEGMENT.fullmatch(key):
                 continue  # no filter field can name it
             path = f"{prefix}{key}"
             if isinstance(value, Mapping):

@@ -88,10 +88,12 @@ the field is checked by reading the schema back, and a clear
 UnsupportedOperationError is raised where it is missing.
 
 Limits of a Milvus server are enforced here, before any write, also on Milvus
-Lite (which accepts more): dim <= 32768, text, doc id and units <= 65535 UTF-8
-bytes, metadata and its filter document <= 65536 bytes as JSON, at most 8192
+Lite (which accepts more): dim <= 32768, units <= 65535 UTF-8 bytes, the
+metadata's filter document <= 65536 bytes as JSON, at most 8192
 token vectors per passage (4096 in the struct layout), at most 16384 hits per
-search. Long ``in`` lists and large requests are split into chunks.
+search. Text, doc id (65535 UTF-8 bytes) and metadata (65536 bytes as JSON) are
+held to a server's limits by the shared checks, on every engine. Long ``in``
+lists and large requests are split into chunks.
 
 Milvus Lite: a collection with an index reopens released, so it is loaded on
 open; index specs are created on the empty collection and built by ``load`` or
@@ -139,6 +141,7 @@ from ..errors import (
     UnsupportedOperationError,
 )
 from ..repository import (
+    MAX_STRING_BYTES,
     Candidate,
     Capabilities,
     CollectionSchema,
@@ -187,7 +190,7 @@ LAYOUT_FORMAT = 1
 
 # server limits (Milvus Lite accepts more; we hold everything to these)
 MAX_DIM = 32768
-MAX_VARCHAR = 65535
+MAX_VARCHAR = MAX_STRING_BYTES  # 65535, for text and doc id on every engine
 MAX_JSON = 65536
 MAX_TOPK = 16384
 _QUERY_CAP = 16384  # offset + limit of one query
@@ -280,7 +283,7 @@ def from_url(url: StoreURL, **options: Any) -> MilvusRepository:
             raise InvalidInputError("secure, token and db_name are server options; Milvus Lite takes none")
         return MilvusRepository(path=url.location, **kwargs)
     loc = url.location.rstrip("/")
-    m = re.match(r"^(\[[0-9A-Fa-f:.]+\]|[^:/\[\]]+)(?::(\d+))?(/[A-Za-z0-9_]*)?$", loc)
+    m = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[^:/\[\]\s]+)(?::(\d+))?(/[A-Za-z0-9_]*)?", loc)
     if not m or not 1 <= int(m[2] or 19530) <= 65535:
         raise InvalidInputError(
             f"a Milvus server URL looks like milvus://host:19530[/db_name], got {url.shown!r} "
@@ -1394,18 +1397,16 @@ def _check_limits(p: StoredPassage, max_tokens: int) -> None:
             f"{what} has {p.tokens.shape[0]} token vectors; a Milvus passage holds at most {max_tokens} "
             "(split the passage)"
         )
-    for field, value in (("text", p.text), ("doc_id", p.doc_id), ("units", _units_json(p))):
-        if isinstance(value, str) and _utf8_len(value) > MAX_VARCHAR:
-            raise InvalidInputError(
-                f"{what}: its {field} takes {_utf8_len(value)} UTF-8 bytes; Milvus strings hold at most {MAX_VARCHAR}"
-            )
+    # text, doc id and metadata sizes: the shared checks (the same limits on every engine)
+    units = _units_json(p)
+    if _utf8_len(units) > MAX_VARCHAR:
+        raise InvalidInputError(
+            f"{what}: its units take {_utf8_len(units)} UTF-8 bytes; Milvus strings hold at most {MAX_VARCHAR}"
+        )
     try:
-        meta = json.dumps(dict(p.metadata), separators=(",", ":"))
         fx = json.dumps(filter_document(p.doc_id, p.index, p.metadata), separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         raise InvalidMetadataError(f"{what}: metadata is not JSON: {exc}") from exc
-    if _utf8_len(meta) > MAX_JSON:
-        raise InvalidMetadataError(f"{what}: metadata takes {_utf8_len(meta)} bytes as JSON; Milvus holds at most {MAX_JSON}")
     if _utf8_len(fx) > MAX_JSON:
         raise InvalidMetadataError(
             f"{what}: the filter index of its metadata takes {_utf8_len(fx)} bytes (long lists of numbers take "
