@@ -472,6 +472,7 @@ def info(model: ModelOption = None, device: DeviceOption = "auto", dtype: DtypeO
         "path": str(enc.checkpoint.path), "format": enc.checkpoint.format, "dim": cfg.dim,
         "query_maxlen": cfg.query_maxlen, "doc_maxlen": cfg.doc_maxlen,
         "markers": {"query": cfg.query_marker, "document": cfg.doc_marker, "subpassage": cfg.subpassage_marker},
+        "query_augmentation": cfg.query_augmentation, "projection": enc.projection is not None,
         "device": str(enc.device), "dtype": str(enc.dtype).removeprefix("torch."),
     }, indent=2))
 

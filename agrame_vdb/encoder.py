@@ -1,15 +1,17 @@
 """The multi-vector encoder: transformer → projection to ``dim`` → L2 normalisation.
 
-Documents are encoded as ``[CLS] [D] text [SEP]``; every position is kept, so a
-passage of ``n`` text tokens has ``n + 3`` token vectors, and units are token
-ranges into that matrix. Queries are ``[CLS] [Q] text [SEP]`` padded with
-``[MASK]`` to ``query_maxlen`` (query augmentation); AGRaME's sub-passage marker
-``[Q']`` replaces ``[Q]`` when ranking sentences or propositions.
+Every position of a document is kept, so units are token ranges into its matrix.
+How text is laid out is the model's own setting (:mod:`agrame_vdb.layout`): a
+ColBERT-style model encodes documents as ``[CLS] [D] text [SEP]`` and queries as
+``[CLS] [Q] text [SEP]`` padded with ``[MASK]`` to ``query_maxlen`` (query
+augmentation), with AGRaME's sub-passage marker ``[Q']`` in place of ``[Q]`` when
+ranking sentences or propositions; the plain base (the default) encodes
+``[CLS] text [SEP]`` both ways, with no projection, and zeroes a query's padding rows.
 
 Markers reuse vocabulary slots (``[unused0..2]`` by default) and are inserted as
 token ids, so each is exactly one token and the vocabulary does not grow.
 
->>> enc = MultiVectorEncoder.load()                      # the shipped default
+>>> enc = MultiVectorEncoder.load("minilm-frozen-128")
 >>> q = enc.encode_queries(["when was the tower built?"])
 >>> q.shape
 (1, 32, 128)
@@ -17,6 +19,9 @@ token ids, so each is exactly one token and the vocabulary does not grow.
 >>> [e] = enc.encode_passages([p])
 >>> e.token_vectors.shape, [u.token_ranges for u in e.units]
 ((14, 128), [((2, 7),), ((7, 13),)])
+>>> [e] = MultiVectorEncoder.load().encode_passages([p])   # the plain base: no [D] row
+>>> e.token_vectors.shape, [u.token_ranges for u in e.units]
+((13, 384), [((1, 6),), ((6, 12),)])
 """
 
 from __future__ import annotations
@@ -153,7 +158,8 @@ class MultiVectorEncoder:
     ) -> MultiVectorEncoder:
         """Load a model directory in any format :mod:`agrame_vdb.checkpoints` accepts.
 
-        ``path=None`` loads the shipped default (MiniLM + projection to 128).
+        ``path=None`` loads the default model (``plain-base``); a packaged model's name
+        (``plain-base``, ``minilm-frozen-128``) loads that one.
         """
         # Weights load in float32 and are cast once placed, so every dtype sees the same values.
         return cls(load_checkpoint(path, projection=projection), device=device, dtype=dtype)

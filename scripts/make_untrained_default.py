@@ -4,7 +4,7 @@ The projection is a random matrix with orthonormal rows (seed 0), so dot product
 between projected vectors approximate those of the 384-d hidden states. It is the
 starting point that `agrame-vdb train` improves on.
 
-    python scripts/make_untrained_default.py agrame_vdb/models/default
+    python scripts/make_untrained_default.py runs/untrained
 """
 
 from __future__ import annotations
@@ -28,4 +28,4 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "agrame_vdb/models/default")
+    main(sys.argv[1] if len(sys.argv) > 1 else "runs/untrained")

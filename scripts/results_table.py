@@ -19,7 +19,7 @@ NAMES = {
     "passage-span-q'": "passage encoding, span MaxSim, [Q']",
     "passage-span-q'+alpha": "passage encoding, [Q'] + α·S(q,p)",
 }
-MODELS = {"runs/untrained": "untrained", "agrame_vdb/models/default": "trained (default)"}
+MODELS = {"runs/untrained": "untrained", "agrame_vdb/models/minilm-frozen-128": "minilm-frozen-128", "plain-base": "plain-base"}
 
 
 def main(paths: list[str]) -> None:

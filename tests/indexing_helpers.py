@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -11,7 +13,7 @@ import numpy as np
 
 from agrame_vdb.encoder import EncodedPassage
 from agrame_vdb.errors import TransientRepositoryError
-from agrame_vdb.indexer import load_tokenizer
+from agrame_vdb.checkpoints import load_tokenizer
 from agrame_vdb.units import align_units, segment
 
 TOPICS = ["towers", "rivers", "proteins", "vaccines", "glaciers", "bridges", "enzymes", "comets"]
@@ -48,8 +50,8 @@ class FakeEncoder:
     dim = 16
 
     def __init__(self) -> None:
-        self.tokenizer, doc_maxlen = load_tokenizer()
-        self.config = SimpleNamespace(doc_maxlen=doc_maxlen, dim=self.dim)
+        self.tokenizer, config = load_tokenizer("minilm-frozen-128")  # its [CLS] [D] text [SEP] layout, as below
+        self.config = dataclasses.replace(config, dim=self.dim)
         self.dtype = "float32"
         self.device = "cpu"
         self.calls = 0

@@ -9,13 +9,13 @@ import pytest
 from agrame_vdb.chunking import Chunker, ChunkingOptions
 from agrame_vdb.documents import Document
 from agrame_vdb.errors import InvalidInputError, InvalidRecordError
-from agrame_vdb.indexer import load_tokenizer
+from agrame_vdb.checkpoints import load_tokenizer
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    tok, doc_maxlen = load_tokenizer()
-    assert doc_maxlen == 512
+    tok, config = load_tokenizer()
+    assert config.doc_maxlen == 512
     return tok
 
 

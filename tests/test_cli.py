@@ -25,14 +25,16 @@ def test_info_describes_the_default_model():
     result = runner.invoke(app, ["info", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     info = json.loads(result.output)
-    assert info["format"] == "agrame" and info["dim"] == 128 and info["markers"]["subpassage"] == "[unused2]"
+    assert info["format"] == "agrame" and info["dim"] == 384  # the plain base: its own token states
+    assert info["markers"] == {"query": None, "document": None, "subpassage": None}
+    assert info["query_augmentation"] is False and info["projection"] is False
 
 
 def test_encode_prints_units_per_passage():
     result = runner.invoke(app, ["encode", "--device", "cpu", "The tower is tall. It was built in 1889."])
     assert result.exit_code == 0, result.output
     row = json.loads(result.output.strip().splitlines()[-1])
-    assert row["shape"] == [14, 128]
+    assert row["shape"] == [13, 384]  # [CLS] text [SEP]: no [D] marker
     assert [u["text"] for u in row["units"]] == ["The tower is tall.", "It was built in 1889."]
 
 

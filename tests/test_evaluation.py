@@ -21,6 +21,7 @@ from agrame_vdb.evaluation import (
     mrr_at_k,
     ndcg_at_k,
     precision_at_k,
+    plain_base_encoder,
     read_propsegment,
     read_scifact,
     read_wikiqa,
@@ -162,7 +163,7 @@ def _tiny_dataset() -> EvalDataset:
 def test_evaluate_runs_every_configuration_through_the_planner_like_a_brute_force_maxsim(encoder):
     ds = _tiny_dataset()
     repo = connect("memory://")
-    results = evaluate(ds, encoder, repo, model_name="untrained", alpha=0.5)
+    results = evaluate(ds, encoder, repo, model_name="untrained", alpha=0.5, candidates=0)
     assert [r.configuration for r in results] == list(CONFIGURATIONS)
     assert repo.list_collections() == []  # dropped afterwards
     # the reference: encode here and score by hand with numpy
@@ -189,7 +190,19 @@ def test_evaluate_runs_every_configuration_through_the_planner_like_a_brute_forc
             expected[config].append(([k for _, k in sorted(scored, key=lambda x: -x[0])][:10], query.unit_qrels))
         scored = sorted(((maxsim(q[i], t), k) for t, k in zip(alone, keys)), key=lambda x: -x[0])
         expected["sentence-encoding"].append(([k for _, k in scored][:10], query.unit_qrels))
+    # plain-base: the base's own token states, scored the same way with [Q] for units and alpha
+    plain = plain_base_encoder(encoder)
+    pe = plain.encode_passages(list(ds.passages), [list(u) for u in ds.units], sentences=False)
+    pq = plain.encode_queries([x.text for x in ds.queries])
+    plain_passages = []
+    for i, query in enumerate(ds.queries):
+        p_scores = [maxsim(pq[i], e.token_vectors) for e in pe]
+        plain_passages.append(([ds.passages[j].id for j in np.argsort(-np.array(p_scores), kind="stable")], query.passage_qrels))
+        scored = [(maxsim(pq[i], e.token_vectors[u.token_positions]) + 0.5 * p_scores[j], (e.passage.id, u.index))
+                  for j, e in enumerate(pe) for u in e.units]
+        expected["plain-base"].append(([k for _, k in sorted(scored, key=lambda x: -x[0])][:10], query.unit_qrels))
     by_name = {r.configuration: r for r in results}
+    assert by_name["plain-base"].passage == pytest.approx(mean_metrics(plain_passages), abs=1e-9)
     for config in CONFIGURATIONS:
         assert by_name[config].unit == pytest.approx(mean_metrics(expected[config]), abs=1e-9), config
     for config in ("passage-span-q", "passage-span-q'", "passage-span-q'+alpha"):

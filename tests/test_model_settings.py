@@ -178,3 +178,12 @@ def test_propsegment_training_never_takes_the_hypothesis_document_as_a_negative(
     for q, e in zip(queries, examples, strict=True):
         assert e.query == q.text
         assert not {text_of[pid] for pid in q.excluded} & {p.text for p in e.passages}
+
+
+@pytest.mark.parametrize("module", ["agrame_vdb.layout", "agrame_vdb.encoder"])
+def test_doctests(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted > 0
