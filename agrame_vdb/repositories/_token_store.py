@@ -141,7 +141,7 @@ class TokenStore:
         columns = {row[1] for row in con.execute("PRAGMA table_info(tokens)")}
         for column, ctype in (("units", "TEXT"), ("pos", "INTEGER"), ("checksum", "INTEGER")):
             if column not in columns:  # a store from before this column
-                self._transaction(lambda: self._add_column(column, ctype))
+                self._transaction(lambda column=column, ctype=ctype: self._add_column(column, ctype))
         self._damaged_seen: set[tuple[str, Any]] = set()
         self.damaged = 0  # rows found damaged (left out, the engine read instead)
         self._kinds = self._read_kinds()
@@ -153,7 +153,8 @@ class TokenStore:
         elif meta["kinds_sum"] != _kinds_checksum(self._kind_names):
             raise sqlite3.DatabaseError(f"the unit kind names in {self.path} fail their checksum")
         name, end = meta.get("data_file"), meta.get("data_end", 0)
-        if name is not None and not (isinstance(name, str) and re.fullmatch(rf"{re.escape(self.path.name)}\.[0-9a-f]{{8}}\.bin", name)):
+        ours = rf"{re.escape(self.path.name)}\.[0-9a-f]{{8}}\.bin"  # never a path: a damaged name must not lead elsewhere
+        if name is not None and not (isinstance(name, str) and re.fullmatch(ours, name)):
             raise sqlite3.DatabaseError(f"{self.path} names {name!r} as its data file: not one it writes")
         if type(end) is not int or end < 0:
             raise sqlite3.DatabaseError(f"{self.path} records {end!r} as its data file's end")
@@ -466,7 +467,8 @@ class TokenStore:
                     self._con.execute("DELETE FROM meta WHERE key = ?", (_UNCHECKED,))
 
             self._transaction(body)
-            self._unchecked = self._con.execute("SELECT 1 FROM meta WHERE key = ?", (_UNCHECKED,)).fetchone() is not None
+            mark = self._con.execute("SELECT 1 FROM meta WHERE key = ?", (_UNCHECKED,)).fetchone()
+            self._unchecked = mark is not None
             return len(sealed), len(dropped)
 
     def ids(self) -> set[str]:
@@ -481,7 +483,8 @@ class TokenStore:
         with self._lock:
             rows, live, old, unchecked = self._con.execute(
                 "SELECT count(*), coalesce(sum(CASE WHEN pos IS NOT NULL THEN n END), 0), "
-                "coalesce(sum(pos IS NULL OR typeof(units) = 'text'), 0), coalesce(sum(checksum IS NULL), 0) FROM tokens"
+                "coalesce(sum(pos IS NULL OR typeof(units) = 'text'), 0), "
+                "coalesce(sum(checksum IS NULL), 0) FROM tokens"
             ).fetchone()
             live *= self._row_bytes
             return {
