@@ -119,9 +119,10 @@ def test_fetch_tokens_falls_back_to_engine_vectors_for_stale_rows(edge):
 
 def test_rows_from_before_the_units_column_take_the_payload_units_until_optimize(edge):
     repo, passages, spy, d = edge
-    repo.close()  # an old store: the units column dropped
+    repo.close()  # an old store: the units column dropped (and the later checksum column)
     con = sqlite3.connect(d / "tokens.sqlite")
     con.execute("ALTER TABLE tokens DROP COLUMN units")
+    con.execute("ALTER TABLE tokens DROP COLUMN checksum")
     con.commit()
     con.close()
     repo = connect(f"qdrant-edge://{d.parent}")
@@ -338,5 +339,179 @@ def test_unit_kinds_keep_their_numbers_across_writes_and_reopening(edge):
         assert repo._token_stores["c"].kinds == ("proposition", "sentence", "claim")
         _check_batch(repo, [extra, *passages[1:]])
         assert spy.vector_requests == [False]
+    finally:
+        repo.close()
+
+
+# ----- damaged bytes or units: checksums send the read to the engine
+
+
+def _results(repo):
+    """Every unit's (and passage's) search result for two queries: ids, scores, spans."""
+    from agrame_vdb.planner import Planner
+
+    rng = np.random.default_rng(7)
+    planner = Planner(repo, "c", device="cpu", candidates=50)
+    out = []
+    for _ in range(2):
+        q = rng.normal(size=(8, DIM)).astype(np.float32)
+        q /= np.linalg.norm(q, axis=1, keepdims=True)
+        for g in ("passage", "sentence", "proposition"):
+            for r in planner.search_vectors(q, granularity=g, k=50).results:
+                out.append((g, r.passage_id, r.unit_kind, r.unit_index, r.score, r.passage_score, r.char_spans))
+    return out
+
+
+def _engine_results(d):
+    """The reference: the same collection read with no token copy (the engine's own vectors)."""
+    repo = connect(f"qdrant-edge://{d.parent}?token_copy=0")
+    try:
+        assert repo._token_stores == {}
+        return _results(repo)
+    finally:
+        repo.close()
+
+
+def _row(d, pid):
+    con = sqlite3.connect(d / "tokens.sqlite")
+    try:
+        return con.execute("SELECT pos, n, units FROM tokens WHERE id = ?", (pid,)).fetchone()
+    finally:
+        con.close()
+
+
+def _damage_bytes(d, pid, how):
+    pos, n, _ = _row(d, pid)
+    size = n * DIM * 4
+    data = b"\x00" * size if how == "zeros" else np.random.default_rng(3).bytes(size)
+    with _data_file(d).open("r+b") as out:  # under the open store's memory map
+        out.seek(pos)
+        out.write(data)
+
+
+def _damage_units(d, pid, how):
+    units = _row(d, pid)[2]
+    # bytes 24..31: the first row's start (sentence 0's first character span)
+    damaged = units[:-8] if how == "cut" else units[:24] + bytes([units[24] ^ 1]) + units[25:]
+    con = sqlite3.connect(d / "tokens.sqlite")
+    con.execute("UPDATE tokens SET units = ? WHERE id = ?", (damaged, pid))
+    con.commit()
+    con.close()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda d, pid: _damage_bytes(d, pid, "zeros"),
+        lambda d, pid: _damage_bytes(d, pid, "random"),
+        lambda d, pid: _damage_units(d, pid, "bit"),
+        lambda d, pid: _damage_units(d, pid, "cut"),
+    ],
+    ids=["zeroed-bytes", "random-bytes", "units-bit-flipped", "units-cut-short"],
+)
+def test_a_damaged_row_is_read_from_the_engine_and_counted_once(edge, damage, caplog):
+    repo, passages, spy, d = edge
+    repo._shards["c"] = spy._shard
+    repo.close()
+    reference = _engine_results(d)
+    repo = connect(f"qdrant-edge://{d.parent}")
+    try:
+        assert _results(repo) == reference  # the token copy agrees with the engine
+        damage(d, passages[0].id)
+        with caplog.at_level("WARNING", logger="agrame_vdb"):
+            assert _results(repo) == reference
+            assert _results(repo) == reference
+        assert repo.diagnostics == {"token_copy_fallbacks": 1}
+        warned = [r for r in caplog.records if r.levelname == "WARNING" and "checksum" in r.getMessage()]
+        assert len(warned) == 1 and passages[0].id in warned[0].getMessage()
+        assert repo._token_stores["c"].ids() == {p.id for p in passages[1:]}  # the damaged row dropped
+        _check_batch(repo, passages)
+        repo.upsert("c", passages[:1])  # written again: read from the token copy again
+        assert _results(repo) == reference and repo.diagnostics == {"token_copy_fallbacks": 1}
+        assert passages[0].id in repo._token_stores["c"].ids()
+    finally:
+        repo.close()
+
+
+def test_rows_from_before_the_checksum_column_are_read_then_sealed_by_optimize(edge):
+    repo, passages, spy, d = edge
+    repo._shards["c"] = spy._shard
+    repo.close()
+    reference = _engine_results(d)
+    con = sqlite3.connect(d / "tokens.sqlite")  # an old store: no checksum column
+    con.execute("ALTER TABLE tokens DROP COLUMN checksum")
+    con.execute("DELETE FROM meta WHERE key = 'kinds_sum'")
+    con.commit()
+    con.close()
+    repo = connect(f"qdrant-edge://{d.parent}")
+    try:
+        repo.open_collection("c")
+        spy = _Spy(repo._shards["c"])
+        repo._shards["c"] = spy
+        store = repo._token_stores["c"]
+        assert store.stats()["unchecked_rows"] == len(passages)
+        _check_batch(repo, passages)
+        assert spy.vector_requests == [False]  # the old rows read, from the token copy
+        repo._shards["c"] = spy._shard
+        _damage_bytes(d, passages[1].id, "zeros")  # damaged before it has a checksum
+        repo.optimize("c")
+        # sealed where equal to the engine's vectors and units; the damaged one dropped
+        assert store.stats()["unchecked_rows"] == 0
+        assert store.ids() == {p.id for p in passages} - {passages[1].id}
+        assert _results(repo) == reference
+        _damage_bytes(d, passages[2].id, "random")  # a sealed row is checked
+        assert _results(repo) == reference
+        assert repo.diagnostics == {"token_copy_fallbacks": 1}
+    finally:
+        repo.close()
+    repo = connect(f"qdrant-edge://{d.parent}")
+    try:  # reopened: no longer an old store, every row must have a checksum
+        assert _results(repo) == reference
+        store = repo._token_stores["c"]
+        con = sqlite3.connect(d / "tokens.sqlite")
+        con.execute("UPDATE tokens SET checksum = NULL WHERE id = ?", (passages[3].id,))
+        con.commit()
+        con.close()
+        assert _results(repo) == reference
+        assert repo.diagnostics == {"token_copy_fallbacks": 1} and passages[3].id not in store.ids()
+    finally:
+        repo.close()
+
+
+def test_damaged_unit_kind_names_set_the_token_copy_aside(edge):
+    repo, passages, spy, d = edge
+    repo._shards["c"] = spy._shard
+    repo.close()
+    reference = _engine_results(d)
+    con = sqlite3.connect(d / "tokens.sqlite")
+    con.execute("UPDATE kinds SET name = 'sentencf' WHERE name = 'sentence'")
+    con.commit()
+    con.close()
+    repo = connect(f"qdrant-edge://{d.parent}")
+    try:
+        with pytest.warns(UserWarning, match="unreadable"):
+            repo.open_collection("c")
+        assert repo._token_stores["c"].ids() == set()
+        assert _results(repo) == reference
+    finally:
+        repo.close()
+
+
+def test_a_data_file_name_outside_the_store_is_never_opened(edge):
+    repo, passages, spy, d = edge
+    repo._shards["c"] = spy._shard
+    repo.close()
+    victim = d.parent / "unrelated.bin"
+    victim.write_bytes(b"keep me" * 1000)
+    con = sqlite3.connect(d / "tokens.sqlite")
+    con.execute("UPDATE meta SET value = '../unrelated.bin' WHERE key = 'data_file'")
+    con.commit()
+    con.close()
+    repo = connect(f"qdrant-edge://{d.parent}")
+    try:
+        with pytest.warns(UserWarning, match="unreadable"):
+            repo.open_collection("c")
+        assert victim.read_bytes() == b"keep me" * 1000
+        _check_batch(repo, passages)
     finally:
         repo.close()

@@ -46,9 +46,15 @@ units, the same read took ~9.5 ms.
 Writes pass vectors as lists, which Edge converts about twice as fast as numpy
 arrays. ``optimize()`` builds the pooled HNSW index (Edge never optimises by
 itself; until then the first stage is an exact scan), drops orphaned rows of the
-side store, fills in the units of rows written before the units column and
+side store, fills in the units of rows written before the units column,
 compacts the side store's data file (rows in the earlier form move to the current
-one).
+one) and gives rows written before the checksum column one, where they equal the
+engine's vectors and units (the others are dropped).
+
+Each side-store row carries a checksum of its bytes and units, checked on read: a
+damaged row (zeroed or overwritten bytes, damaged units) is read from the engine
+instead, dropped, and counted in :attr:`QdrantEdgeRepository.diagnostics`
+(``token_copy_fallbacks``); the first of a store is logged as a warning.
 """
 
 from __future__ import annotations
@@ -528,6 +534,7 @@ class QdrantEdgeRepository(RepositoryBase):
                 store.delete(sorted(orphans))
             self._fill_units(shard, store)
             store.compact()
+            self._fill_checksums(shard, store, schema.dim)
             store.checkpoint()
 
     @staticmethod
@@ -541,6 +548,27 @@ class QdrantEdgeRepository(RepositoryBase):
                 if payload.get(qc.P_TV) is not None:
                     rows.append((str(r.id), payload[qc.P_TV], units_from_json(payload.get(qc.P_UNITS, []))))
             store.set_units(rows)
+
+    @staticmethod
+    def _fill_checksums(shard: Any, store: TokenStore, dim: int) -> None:
+        """Give side-store rows written before the checksum column one, once their
+        vectors and units are found equal to the engine's (the others are dropped)."""
+        todo = store.unchecked()
+        for start in range(0, len(todo), 256):
+            truth = {}
+            for r in shard.retrieve(todo[start : start + 256], [qc.P_UNITS, qc.P_TV], [qc.TOKENS]):
+                payload, vector = r.payload or {}, r.vector
+                if isinstance(vector, dict) and qc.TOKENS in vector:
+                    tokens = np.asarray(vector[qc.TOKENS], dtype=np.float32).reshape(-1, dim)
+                    truth[str(r.id)] = (payload.get(qc.P_TV), tokens, units_from_json(payload.get(qc.P_UNITS, ())))
+            store.seal(truth)
+
+    @property
+    def diagnostics(self) -> dict[str, int]:
+        """Counters of this repository's open collections: ``token_copy_fallbacks``, the
+        side-store rows found damaged (failing their checksum) and read from the engine."""
+        with self._shard_lock:
+            return {"token_copy_fallbacks": sum(store.damaged for store in self._token_stores.values())}
 
     # ----- aliases (emulated: a JSON file under the root)
 
