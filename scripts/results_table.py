@@ -14,6 +14,7 @@ import sys
 from collections import defaultdict
 
 NAMES = {
+    "plain-base": "plain-base (the baseline): base's own states, span MaxSim + α·S(q,p)",
     "sentence-encoding": "units encoded on their own",
     "passage-span-q": "passage encoding, span MaxSim, [Q]",
     "passage-span-q'": "passage encoding, span MaxSim, [Q']",
@@ -40,7 +41,8 @@ def main(paths: list[str]) -> None:
             value = f"{r['unit'][m]:.3f}"
             cells.append(f"**{value}**" if r["unit"][m] == best[(r["dataset"], r["model"], m)] else value)
         cells += [f"{r['passage'][m]:.3f}" for m in ("P@1", "R@5")]
-        print(f"| {r['dataset']} (n={r['unit']['n']}) | {MODELS.get(r['model'], r['model'])} | {config} | " + " | ".join(cells) + " |")
+        model = "—" if r["configuration"] == "plain-base" else MODELS.get(r["model"], r["model"])
+        print(f"| {r['dataset']} (n={r['unit']['n']}) | {model} | {config} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
