@@ -26,7 +26,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -36,11 +36,18 @@ from .checkpoints import Checkpoint, EncoderConfig, Projection, load_checkpoint,
 from .errors import InvalidInputError, ModelLoadError
 from .units import AlignedUnits, Passage, Span, TruncatedUnit, Unit, align_units, segment
 
-__all__ = ["MultiVectorEncoder", "EncodedPassage", "EncoderConfig", "resolve_device", "resolve_dtype"]
+__all__ = ["MultiVectorEncoder", "EncodedPassage", "EncoderConfig", "resolve_device", "resolve_dtype", "usable_prefix"]
 
 log = logging.getLogger(__name__)
 
 Marker = Literal["query", "subpassage", "document"]
+#: A text longer than this many characters per usable token is tokenized from a prefix
+#: (see :func:`usable_prefix`), grown fourfold until it provably holds those tokens...
+PREFIX_CHARS_PER_TOKEN = 16
+#: ...or until it reaches this many characters per token: a text whose first tokens
+#: span more than that (words of a thousand characters) is cut there, as it is.
+MAX_CHARS_PER_TOKEN = 1024
+
 _DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
@@ -199,6 +206,7 @@ class MultiVectorEncoder:
         """``[CLS] marker text [SEP] [MASK]…`` ids and attention mask, ``query_maxlen`` long."""
         texts = _check_texts(texts, "queries")
         length = self.config.query_maxlen
+        texts = [usable_prefix(self.tokenizer, t, length - 3) for t in texts]
         body = self.tokenizer(texts, add_special_tokens=False, truncation=True, max_length=length - 3, verbose=False)
         ids = torch.full((len(texts), length), self._mask, dtype=torch.long)
         attention = torch.zeros((len(texts), length), dtype=torch.long)
@@ -213,7 +221,8 @@ class MultiVectorEncoder:
 
     def _tokenize_documents(self, texts: Sequence[str]) -> list[_DocTokens]:
         budget = self.config.doc_maxlen - 3
-        enc = self.tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        texts = [usable_prefix(self.tokenizer, t, budget) for t in texts]
+        enc = self.tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
         out: list[_DocTokens] = []
         marker = self.marker_ids["document"]
         for text, tokens, offsets in zip(texts, enc["input_ids"], enc["offset_mapping"], strict=True):
@@ -308,6 +317,36 @@ class MultiVectorEncoder:
                 EncodedPassage(passage, vecs, aligned.units, tuple(doc.ids), doc.offsets, doc.encoded_chars, aligned.truncated)
             )
         return results
+
+
+def usable_prefix(tokenizer: Any, text: str, n_tokens: int) -> str:
+    """A prefix of ``text`` to tokenize when only its first ``n_tokens`` tokens are used.
+
+    Its first ``n_tokens + 1`` tokens (ids and offsets) are those of the whole text, so
+    a cut to ``n_tokens`` and whether the text had more are the same as for the whole
+    text. The proof: a prefix is tried (``PREFIX_CHARS_PER_TOKEN`` characters per
+    token, then four times more each time) and kept when more than ``n_tokens`` of its
+    tokens lie before its last word (pre-token): the tokenizer's normalisation and
+    pre-tokenizer act word by word, so only the word the cut runs through can differ
+    from the whole text's. A text with fewer tokens is returned whole, and one whose
+    tokens span more than ``MAX_CHARS_PER_TOKEN`` characters each is cut there (a
+    documented bound: such "words" are longer than any model's vocabulary).
+    Tokenizers that truncate on the left, or are not fast (no word ids), get the
+    whole text.
+    """
+    size = n_tokens * PREFIX_CHARS_PER_TOKEN
+    if len(text) <= size or getattr(tokenizer, "truncation_side", "right") != "right" or not getattr(tokenizer, "is_fast", False):
+        return text
+    limit = n_tokens * MAX_CHARS_PER_TOKEN
+    while size < len(text):
+        if size >= limit:
+            return text[:limit]
+        prefix = text[:size]
+        words = tokenizer(prefix, add_special_tokens=False, verbose=False).word_ids()
+        if words and sum(w != words[-1] for w in words) > n_tokens:
+            return prefix
+        size *= 4
+    return text
 
 
 def _check_texts(texts: Sequence[str], what: str) -> list[str]:
