@@ -133,7 +133,7 @@ def test_a_huge_query_is_encoded_from_a_prefix_with_the_same_ids(encoder, counti
 
 
 def test_a_huge_passage_is_encoded_from_a_prefix_with_the_same_tokens(encoder, counting):
-    text = big_text(300_000)
+    text = big_text(700_000)
     budget = encoder.config.doc_maxlen - 3
     passage = Passage.create("d", 0, text)
     # the reference: the whole text tokenized, cut to the budget, units aligned to that
