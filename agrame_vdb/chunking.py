@@ -179,10 +179,11 @@ class Chunker:
         [ids], [offsets] = self._tokenize([text])
         pieces = self._pieces(text, boundaries, offsets, body_budget)
         ranges = self._pack(pieces, body_budget)
-        bodies = []
-        for first, last in ranges:
-            start, end = pieces[first].start, pieces[last - 1].end
-            bodies.append((text[start:end], _place(text, stored, start, end), metadata, start))
+        bounds = [(pieces[first].start, pieces[last - 1].end) for first, last in ranges]
+        bodies = [
+            (text[start:end], placed, metadata, start)
+            for (start, end), placed in zip(bounds, _place(text, stored, bounds), strict=True)
+        ]
         return self._finish(doc, prefix, bodies, given_passages=False, whole=(text, ids, offsets))
 
     def _pieces(self, text: str, sentences: Sequence[Unit], offsets: list[Span], budget: int) -> list[_Piece]:
@@ -289,22 +290,34 @@ class Chunker:
         return chunks
 
 
-def _place(text: str, units: list[_Placed], start: int, end: int) -> list[_Placed]:
-    """The units (document offsets) that fall in ``[start, end)``, clipped and shifted to it."""
-    out = []
+def _place(text: str, units: list[_Placed], bounds: list[tuple[int, int]]) -> list[list[_Placed]]:
+    """For each passage ``[start, end)`` of ``bounds``, the units (document offsets)
+    that fall in it, clipped and shifted to it, in the order of ``units``.
+
+    Passages start and end further on each time (``_pack`` makes them so), and a
+    unit's spans are sorted and disjoint, so the passages a unit touches, and the
+    spans of it a passage holds, are runs found by bisection: the work grows with the
+    units and spans placed (times a log), not with units times passages.
+    """
+    starts = [start for start, _ in bounds]
+    ends = [end for _, end in bounds]
+    out: list[list[_Placed]] = [[] for _ in bounds]
     for p in units:
         spans = p.unit.char_spans
-        if spans[-1][1] <= start or spans[0][0] >= end:
+        first = bisect.bisect_right(ends, spans[0][0])  # the first passage that ends after the unit starts
+        stop = bisect.bisect_left(starts, spans[-1][1])  # passages from here on start after it ends
+        if first >= stop:
             continue
-        whole = spans[0][0] >= start and spans[-1][1] <= end
-        clipped = []
-        for s, e in spans:
-            if e <= start or s >= end:
-                continue
-            span = _trim(text, max(s, start), min(e, end))
-            if span is not None:
-                clipped.append((span[0] - start, span[1] - start))
-        if not clipped:
-            continue
-        out.append(_Placed(replace(p.unit, char_spans=tuple(clipped), token_ranges=()), p.hard and whole))
+        span_starts = [s for s, _ in spans]
+        span_ends = [e for _, e in spans]
+        for i in range(first, stop):
+            start, end = bounds[i]
+            clipped = []
+            for s, e in spans[bisect.bisect_right(span_ends, start) : bisect.bisect_left(span_starts, end)]:
+                span = _trim(text, max(s, start), min(e, end))
+                if span is not None:
+                    clipped.append((span[0] - start, span[1] - start))
+            if clipped:
+                whole = spans[0][0] >= start and spans[-1][1] <= end
+                out[i].append(_Placed(replace(p.unit, char_spans=tuple(clipped), token_ranges=()), p.hard and whole))
     return out

@@ -10,6 +10,12 @@ every other passage by at least ``margin`` (and reaches ``min_score``, if set);
 with one passage only ``min_score`` applies. At ``granularity="passage"`` the unit
 is the whole passage, scored with ``[Q]``.
 
+Limits: an answer of more than ``MAX_ANSWER_CHARS`` characters (200,000) or
+``MAX_ANSWER_SENTENCES`` sentences (1,000) is rejected with
+:class:`~agrame_vdb.errors.InvalidInputError` before anything is encoded; the
+sentences are encoded and scored ``CITE_BATCH`` (64) at a time, so memory does not
+grow with the answer.
+
 >>> from agrame_vdb.encoder import MultiVectorEncoder
 >>> enc = MultiVectorEncoder.load(device="cpu")
 >>> cited = cite(
@@ -42,9 +48,15 @@ from .units import Passage, Span, Unit, split_sentences
 if TYPE_CHECKING:
     from .encoder import EncodedPassage, MultiVectorEncoder
 
-__all__ = ["Citation", "CitedSentence", "CitedAnswer", "Source", "cite", "cite_ids"]
+__all__ = ["Citation", "CitedSentence", "CitedAnswer", "Source", "cite", "cite_ids", "MAX_ANSWER_CHARS", "MAX_ANSWER_SENTENCES"]
 
 DEFAULT_MARGIN = 0.1
+#: The longest answer :func:`cite` takes, in characters...
+MAX_ANSWER_CHARS = 200_000
+#: ...and in sentences (each one is a query).
+MAX_ANSWER_SENTENCES = 1_000
+#: Answer sentences encoded and scored together.
+CITE_BATCH = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,63 +234,91 @@ def cite(
         raise InvalidInputError(f"margin must be >= 0, got {margin!r}")
     if not isinstance(marker, str) or "{n}" not in marker:
         raise InvalidInputError(f"marker must be a format string with {{n}}, got {marker!r}")
-    prepared = _prepare(passages, encoder)
+    if len(answer) > MAX_ANSWER_CHARS:
+        raise InvalidInputError(
+            f"the answer has {len(answer):,} characters; cite takes at most {MAX_ANSWER_CHARS:,} (MAX_ANSWER_CHARS): "
+            "cite it in parts"
+        )
     sentences = split_sentences(answer)
+    if len(sentences) > MAX_ANSWER_SENTENCES:
+        raise InvalidInputError(
+            f"the answer has {len(sentences):,} sentences; cite takes at most {MAX_ANSWER_SENTENCES:,} "
+            "(MAX_ANSWER_SENTENCES): cite it in parts"
+        )
+    prepared = _prepare(passages, encoder)
     texts = [s.text_in(answer) for s in sentences]
     unit_mode = kind != PASSAGE
-    q, sq = encode_queries(encoder, texts, both=unit_mode)
-    lq = (sq if sq is not None else q).shape[1]
-
     units = [[u for u in p.units if u.kind == kind] for p in prepared] if unit_mode else None
     if unit_mode and not any(units):  # type: ignore[arg-type]
         raise InvalidInputError(
             f"none of the passages has {kind!r} units; give passages with them, or use granularity 'sentence' or 'passage'"
         )
     packed = pack([np.array(p.tokens, dtype=np.float32) for p in prepared], units)  # copies: fetched arrays are read-only
-    scores = granular_maxsim(torch.from_numpy(q), packed, torch.from_numpy(sq) if sq is not None else None)
-    p_scores = scores.passage.float().cpu().numpy().astype(np.float64)  # [B, P]
-    if unit_mode:
-        u_scores = scores.unit.float().cpu().numpy().astype(np.float64)  # [B, U]
-        u_passage = scores.unit_passage.cpu().numpy()
-        flat = [u for us in units for u in us]  # type: ignore[union-attr]
+    flat = [u for us in units for u in us] if units is not None else []
 
     sources = tuple(Source(i + 1, p.id, p.doc_id, p.text) for i, p in enumerate(prepared))
     cited: list[CitedSentence] = []
-    for b, (sentence, text) in enumerate(zip(sentences, texts, strict=True)):
-        best: list[tuple[float, Unit | None] | None] = [None] * len(prepared)
+    for b0 in range(0, len(texts), CITE_BATCH):
+        q, sq = encode_queries(encoder, texts[b0 : b0 + CITE_BATCH], both=unit_mode)
+        lq = (sq if sq is not None else q).shape[1]
+        scores = granular_maxsim(torch.from_numpy(q), packed, torch.from_numpy(sq) if sq is not None else None)
+        p_scores = scores.passage.float().cpu().numpy().astype(np.float64)  # [B, P]
         if unit_mode:
-            total = (u_scores[b] + alpha * p_scores[b][u_passage]) / lq
-            for j, value in enumerate(total.tolist()):
-                p = int(u_passage[j])
-                if best[p] is None or value > best[p][0]:  # type: ignore[index]
-                    best[p] = (value, flat[j])
-        else:
-            for p, value in enumerate((p_scores[b] / lq).tolist()):
-                best[p] = (value, None)
-        ranked = sorted((v[0], p) for p, v in enumerate(best) if v is not None)
-        citation = None
-        if ranked:
-            top_score, top = ranked[-1]
-            gap = top_score - ranked[-2][0] if len(ranked) > 1 else math.inf
-            if gap >= margin and (min_score is None or top_score >= min_score):
-                unit = best[top][1]  # type: ignore[index]
-                src = prepared[top]
-                citation = Citation(
-                    marker=top + 1,
-                    passage_id=src.id,
-                    doc_id=src.doc_id,
-                    unit_kind=kind,
-                    unit_index=None if unit is None else unit.index,
-                    unit_text=src.text if unit is None else unit.text_in(src.text),
-                    char_spans=((0, len(src.text)),) if unit is None else unit.char_spans,
-                    score=top_score,
-                    margin=gap,
-                )
-        span = sentence.char_spans[0][0], sentence.char_spans[-1][1]
-        cited.append(
-            CitedSentence(b, text, span, citation, tuple(None if v is None else v[0] for v in best))
-        )
+            u_scores = scores.unit.float().cpu().numpy().astype(np.float64)  # [B, U]
+            u_passage = scores.unit_passage.cpu().numpy()
+        for b in range(q.shape[0]):
+            best = _best_units(p_scores[b], u_scores[b] if unit_mode else None, u_passage if unit_mode else None,
+                               flat, len(prepared), alpha, lq)
+            cited.append(_cited(b0 + b, sentences[b0 + b], texts[b0 + b], best, prepared, kind, margin, min_score))
     return CitedAnswer(answer, _marked(answer, cited, marker), tuple(cited), sources, kind, float(margin))
+
+
+def _best_units(
+    p_scores: np.ndarray, u_scores: np.ndarray | None, u_passage: np.ndarray | None, flat: list[Unit],
+    n_passages: int, alpha: float, lq: int,
+) -> list[tuple[float, Unit | None] | None]:
+    """Per passage, its best unit for one sentence and that unit's normalised score
+    (the passage itself at passage granularity; None for a passage without units)."""
+    best: list[tuple[float, Unit | None] | None] = [None] * n_passages
+    if u_scores is not None:
+        assert u_passage is not None
+        total = (u_scores + alpha * p_scores[u_passage]) / lq
+        for j, value in enumerate(total.tolist()):
+            p = int(u_passage[j])
+            if best[p] is None or value > best[p][0]:  # type: ignore[index]
+                best[p] = (value, flat[j])
+    else:
+        for p, value in enumerate((p_scores / lq).tolist()):
+            best[p] = (value, None)
+    return best
+
+
+def _cited(
+    b: int, sentence: Unit, text: str, best: list[tuple[float, Unit | None] | None], prepared: list[_Prepared],
+    kind: str, margin: float, min_score: float | None,
+) -> CitedSentence:
+    """Sentence ``b`` of the answer with its citation, when its best passage wins by ``margin``."""
+    ranked = sorted((v[0], p) for p, v in enumerate(best) if v is not None)
+    citation = None
+    if ranked:
+        top_score, top = ranked[-1]
+        gap = top_score - ranked[-2][0] if len(ranked) > 1 else math.inf
+        if gap >= margin and (min_score is None or top_score >= min_score):
+            unit = best[top][1]  # type: ignore[index]
+            src = prepared[top]
+            citation = Citation(
+                marker=top + 1,
+                passage_id=src.id,
+                doc_id=src.doc_id,
+                unit_kind=kind,
+                unit_index=None if unit is None else unit.index,
+                unit_text=src.text if unit is None else unit.text_in(src.text),
+                char_spans=((0, len(src.text)),) if unit is None else unit.char_spans,
+                score=top_score,
+                margin=gap,
+            )
+    span = sentence.char_spans[0][0], sentence.char_spans[-1][1]
+    return CitedSentence(b, text, span, citation, tuple(None if v is None else v[0] for v in best))
 
 
 def cite_ids(

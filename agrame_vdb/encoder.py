@@ -38,10 +38,19 @@ import torch.nn.functional as F
 
 from .checkpoints import Checkpoint, EncoderConfig, Projection, load_checkpoint, save_checkpoint
 from .errors import InvalidInputError, ModelLoadError
-from .layout import DocTokens, Marker, document_tokens, marker_ids, query_tokens, special_ids
+from .layout import (  # noqa: F401  (MAX_CHARS_PER_TOKEN, usable_prefix: re-exported)
+    MAX_CHARS_PER_TOKEN,
+    DocTokens,
+    Marker,
+    document_tokens,
+    marker_ids,
+    query_tokens,
+    special_ids,
+    usable_prefix,
+)
 from .units import AlignedUnits, Passage, Span, TruncatedUnit, Unit, align_units, segment
 
-__all__ = ["MultiVectorEncoder", "EncodedPassage", "EncoderConfig", "resolve_device", "resolve_dtype"]
+__all__ = ["MultiVectorEncoder", "EncodedPassage", "EncoderConfig", "resolve_device", "resolve_dtype", "usable_prefix"]
 
 log = logging.getLogger(__name__)
 

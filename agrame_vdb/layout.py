@@ -29,9 +29,16 @@ from .units import Span
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DocTokens", "Marker", "special_tokens", "marker_ids", "special_ids", "document_tokens", "query_tokens"]
+__all__ = ["DocTokens", "Marker", "special_tokens", "marker_ids", "special_ids", "document_tokens", "query_tokens",
+           "usable_prefix", "PREFIX_CHARS_PER_TOKEN", "MAX_CHARS_PER_TOKEN"]
 
 Marker = Literal["query", "subpassage", "document"]
+#: A text longer than this many characters per usable token is tokenized from a prefix
+#: (see :func:`usable_prefix`), grown fourfold until it provably holds those tokens...
+PREFIX_CHARS_PER_TOKEN = 16
+#: ...or until it reaches this many characters per token: a text whose first tokens
+#: span more than that (words of a thousand characters) is cut there, as it is.
+MAX_CHARS_PER_TOKEN = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +80,8 @@ def document_tokens(tokenizer: Any, config: EncoderConfig, texts: Sequence[str],
     cls_id, sep_id = special_ids(tokenizer)
     prefix = [cls_id] + ([marker_token_id(tokenizer, config.doc_marker)] if config.doc_marker is not None else [])
     budget = (config.doc_maxlen if doc_maxlen is None else doc_maxlen) - special_tokens(config)
-    enc = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+    texts = [usable_prefix(tokenizer, t, budget) for t in texts]  # only what can be encoded is tokenized
+    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     out = []
     for text, tokens, offsets in zip(texts, enc["input_ids"], enc["offset_mapping"], strict=True):
         kept = tokens[:budget]
@@ -93,7 +101,9 @@ def query_tokens(tokenizer: Any, config: EncoderConfig, texts: Sequence[str], ma
         token = config.query_marker
     prefix = [cls_id] + ([marker_token_id(tokenizer, token)] if token is not None else [])
     length = config.query_maxlen
-    body = tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=length - len(prefix) - 1, verbose=False)
+    room = length - len(prefix) - 1
+    texts = [usable_prefix(tokenizer, t, room) for t in texts]  # a 10 MB query tokenizes 32 tokens' worth
+    body = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=room, verbose=False)
     if config.query_augmentation:
         if tokenizer.mask_token_id is None:
             raise ModelLoadError("the tokenizer has no [MASK] token for query augmentation")
@@ -109,3 +119,33 @@ def query_tokens(tokenizer: Any, config: EncoderConfig, texts: Sequence[str], ma
     if config.query_augmentation and config.attend_to_mask_tokens:
         attention[:] = 1
     return {"input_ids": ids, "attention_mask": attention}
+
+
+def usable_prefix(tokenizer: Any, text: str, n_tokens: int) -> str:
+    """A prefix of ``text`` to tokenize when only its first ``n_tokens`` tokens are used.
+
+    Its first ``n_tokens + 1`` tokens (ids and offsets) are those of the whole text, so
+    a cut to ``n_tokens`` and whether the text had more are the same as for the whole
+    text. The proof: a prefix is tried (``PREFIX_CHARS_PER_TOKEN`` characters per
+    token, then four times more each time) and kept when more than ``n_tokens`` of its
+    tokens lie before its last word (pre-token): the tokenizer's normalisation and
+    pre-tokenizer act word by word, so only the word the cut runs through can differ
+    from the whole text's. A text with fewer tokens is returned whole, and one whose
+    tokens span more than ``MAX_CHARS_PER_TOKEN`` characters each is cut there (a
+    documented bound: such "words" are longer than any model's vocabulary).
+    Tokenizers that truncate on the left, or are not fast (no word ids), get the
+    whole text.
+    """
+    size = n_tokens * PREFIX_CHARS_PER_TOKEN
+    if len(text) <= size or getattr(tokenizer, "truncation_side", "right") != "right" or not getattr(tokenizer, "is_fast", False):
+        return text
+    limit = n_tokens * MAX_CHARS_PER_TOKEN
+    while size < len(text):
+        if size >= limit:
+            return text[:limit]
+        prefix = text[:size]
+        words = tokenizer(prefix, add_special_tokens=False, verbose=False).word_ids()
+        if words and sum(w != words[-1] for w in words) > n_tokens:
+            return prefix
+        size *= 4
+    return text
