@@ -94,7 +94,7 @@ def test_kill_9_mid_job_then_resume_equals_a_clean_run(tmp_path, encoder):
     records.insert(28, {"id": "late-bad", "text": ""})
     src = write_jsonl(tmp_path / "docs.jsonl", records)
     common = ["index", str(src), "-c", "docs", "--device", "cpu", "--batch-size", "2", "--encode-batch-size", "2",
-              "--max-tokens", "24", "--no-progress", "--json"]
+              "--max-tokens", "24", "--no-progress", "--json", "--model", "minilm-frozen-128"]
     killed_store, clean_store = tmp_path / "killed", tmp_path / "clean"
     ck = tmp_path / "killed.ck.json"
     args = [*common, "--store", f"qdrant-edge://{killed_store}", "--checkpoint", str(ck),

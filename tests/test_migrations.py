@@ -255,7 +255,7 @@ def encoded(encoder):
 
 def test_doc_offsets_from_the_tokenizer_equal_the_encoders(encoder):
     texts = TEXTS + ["x " * 600]  # the last one is cut at doc_maxlen
-    mine = doc_token_offsets(encoder.tokenizer, encoder.config.doc_maxlen, texts)
+    mine = doc_token_offsets(encoder.tokenizer, encoder.config, texts)
     theirs = encoder._tokenize_documents(texts)
     assert [(tuple(o), e) for o, e in mine] == [(d.offsets, d.encoded_chars) for d in theirs]
 
@@ -268,22 +268,22 @@ def test_add_sentences_without_reencoding(repo, states, encoded, encoder):
     with pytest.raises(MigrationError, match="--model"):
         add_units(repo, "docs", state_dir=states)  # the collection does not record its model
     with pytest.raises(Crash):
-        add_units(repo, "docs", model="default", state_dir=states, page=2, on_page=crash_after(1))
-    result = add_units(repo, "docs", model="default", state_dir=states, page=2)
+        add_units(repo, "docs", model="minilm-frozen-128", state_dir=states, page=2, on_page=crash_after(1))
+    result = add_units(repo, "docs", model="minilm-frozen-128", state_dir=states, page=2)
     assert result.resumed and result.counts["passages"] == 4
     after = digest(repo, "docs")
     assert (after.count, after.ids, after.vectors) == (before.count, before.ids, before.vectors)
     for p, e in zip(repo.fetch("docs", [b.id for b in bare]).passages, reference):
         assert p.units == e.units  # what encoding with sentences gives
         assert np.array_equal(p.tokens, e.token_vectors)
-    again = add_units(repo, "docs", model="default", state_dir=states)  # idempotent
+    again = add_units(repo, "docs", model="minilm-frozen-128", state_dir=states)  # idempotent
     assert again.counts == {"skipped": 4}
 
 
 def test_add_propositions_from_a_file(tmp_path, states, encoded, encoder):
     _, _, bare = encoded
     repo = connect(f"qdrant-edge://{tmp_path}/edge")
-    repo.create_collection(CollectionSchema("docs", encoder.dim, model="default"))
+    repo.create_collection(CollectionSchema("docs", encoder.dim, model="minilm-frozen-128"))
     repo.upsert("docs", bare)
     text = bare[0].text
     at = {w: (text.index(w), text.index(w) + len(w)) for w in ("Eiffel Tower", "Paris", "1889")}
@@ -294,7 +294,7 @@ def test_add_propositions_from_a_file(tmp_path, states, encoded, encoder):
     got = repo.fetch("docs", [bare[0].id, bare[1].id]).passages
     props = [u for u in got[0].units if u.kind == "proposition"]
     assert [u.text_in(text) for u in props] == ["Eiffel Tower Paris", "1889"]
-    offsets, _ = doc_token_offsets(encoder.tokenizer, encoder.config.doc_maxlen, [text])[0]
+    offsets, _ = doc_token_offsets(encoder.tokenizer, encoder.config, [text])[0]
     for u in props:  # every token position lies inside the unit's characters
         for pos in u.token_positions:
             s, e = offsets[pos]
@@ -308,8 +308,8 @@ def test_upgrade_records_the_model_that_matches(states, encoded, encoder):
     repo = connect("memory://")
     repo.create_collection(CollectionSchema("docs", encoder.dim, schema_version=1))
     repo.upsert("docs", [dataclasses.replace(p, schema_version=1) for p in bare])
-    upgrade(repo, "docs", state_dir=states, options={"model": "default"})
-    assert repo.open_collection("docs").model == "default"
+    upgrade(repo, "docs", state_dir=states, options={"model": "minilm-frozen-128"})
+    assert repo.open_collection("docs").model == "minilm-frozen-128"
     add_units(repo, "docs", state_dir=states)  # the recorded model gives the tokenizer
     assert all(any(u.kind == "sentence" for u in p.units) for p in repo.fetch("docs", [b.id for b in bare]))
 
@@ -322,7 +322,7 @@ def test_add_units_refuses_another_models_encoding(states, encoded, encoder):
     longer = np.vstack([p.tokens, p.tokens[:2]])  # as if encoded by a tokenizer that cut more pieces
     repo.upsert("docs", [dataclasses.replace(p, tokens=longer)])
     with pytest.raises(MigrationError, match="another model"):
-        add_units(repo, "docs", model="default", state_dir=states)
+        add_units(repo, "docs", model="minilm-frozen-128", state_dir=states)
 
 
 # --------------------------------------------------------------------------- blue/green

@@ -599,7 +599,7 @@ def test_cli_search_json(edge_store):
         app_cli(),
         ["search", QUERIES[0], "--collection", COLLECTION, "--store", edge_store, "--granularity", "sentence",
          "-k", "3", "--candidates", "20", "--alpha", "0.5", "--filter", '{"topic": "landmarks"}', "--json",
-         "--device", "cpu"],
+         "--device", "cpu", "--model", "minilm-frozen-128"],
     )
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
@@ -618,7 +618,7 @@ def test_cli_search_queries_file_and_explain(edge_store, tmp_path):
     result = runner.invoke(
         app_cli(),
         ["search", "--queries", str(path), "--collection", COLLECTION, "--store", edge_store, "-k", "2", "--json",
-         "--explain", "--device", "cpu"],
+         "--explain", "--device", "cpu", "--model", "minilm-frozen-128"],
     )
     assert result.exit_code == 0, result.output
     lines = [json.loads(line) for line in result.stdout.strip().splitlines()]
@@ -628,7 +628,7 @@ def test_cli_search_queries_file_and_explain(edge_store, tmp_path):
 
     table = runner.invoke(
         app_cli(),
-        ["search", QUERIES[1], "-c", COLLECTION, "--store", edge_store, "-g", "sentence", "-k", "2", "--explain", "--device", "cpu"],
+        ["search", QUERIES[1], "-c", COLLECTION, "--store", edge_store, "-g", "sentence", "-k", "2", "--explain", "--device", "cpu", "--model", "minilm-frozen-128"],
     )
     assert table.exit_code == 0, table.output
     assert "Python" in table.stdout and "rerank" in table.stdout
