@@ -442,3 +442,20 @@ def test_pca_projection_keeps_the_principal_directions():
     assert rows.shape == (3, 16)
     overlap = (rows @ basis[:, :3]).abs()  # each row lies along one of the top three directions
     assert torch.allclose(overlap.max(dim=1).values, torch.ones(3), atol=1e-2)
+
+
+@pytest.mark.slow
+def test_self_distillation_starts_at_zero_from_the_plain_base_and_pulls_otherwise(tmp_path):
+    from agrame_vdb.training.trainer import train
+
+    def first(run, **fields):
+        return train(_tiny_config(tmp_path, run, layout="plain", steps=1, resume_every=0, **fields), quiet=True).first_loss
+
+    # identity projection: the model's [Q] passage scores are the plain base's own, so the KL term is 0
+    same = dict(projection_init="identity", dim=384)
+    assert first("a", distill_weight=2.0, **same) == pytest.approx(first("b", **same), abs=1e-4)
+    # a 96-d PCA projection scores otherwise: the term is positive
+    pca = dict(projection_init="pca", dim=96)
+    assert first("c", distill_weight=2.0, **pca) > first("d", **pca) + 1e-3
+    with pytest.raises(ValueError, match="distill_weight needs"):
+        _tiny_config(tmp_path, "e", distill_weight=1.0)  # the colbert layout has no plain teacher here

@@ -24,18 +24,20 @@ import shutil
 import time
 import tomllib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..checkpoints import Checkpoint, EncoderConfig, Projection, load_checkpoint, resolve_base
 from ..encoder import MultiVectorEncoder, resolve_device
 from ..errors import InvalidInputError
+from ..layout import query_tokens
 from .data import TrainExample, examples_from_dataset, read_training_file
-from .loss import LossParts, multi_granular_loss, targets_from_labels, targets_from_scores
+from .loss import LossParts, kl_to_target, multi_granular_loss, targets_from_labels, targets_from_scores
 from .model import PassageCache, Regime, TrainableModel
 from .scoring import padded_passage_scores, padded_unit_scores
 
@@ -109,6 +111,12 @@ class TrainConfig(BaseModel):
     temperature: float = Field(default=1.0, gt=0)
     teacher_temperature: float = Field(default=1.0, gt=0)
     sentence_weight: float = Field(default=1.0, ge=0)
+    #: weight of self-distillation at passage level: ``KL(softmax(S_plain(q,p)/τ_t) ‖
+    #: softmax(S(q,p)/τ))``, the plain base's own passage scores (its token states, no
+    #: projection) as soft targets beside the labels, so passage ranking keeps what the
+    #: base knows while the [Q'] unit scores learn. Needs ``layout = "plain"`` and the
+    #: frozen regime (the teacher's passage states are the cached ones).
+    distill_weight: float = Field(default=0.0, ge=0)
 
     doc_maxlen: int = Field(default=256, ge=8)
     cache_dtype: Literal["float32", "bfloat16"] = "bfloat16"
@@ -122,6 +130,13 @@ class TrainConfig(BaseModel):
     log_every: int = Field(default=1, ge=1)
     device: str = "cpu"
     threads: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _distill(self) -> TrainConfig:
+        if self.distill_weight > 0 and (self.layout != "plain" or self.regime != "frozen" or self.init != "untrained"):
+            raise ValueError("distill_weight needs init = 'untrained', layout = 'plain' and regime = 'frozen' "
+                             "(the plain base's passage states are the cached ones)")
+        return self
 
     @field_validator("init")
     @classmethod
@@ -390,6 +405,9 @@ class Trainer:
         with autocast:
             q, _ = model.query_vectors(batch.queries, "query")
         passage_scores = padded_passage_scores(q, docs, doc_mask)
+        distill = None
+        if cfg.distill_weight > 0 and batch.doc_hidden is not None:
+            distill = cfg.distill_weight * self._plain_distillation(batch, passage_scores, doc_mask)
         unit_scores = unit_targets = unit_mask = has = None
         if batch.unit_pairs:
             with autocast:
@@ -402,7 +420,7 @@ class Trainer:
             unit_targets = torch.zeros(B, P, U, device=device).index_put((bs, ps), batch.unit_targets.to(device))
             unit_mask = torch.zeros(B, P, U, dtype=torch.bool, device=device).index_put((bs, ps), batch.unit_valid.to(device))
             has = torch.zeros(B, P, dtype=torch.bool, device=device).index_put((bs, ps), torch.ones(len(bs), dtype=torch.bool, device=device))
-        return multi_granular_loss(
+        parts = multi_granular_loss(
             passage_scores,
             batch.passage_targets.to(device),
             unit_scores,
@@ -413,6 +431,26 @@ class Trainer:
             temperature=cfg.temperature,
             sentence_weight=cfg.sentence_weight,
         )
+        if distill is None:
+            return parts
+        return LossParts(parts.total + distill, parts.passage + distill, parts.sentence)
+
+    def _plain_distillation(self, batch: Batch, passage_scores: torch.Tensor, doc_mask: torch.Tensor) -> torch.Tensor:
+        """Mean KL from the plain base's passage distribution to the model's (no gradient
+        into the teacher: its states are the frozen transformer's, normalised, unprojected)."""
+        model, cfg = self.model, self.config
+        device = passage_scores.device
+        with torch.no_grad():
+            docs = F.normalize(batch.doc_hidden.to(device).float(), dim=-1)
+            plain = replace(model.encoder.config, query_marker=None, subpassage_marker=None)
+            ids = query_tokens(model.encoder.tokenizer, plain, batch.queries)
+            mask = ids["attention_mask"].to(device)
+            hidden = model.transformer(input_ids=ids["input_ids"].to(device), attention_mask=mask).last_hidden_state
+            q = F.normalize(hidden.float(), dim=-1) * mask[..., None]
+            teacher = padded_passage_scores(q, docs, doc_mask)
+            target = targets_from_scores(teacher, temperature=cfg.teacher_temperature, mask=batch.passage_mask.to(device))
+        kl = kl_to_target(target, passage_scores, mask=batch.passage_mask.to(device), temperature=cfg.temperature)
+        return kl.sum() / max(passage_scores.shape[0], 1)
 
     def step(self, examples: Sequence[TrainExample]) -> LossParts:
         """One optimizer step on ``examples``; returns the loss before the step."""
