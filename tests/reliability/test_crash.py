@@ -50,7 +50,7 @@ def _cli(args: list[str]) -> subprocess.Popen:
 
 
 @pytest.mark.parametrize("engine,seed,kills,n_docs", CASES)
-def test_kill_9_then_resume_equals_a_clean_run(tmp_path, encoder, engine, seed, kills, n_docs):
+def test_kill_9_then_resume_equals_a_clean_run(tmp_path, plain_encoder, engine, seed, kills, n_docs):
     if engine == "milvus-lite":
         pytest.importorskip("milvus_lite")
     rng = random.Random(seed)
@@ -102,7 +102,7 @@ def test_kill_9_then_resume_equals_a_clean_run(tmp_path, encoder, engine, seed, 
     clean_dir = tmp_path / "clean"
     clean_dir.mkdir()
     with connect(ENGINES[engine](clean_dir)) as repo:
-        clean = index_documents(src, repo, "docs", encoder=encoder, batch_size=2, encode_batch_size=2,
+        clean = index_documents(src, repo, "docs", encoder=plain_encoder, batch_size=2, encode_batch_size=2,
                                 chunking=ChunkingOptions(max_tokens=24), optimize=False,
                                 rejects=tmp_path / "clean.rejects.jsonl").to_json()
         expected = snapshot(repo, "docs")
