@@ -77,7 +77,10 @@ def passage_id(doc_id: str, index: int) -> str:
         raise InvalidInputError(f"passage index must be an int >= 0, got {index!r}")
     if index > 2**53:  # repository.MAX_EXACT_INT: past it, not every engine filters it exactly
         raise InvalidInputError(f"passage index must be an int in [0, 2**53], got one of {index.bit_length()} bits")
-    return str(uuid.uuid5(_PASSAGE_NAMESPACE, f"{doc_id}\x1f{index}"))
+    try:
+        return str(uuid.uuid5(_PASSAGE_NAMESPACE, f"{doc_id}\x1f{index}"))
+    except UnicodeEncodeError:  # a lone surrogate: no engine can store it
+        raise InvalidInputError(f"doc_id must be valid Unicode text, got {doc_id[:40]!r} (a lone surrogate)") from None
 
 
 def _frozen_mapping(value: Mapping[str, Any] | None) -> Mapping[str, Any]:

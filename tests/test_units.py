@@ -147,3 +147,11 @@ def test_segment_adds_given_units_and_rejects_outside_ones():
     assert len(given) == 1  # given sentences replace the splitter's
     with pytest.raises(InvalidUnitError):
         segment(p, units=[Unit("custom", 0, ((20, 40),))])
+
+
+def test_a_doc_id_with_a_lone_surrogate_is_a_typed_error():
+    from agrame_vdb.errors import InvalidInputError
+    from agrame_vdb.units import passage_id
+
+    with pytest.raises(InvalidInputError, match="lone surrogate"):
+        passage_id("\ud800", 0)
