@@ -21,7 +21,7 @@ app = typer.Typer(
 
 ModelOption = Annotated[
     Optional[Path],
-    typer.Option("--model", help="Model directory (agrame, PyLate/sentence-transformers, Stanford ColBERT or plain encoder) or a packaged model's name (plain-base, minilm-frozen-128); default: plain-base."),
+    typer.Option("--model", help="Model directory (agrame, PyLate/sentence-transformers, Stanford ColBERT or plain encoder) or a packaged model's name (plain-base, minilm-plain-qprime, minilm-frozen-128); default: plain-base."),
 ]
 DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")]
 DtypeOption = Annotated[str, typer.Option("--dtype", help="float32, bfloat16 or float16.")]

@@ -20,7 +20,12 @@ NAMES = {
     "passage-span-q'": "passage encoding, span MaxSim, [Q']",
     "passage-span-q'+alpha": "passage encoding, [Q'] + α·S(q,p)",
 }
-MODELS = {"runs/untrained": "untrained", "agrame_vdb/models/minilm-frozen-128": "minilm-frozen-128", "plain-base": "plain-base"}
+MODELS = {
+    "runs/untrained": "untrained",
+    "minilm-frozen-128": "minilm-frozen-128",
+    "runs/plain-qprime/model": "plain-qprime (lr 5e-5, no distillation)",
+    "runs/plain-qprime-distill/model": "minilm-plain-qprime",
+}
 
 
 def main(paths: list[str]) -> None:

@@ -459,3 +459,13 @@ def test_self_distillation_starts_at_zero_from_the_plain_base_and_pulls_otherwis
     assert first("c", distill_weight=2.0, **pca) > first("d", **pca) + 1e-3
     with pytest.raises(ValueError, match="distill_weight needs"):
         _tiny_config(tmp_path, "e", distill_weight=1.0)  # the colbert layout has no plain teacher here
+
+
+@pytest.mark.slow
+def test_a_repeated_source_enters_each_epoch_that_many_times(tmp_path):
+    from agrame_vdb.training.trainer import train
+
+    once = train(_tiny_config(tmp_path, "once", steps=1, resume_every=0), quiet=True)
+    data = [{"dataset": "wikiqa", "path": "wikiqa/WikiQA-dev.tsv", "limit": 4, "repeat": 3}]
+    thrice = train(_tiny_config(tmp_path, "thrice", steps=1, resume_every=0, data=data), quiet=True)
+    assert (once.examples, thrice.examples) == (4, 12) and thrice.passages_cached == once.passages_cached

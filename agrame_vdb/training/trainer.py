@@ -66,6 +66,8 @@ class DataSource(BaseModel):
     path: str
     split: Literal["train", "heldout", "all"] = "train"
     limit: int | None = Field(default=None, ge=1)
+    #: how many times each example of this source enters an epoch (weights a small source)
+    repeat: int = Field(default=1, ge=1)
     options: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -578,8 +580,8 @@ def train(
     examples: list[TrainExample] = []
     for i, source in enumerate(config.data):
         built = build_examples(source, data_root, config, config.seed + i)
-        log.info("%s (%s): %d examples", source.dataset, source.path, len(built))
-        examples.extend(built)
+        log.info("%s (%s): %d examples, %d times each", source.dataset, source.path, len(built), source.repeat)
+        examples.extend(built * source.repeat)
     validation: list[TrainExample] = []
     for i, source in enumerate(config.validation):
         validation.extend(build_examples(source, data_root, config, config.seed + 1000 + i))
