@@ -187,3 +187,19 @@ def test_doctests(module):
 
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_the_packaged_plain_qprime_model_is_used_as_it_was_trained():
+    enc = MultiVectorEncoder.load("minilm-plain-qprime", device="cpu")
+    cfg = enc.config
+    assert (cfg.dim, cfg.query_marker, cfg.doc_marker, cfg.subpassage_marker, cfg.query_augmentation) == (
+        384, None, None, "[unused2]", False)
+    assert set(enc.marker_ids) == {"subpassage"} and enc.projection is not None
+    q_ids = enc.tokenize_queries(["who built it?"])["input_ids"][0]
+    sub_ids = enc.tokenize_queries(["who built it?"], "subpassage")["input_ids"][0]
+    assert not (q_ids == enc.tokenizer.mask_token_id).any() and not (sub_ids == enc.tokenizer.mask_token_id).any()
+    assert sub_ids[1] == enc.marker_ids["subpassage"] and q_ids[1] != enc.marker_ids["subpassage"]
+    q, sq = encode_queries(enc, ["who built it?"], both=True)
+    assert not np.array_equal(q, sq)  # [Q'] is its own query
+    n = int(enc.tokenize_queries(["who built it?"])["attention_mask"].sum())
+    assert not q[0, n:].any() and not sq[0, n + 1:].any()
