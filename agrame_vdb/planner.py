@@ -585,7 +585,9 @@ class Planner:
         self.encoder = encoder
         if encoder is not None and encoder.dim != self.schema.dim:
             raise InvalidInputError(
-                f"the encoder makes {encoder.dim}-d vectors but collection {collection!r} holds {self.schema.dim}-d ones"
+                f"the encoder makes {encoder.dim}-d vectors but collection {collection!r} holds {self.schema.dim}-d ones: "
+                "search it with the model that indexed it (--model / encoder=; the default is plain-base, 384-d; "
+                "minilm-frozen-128, 128-d, was the default before)"
             )
         self.candidates = _check_int(candidates, "candidates", 1)
         self.prefetch = None if prefetch is None else _check_int(prefetch, "prefetch", 1)
