@@ -25,6 +25,7 @@ MODELS = {
     "minilm-frozen-128": "minilm-frozen-128",
     "runs/plain-qprime/model": "plain-qprime (lr 5e-5, no distillation)",
     "runs/plain-qprime-distill/model": "minilm-plain-qprime",
+    "runs/plain-qprime-distill-props/model": "plain-qprime-distill-props (PropSegmEnt x8)",
 }
 
 
