@@ -31,17 +31,12 @@ from agrame_vdb.migrations import (
 from agrame_vdb.repository import CollectionSchema, StoredPassage
 
 from ..conformance._data import DIM, make_passages
-from ..test_migrations import _milvus_marks
+from ..test_migration_targets import ENGINES
 from . import report
 from .harness import typed_or_ok
 
 runner = CliRunner()
 
-ENGINES = [
-    pytest.param("memory", id="memory"),
-    pytest.param("qdrant-edge", id="qdrant-edge"),
-    pytest.param("milvus-lite", id="milvus-lite", marks=_milvus_marks()),
-]
 
 
 def _url(engine: str, d: Path) -> str:

@@ -23,9 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agrame_vdb import CollectionSchema, connect
-from agrame_vdb.planner import Planner
 
 from ..conformance._data import DIM, make_passages
+from ..test_qdrant_edge import _results  # every unit's search result: the reference the damaged store must match
 from . import report
 from .harness import typed_or_ok
 
@@ -33,19 +33,6 @@ EXAMPLES = 300 if report.FULL else 30
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, derandomize=not report.FULL, database=None,
                     suppress_health_check=list(HealthCheck))
 PASSAGES = make_passages(12)
-
-
-def _results(repo) -> list:
-    rng = np.random.default_rng(7)
-    planner = Planner(repo, "c", device="cpu", candidates=50)
-    out = []
-    for _ in range(2):
-        q = rng.normal(size=(8, DIM)).astype(np.float32)
-        q /= np.linalg.norm(q, axis=1, keepdims=True)
-        for g in ("passage", "sentence", "proposition"):
-            for r in planner.search_vectors(q, granularity=g, k=50).results:
-                out.append((g, r.passage_id, r.unit_kind, r.unit_index, r.score, r.passage_score, r.char_spans))
-    return out
 
 
 @pytest.fixture(scope="module")

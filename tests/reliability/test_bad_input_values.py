@@ -15,7 +15,6 @@ AgrameError), checked by :func:`harness.typed_or_ok` and counted in
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import numpy as np
 import pytest
