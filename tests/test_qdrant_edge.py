@@ -176,14 +176,19 @@ def _data_file(d):
     return f
 
 
-def _reopen(repo, d):
-    repo._shards["c"] = getattr(repo._shards["c"], "_shard", repo._shards["c"])
-    repo.close()
+def _open_spied(d):
+    """The store of collection folder ``d`` opened, with a spy on the collection's shard."""
     repo = connect(f"qdrant-edge://{d.parent}")
     repo.open_collection("c")
     spy = _Spy(repo._shards["c"])
     repo._shards["c"] = spy
     return repo, spy
+
+
+def _reopen(repo, d):
+    repo._shards["c"] = getattr(repo._shards["c"], "_shard", repo._shards["c"])
+    repo.close()
+    return _open_spied(d)
 
 
 def _check_after_reopening(repo, d, passages):
@@ -303,11 +308,8 @@ def test_a_store_from_before_the_data_file_is_read_then_moved_by_optimize(edge):
     )
     con.commit()
     con.close()
-    repo = connect(f"qdrant-edge://{d.parent}")
+    repo, spy = _open_spied(d)
     try:
-        repo.open_collection("c")
-        spy = _Spy(repo._shards["c"])
-        repo._shards["c"] = spy
         store = repo._token_stores["c"]
         assert store.stats()["old_rows"] == len(passages)
         _check_batch(repo, passages)
@@ -443,11 +445,8 @@ def test_rows_from_before_the_checksum_column_are_read_then_sealed_by_optimize(e
     con.execute("DELETE FROM meta WHERE key = 'kinds_sum'")
     con.commit()
     con.close()
-    repo = connect(f"qdrant-edge://{d.parent}")
+    repo, spy = _open_spied(d)
     try:
-        repo.open_collection("c")
-        spy = _Spy(repo._shards["c"])
-        repo._shards["c"] = spy
         store = repo._token_stores["c"]
         assert store.stats()["unchecked_rows"] == len(passages)
         _check_batch(repo, passages)
