@@ -218,6 +218,19 @@ class TrainableModel(nn.Module):
 
     def query_vectors(self, texts: Sequence[str], marker: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Query token vectors ``[B, Lq, dim]`` with gradients, and the attention mask."""
+        hidden, mask = self.query_states(texts, marker)
+        return self.project_queries(hidden, mask), mask
+
+    def project_queries(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Query vectors from the transformer's query states (see :meth:`query_states`)."""
+        vectors = self.project(hidden)
+        if not self.encoder.config.query_augmentation:  # padding adds nothing, as in the encoder
+            vectors = vectors * mask[..., None].to(vectors.dtype)
+        return vectors
+
+    def query_states(self, texts: Sequence[str], marker: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The transformer's last hidden states of the queries (trained marker rows in
+        place), and the attention mask."""
         batch = self.encoder.tokenize_queries(list(texts), marker)  # type: ignore[arg-type]
         device = self.encoder.device
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
@@ -233,10 +246,7 @@ class TrainableModel(nn.Module):
             rows = torch.einsum("blm,mh->blh", slot, self.marker_rows).to(base.dtype)
             embeds = torch.where(slot.sum(-1, keepdim=True) > 0, rows, base)
             hidden = self.transformer(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
-        vectors = self.project(hidden)
-        if not self.encoder.config.query_augmentation:  # padding adds nothing, as in the encoder
-            vectors = vectors * mask[..., None].to(vectors.dtype)
-        return vectors, mask
+        return hidden, mask
 
     def doc_hidden(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Last hidden states of passages with gradients (full regime)."""

@@ -24,7 +24,7 @@ import shutil
 import time
 import tomllib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,7 +35,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from ..checkpoints import Checkpoint, EncoderConfig, Projection, load_checkpoint, resolve_base
 from ..encoder import MultiVectorEncoder, resolve_device
 from ..errors import InvalidInputError
-from ..layout import query_tokens
 from .data import TrainExample, examples_from_dataset, read_training_file
 from .loss import LossParts, kl_to_target, multi_granular_loss, targets_from_labels, targets_from_scores
 from .model import PassageCache, Regime, TrainableModel
@@ -405,11 +404,12 @@ class Trainer:
         doc_mask = batch.doc_mask.to(device)
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train_dtype == "bfloat16")
         with autocast:
-            q, _ = model.query_vectors(batch.queries, "query")
+            q_hidden, q_mask = model.query_states(batch.queries, "query")
+        q = model.project_queries(q_hidden, q_mask)
         passage_scores = padded_passage_scores(q, docs, doc_mask)
         distill = None
         if cfg.distill_weight > 0 and batch.doc_hidden is not None:
-            distill = cfg.distill_weight * self._plain_distillation(batch, passage_scores, doc_mask)
+            distill = cfg.distill_weight * self._plain_distillation(batch, passage_scores, doc_mask, q_hidden, q_mask)
         unit_scores = unit_targets = unit_mask = has = None
         if batch.unit_pairs:
             with autocast:
@@ -437,18 +437,18 @@ class Trainer:
             return parts
         return LossParts(parts.total + distill, parts.passage + distill, parts.sentence)
 
-    def _plain_distillation(self, batch: Batch, passage_scores: torch.Tensor, doc_mask: torch.Tensor) -> torch.Tensor:
-        """Mean KL from the plain base's passage distribution to the model's (no gradient
-        into the teacher: its states are the frozen transformer's, normalised, unprojected)."""
-        model, cfg = self.model, self.config
+    def _plain_distillation(
+        self, batch: Batch, passage_scores: torch.Tensor, doc_mask: torch.Tensor, q_hidden: torch.Tensor, q_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Mean KL from the plain base's passage distribution to the model's. The teacher is
+        the frozen transformer's own states, normalised and unprojected: the cached passage
+        states, and the ``[Q]`` query states (the plain layout's ``[Q]`` is the plain base's
+        query), detached, so no gradient reaches it."""
+        cfg = self.config
         device = passage_scores.device
         with torch.no_grad():
             docs = F.normalize(batch.doc_hidden.to(device).float(), dim=-1)
-            plain = replace(model.encoder.config, query_marker=None, subpassage_marker=None)
-            ids = query_tokens(model.encoder.tokenizer, plain, batch.queries)
-            mask = ids["attention_mask"].to(device)
-            hidden = model.transformer(input_ids=ids["input_ids"].to(device), attention_mask=mask).last_hidden_state
-            q = F.normalize(hidden.float(), dim=-1) * mask[..., None]
+            q = F.normalize(q_hidden.detach().float(), dim=-1) * q_mask[..., None]
             teacher = padded_passage_scores(q, docs, doc_mask)
             target = targets_from_scores(teacher, temperature=cfg.teacher_temperature, mask=batch.passage_mask.to(device))
         kl = kl_to_target(target, passage_scores, mask=batch.passage_mask.to(device), temperature=cfg.temperature)
