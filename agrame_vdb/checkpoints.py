@@ -367,8 +367,8 @@ def _load_stanford(path: Path, weights: Path, state: dict[str, torch.Tensor], dt
 
 
 def model_directory(model: str | Path | None) -> Path:
-    """The directory of ``model``: a path, a packaged model's name (``plain-base``,
-    ``minilm-frozen-128``), or None / ``"default"`` for the default model. A path
+    """The directory of ``model``: a path, a packaged model's name (a key of
+    :data:`PACKAGED_MODELS`), or None / ``"default"`` for the default model. A path
     that exists wins over a packaged name."""
     if model is None or (isinstance(model, str) and model in ("", "default")):
         return DEFAULT_MODEL
