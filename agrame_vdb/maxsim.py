@@ -5,23 +5,15 @@ query; a unit's score is the same sum with the max taken only over the unit's to
 positions, with the ``[Q']`` query. Both come out of one matmul over the candidates'
 tokens and one segment max.
 
-Packed layout
--------------
-Candidates are not padded to the longest passage. Their token vectors are
-concatenated into one ``tokens`` matrix ``[T, dim]`` and ``offsets`` ``[P+1]`` says
-where each passage starts: passage ``p`` is rows ``offsets[p]:offsets[p+1]``.
-Units are token ranges relative to their passage, so they may overlap (a proposition
-inside a sentence) and be non-contiguous. :func:`pack` cuts each passage into
-*pieces* at every passage and unit-range boundary: every token lies in exactly one
-piece, a passage is a run of pieces, and a unit is a set of pieces of its passage.
-The kernel computes ``sim = tokens @ [Q; Q']^T`` in chunks of tokens, takes the
+The kernel scores candidates in the packed layout (:mod:`agrame_vdb.packing`:
+token vectors concatenated, each passage cut into *pieces* at every passage and
+unit-range boundary; :func:`pack`, :func:`pack_concatenated` and
+:func:`pack_token_ranges` are importable from here too). It computes
+``sim = tokens @ [Q; Q']^T`` in chunks of tokens, takes the
 max of each piece with one ``scatter_reduce(amax)`` over a piece id per token, then
 reduces the (few) pieces to passages and, through a ``(unit, piece)`` pair list,
 to units. Positions outside a unit never enter its max (no ``0`` or ``-1e4`` fill:
-scores can be negative).
-
-Units are numbered passage after passage, in the order given:
-``unit_offsets[p]:unit_offsets[p+1]`` are the units of passage ``p``.
+scores can be negative). It runs on the candidates' device unless told another.
 
 A hand-computed case (2-d vectors, negative scores):
 
@@ -39,17 +31,14 @@ A hand-computed case (2-d vectors, negative scores):
 
 from __future__ import annotations
 
-import functools
-import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from typing import Any, Union
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .errors import InvalidInputError
-from .units import Unit
+from .packing import ArrayLike, PackedPassages, UnitLike, float_tensor, pack, pack_concatenated, pack_token_ranges
 
 __all__ = [
     "PackedPassages",
@@ -62,11 +51,6 @@ __all__ = [
     "unit_scores",
 ]
 
-ArrayLike = Union[np.ndarray, torch.Tensor, Sequence[Any]]
-#: A unit: a :class:`Unit` with token ranges, a list of ``(start, end)`` token
-#: ranges, or one ``(start, end)`` pair; positions relative to its passage.
-UnitLike = Union[Unit, Sequence[Sequence[int]], Sequence[int]]
-
 # Every matmul runs on a multiple of _ALIGN token rows (the last few rows are padded),
 # so a token's dot products do not depend on how the tokens were chunked: BLAS takes
 # another code path for a handful of remainder rows, which changes the last bit.
@@ -75,57 +59,6 @@ _ALIGN = 64
 # ~5% faster on CPU than 2 MiB for 26k tokens x 64 query rows: the chunk stays in L2).
 _CHUNK_ELEMENTS = 1 << 18
 _NO_POSITION = torch.iinfo(torch.int64).max
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class PackedPassages:
-    """Candidates in the packed layout, with the index tensors the kernel needs.
-
-    Built by :func:`pack` or :func:`pack_concatenated`. ``tokens`` and the index
-    tensors live on the scoring device; the ``*offsets`` and ``piece_bounds`` are
-    host arrays (they steer the chunk loop).
-    """
-
-    tokens: torch.Tensor  # [T, dim]
-    offsets: np.ndarray  # [P+1] int64: passage p is tokens[offsets[p]:offsets[p+1]]
-    unit_offsets: np.ndarray  # [P+1] int64: units of passage p
-    unit_passage: torch.Tensor  # [U] int64: passage of each unit
-    piece_bounds: np.ndarray  # [n_pieces+1] int64: token where each piece starts, then T
-    token_piece: torch.Tensor  # [T] int64: piece of each token
-    piece_passage: torch.Tensor  # [n_pieces] int64: passage of each piece
-    pair_unit: torch.Tensor  # [n_pairs] int64, sorted: the unit of each (unit, piece) pair
-    pair_piece: torch.Tensor  # [n_pairs] int64: the piece of each pair
-
-    @property
-    def n_passages(self) -> int:
-        return len(self.offsets) - 1
-
-    @property
-    def n_units(self) -> int:
-        return int(self.unit_offsets[-1])
-
-    @property
-    def dim(self) -> int:
-        return int(self.tokens.shape[1])
-
-    @property
-    def device(self) -> torch.device:
-        return self.tokens.device
-
-    def to(self, device: torch.device | str) -> PackedPassages:
-        """The same candidates with their tensors on ``device``."""
-        device = torch.device(device)
-        if device == self.device:
-            return self
-        return replace(
-            self,
-            tokens=self.tokens.to(device),
-            unit_passage=self.unit_passage.to(device),
-            token_piece=self.token_piece.to(device),
-            piece_passage=self.piece_passage.to(device),
-            pair_unit=self.pair_unit.to(device),
-            pair_piece=self.pair_piece.to(device),
-        )
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -144,307 +77,8 @@ class MaxSimScores:
     unit_argmax: torch.Tensor | None = None  # [B, U, Lq'] int64
 
 
-def _tensor(value: ArrayLike, what: str) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        tensor = value
-    elif isinstance(value, np.ndarray):
-        if not value.flags.writeable:
-            # torch.from_numpy shares memory and warns on a read-only array (a tensor
-            # cannot be read-only): copy it once; the kernels never write to it
-            value = np.array(value)
-        tensor = torch.from_numpy(value)
-    else:
-        try:
-            tensor = torch.as_tensor(np.asarray(value, dtype=np.float32))
-        except (TypeError, ValueError) as exc:
-            raise InvalidInputError(
-                f"{what} must be a numpy array or torch tensor, got {type(value).__name__}"
-            ) from exc
-    if not tensor.is_floating_point():
-        raise InvalidInputError(f"{what} must hold floating-point vectors, got dtype {tensor.dtype}")
-    return tensor
-
-
-def _unit_ranges(unit: UnitLike, n_tokens: int, passage: int, j: int) -> Sequence[tuple[int, int]]:
-    """The unit's token ranges, checked against its passage, sorted and merged."""
-    if isinstance(unit, Unit):  # token_ranges are sorted, merged and non-empty already
-        raw: Any = unit.token_ranges
-        if raw and raw[-1][1] <= n_tokens:
-            return raw
-        if not raw:
-            raise InvalidInputError(
-                f"unit {j} of passage {passage} ({unit.kind} {unit.index}) has no token ranges: "
-                "align it with align_units first"
-            )
-    else:
-        raw = unit
-        if isinstance(raw, (tuple, list)) and len(raw) == 2 and all(isinstance(x, (int, np.integer)) for x in raw):
-            raw = [raw]
-        elif isinstance(raw, (tuple, list)) and len(raw) == 1:  # the common case: one range
-            first = raw[0]
-            if isinstance(first, (tuple, list)) and len(first) == 2:
-                s, e = first
-                if type(s) is int and type(e) is int and 0 <= s < e <= n_tokens:
-                    return ((s, e),)
-    where = f"unit {j} of passage {passage}"
-    try:
-        pairs = sorted((int(s), int(e)) for s, e in raw)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInputError(f"{where} must be a Unit or a list of (start, end) token ranges, got {unit!r}") from exc
-    if not pairs:
-        raise InvalidInputError(f"{where} is empty: a unit needs at least one token")
-    merged: list[tuple[int, int]] = []
-    for s, e in pairs:
-        if s < 0 or e > n_tokens or s >= e:
-            raise InvalidInputError(
-                f"{where} has token range [{s}, {e}) that is empty or outside its passage's "
-                f"{n_tokens} tokens; ranges are half-open [start, end) positions in the passage"
-            )
-        if merged and s <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], e))
-        else:
-            merged.append((s, e))
-    return merged
-
-
-def _check_unit_ranges(
-    flat: list[Unit],
-    relative: np.ndarray,
-    range_unit: np.ndarray,
-    ranges_per_unit: np.ndarray,
-    unit_passage: np.ndarray,
-    unit_offsets: np.ndarray,
-    lengths: np.ndarray,
-) -> None:
-    """Every Unit has a token range, and each range is non-empty and inside its passage
-    (what :func:`_unit_ranges` checks one unit at a time), for all units at once."""
-    starts, ends = relative[:, 0], relative[:, 1]
-    bad_range = (starts < 0) | (starts >= ends) | (ends > lengths[unit_passage[range_unit]])
-    bad_units = np.flatnonzero(ranges_per_unit == 0)
-    if not bad_range.any() and not len(bad_units):
-        return
-    k = int(range_unit[np.flatnonzero(bad_range)[0]]) if bad_range.any() else len(flat)
-    u = min(k, int(bad_units[0])) if len(bad_units) else k
-    p = int(unit_passage[u])
-    j = u - int(unit_offsets[p])
-    unit = flat[u]
-    if not unit.token_ranges:
-        raise InvalidInputError(
-            f"unit {j} of passage {p} ({unit.kind} {unit.index}) has no token ranges: align it with align_units first"
-        )
-    n = int(lengths[p])
-    s, e = next((s, e) for s, e in unit.token_ranges if s < 0 or s >= e or e > n)
-    raise InvalidInputError(
-        f"unit {j} of passage {p} has token range [{s}, {e}) that is empty or outside its passage's "
-        f"{n} tokens; ranges are half-open [start, end) positions in the passage"
-    )
-
-
-def pack_concatenated(
-    tokens: ArrayLike,
-    offsets: ArrayLike,
-    units: Sequence[Sequence[UnitLike]] | None = None,
-    *,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
-) -> PackedPassages:
-    """Pack candidates whose token vectors are already concatenated.
-
-    ``tokens`` is ``[T, dim]``, ``offsets`` ``[P+1]`` (``0``, increasing, ending at
-    ``T``; every passage has a token); ``units[p]`` are passage ``p``'s units (see
-    :data:`UnitLike`), or ``None`` for no units at all.
-    """
-    matrix, bounds, lengths = _concatenated(tokens, offsets, device, dtype)
-    n_passages = len(lengths)
-    if units is None:
-        units = [()] * n_passages
-    if len(units) != n_passages:
-        raise InvalidInputError(f"units must hold one list per passage: {n_passages} passages, {len(units)} lists")
-
-    unit_counts = np.fromiter(map(len, units), dtype=np.int64, count=n_passages)
-    unit_offsets = np.concatenate([[0], np.cumsum(unit_counts)]).astype(np.int64)
-    unit_passage = np.repeat(np.arange(n_passages, dtype=np.int64), unit_counts)
-    flat = [unit for passage_units in units for unit in passage_units]
-    if not flat or set(map(type, flat)) == {Unit}:
-        # Unit records (the planner's case): their ranges as they are, checked with numpy
-        token_ranges = [unit.token_ranges for unit in flat]
-        ranges_per_unit = np.fromiter(map(len, token_ranges), dtype=np.int64, count=len(flat))
-        n_values = 2 * int(ranges_per_unit.sum())
-        values = itertools.chain.from_iterable(itertools.chain.from_iterable(token_ranges))
-        relative = np.fromiter(values, dtype=np.int64, count=n_values).reshape(-1, 2)
-        range_unit = np.repeat(np.arange(len(flat), dtype=np.int64), ranges_per_unit)
-        _check_unit_ranges(flat, relative, range_unit, ranges_per_unit, unit_passage, unit_offsets, lengths)
-    else:
-        ranges: list[tuple[int, int]] = []  # every unit's ranges, relative to its passage
-        per_unit: list[int] = []
-        for p, (passage_units, n) in enumerate(zip(units, lengths.tolist())):
-            for j, unit in enumerate(passage_units):
-                unit_ranges = _unit_ranges(unit, n, p, j)
-                ranges.extend(unit_ranges)
-                per_unit.append(len(unit_ranges))
-        range_unit = np.repeat(np.arange(len(unit_passage), dtype=np.int64), per_unit)
-        relative = np.asarray(ranges, dtype=np.int64).reshape(-1, 2)
-    return _packed(matrix, bounds, unit_offsets, unit_passage, range_unit, relative)
-
-
-def pack_token_ranges(
-    tokens: ArrayLike,
-    offsets: ArrayLike,
-    unit_passage: ArrayLike,
-    range_unit: ArrayLike,
-    ranges: ArrayLike,
-    *,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
-) -> PackedPassages:
-    """Pack concatenated candidates whose units come as columns, not records (the
-    planner's fast path, from a :class:`~agrame_vdb.unit_table.UnitTable`).
-
-    ``tokens`` and ``offsets`` as in :func:`pack_concatenated`. Unit ``u`` belongs
-    to passage ``unit_passage[u]`` (non-decreasing); token range ``r``,
-    ``ranges[r] = (start, end)`` relative to its passage, belongs to unit
-    ``range_unit[r]`` (non-decreasing, every unit has a range). Passages may have no
-    unit. Gives the same packing as :func:`pack_concatenated` with the same units as
-    records.
-
-    >>> import numpy as np
-    >>> p = pack_token_ranges(np.eye(3, dtype=np.float32), [0, 2, 3], [0, 0], [0, 1], [[0, 1], [1, 2]])
-    >>> p.unit_offsets.tolist(), p.pair_piece.tolist()
-    ([0, 2, 2], [0, 1])
-    """
-    matrix, bounds, lengths = _concatenated(tokens, offsets, device, dtype)
-    n_passages = len(lengths)
-    try:
-        up = np.asarray(unit_passage, dtype=np.int64).reshape(-1)
-        ru = np.asarray(range_unit, dtype=np.int64).reshape(-1)
-        rel = np.asarray(ranges, dtype=np.int64).reshape(-1, 2)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInputError(f"unit columns must be integer arrays: {exc}") from exc
-    n_units = len(up)
-    if len(ru) != len(rel):
-        raise InvalidInputError(f"range_unit has {len(ru)} entries but there are {len(rel)} ranges")
-    if n_units and (up[0] < 0 or up[-1] >= n_passages or (np.diff(up) < 0).any()):
-        raise InvalidInputError(f"unit_passage must be non-decreasing within [0, {n_passages})")
-    if len(ru) and (ru[0] < 0 or ru[-1] >= n_units or (np.diff(ru) < 0).any()):
-        raise InvalidInputError(f"range_unit must be non-decreasing within [0, {n_units})")
-    without = np.flatnonzero(np.bincount(ru, minlength=n_units) == 0) if n_units else ()
-    if len(without):
-        raise InvalidInputError(f"unit {int(without[0])} (passage {int(up[without[0]])}) has no token range")
-    n_of = lengths[up[ru]] if len(ru) else np.zeros(0, np.int64)
-    bad = (rel[:, 0] < 0) | (rel[:, 0] >= rel[:, 1]) | (rel[:, 1] > n_of)
-    if bad.any():
-        r = int(np.flatnonzero(bad)[0])
-        p = int(up[ru[r]])
-        raise InvalidInputError(
-            f"token range [{rel[r, 0]}, {rel[r, 1]}) of unit {int(ru[r])} (passage {p}) is empty or outside its "
-            f"passage's {int(lengths[p])} tokens; ranges are half-open [start, end) positions in the passage"
-        )
-    unit_offsets = np.zeros(n_passages + 1, dtype=np.int64)
-    np.cumsum(np.bincount(up, minlength=n_passages), out=unit_offsets[1:])
-    return _packed(matrix, bounds, unit_offsets, up, ru, rel)
-
-
-def _concatenated(
-    tokens: ArrayLike, offsets: ArrayLike, device: torch.device | str | None, dtype: torch.dtype | None
-) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """The checked ``[T, dim]`` matrix on ``device``, its int64 offsets and passage lengths."""
-    matrix = _tensor(tokens, "tokens")
-    if matrix.dim() != 2 or matrix.shape[1] == 0:
-        raise InvalidInputError(f"tokens must be a [T, dim] matrix, got shape {tuple(matrix.shape)}")
-    matrix = matrix.to(device=device, dtype=dtype)
-    try:
-        bounds = np.asarray(offsets.cpu() if isinstance(offsets, torch.Tensor) else offsets)
-    except (TypeError, ValueError) as exc:
-        raise InvalidInputError(f"offsets must be a list of ints, got {type(offsets).__name__}") from exc
-    n_tokens = matrix.shape[0]
-    if bounds.ndim != 1 or bounds.size == 0 or bounds.dtype.kind not in "iu":
-        raise InvalidInputError(f"offsets must be a 1-d array of ints [P+1], got {bounds!r}")
-    bounds = bounds.astype(np.int64)
-    if bounds[0] != 0 or bounds[-1] != n_tokens:
-        raise InvalidInputError(
-            f"offsets must start at 0 and end at the token count {n_tokens}, got {bounds[0]} .. {bounds[-1]}"
-        )
-    lengths = np.diff(bounds)
-    if (lengths <= 0).any():
-        bad = int(np.flatnonzero(lengths <= 0)[0])
-        raise InvalidInputError(
-            f"offsets must increase strictly: passage {bad} spans [{bounds[bad]}, {bounds[bad + 1]}); "
-            "every passage needs at least one token"
-        )
-    return matrix, bounds, lengths
-
-
-def _packed(
-    matrix: torch.Tensor,
-    bounds: np.ndarray,
-    unit_offsets: np.ndarray,
-    unit_passage: np.ndarray,
-    range_unit: np.ndarray,
-    relative: np.ndarray,
-) -> PackedPassages:
-    """The pieces of checked candidates and units (ranges relative to their passage)."""
-    base = bounds[unit_passage[range_unit]]
-    range_starts, range_ends = base + relative[:, 0], base + relative[:, 1]
-
-    piece_bounds = np.unique(np.concatenate([bounds, range_starts, range_ends]))
-    n_pieces = len(piece_bounds) - 1
-    token_piece = np.repeat(np.arange(n_pieces, dtype=np.int64), np.diff(piece_bounds))
-    piece_passage = np.searchsorted(bounds, piece_bounds[:-1], side="right") - 1
-    first = np.searchsorted(piece_bounds, range_starts)
-    counts = np.searchsorted(piece_bounds, range_ends) - first
-    pair_unit = np.repeat(range_unit, counts)
-    within = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
-    pair_piece = np.repeat(first, counts) + within
-
-    on = matrix.device
-
-    def index(values: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(values, dtype=np.int64)).to(on)
-
-    return PackedPassages(
-        tokens=matrix,
-        offsets=bounds,
-        unit_offsets=unit_offsets,
-        unit_passage=index(unit_passage),
-        piece_bounds=piece_bounds,
-        token_piece=index(token_piece),
-        piece_passage=index(piece_passage),
-        pair_unit=index(pair_unit),
-        pair_piece=index(pair_piece),
-    )
-
-
-def pack(
-    docs: Sequence[ArrayLike],
-    units: Sequence[Sequence[UnitLike]] | None = None,
-    *,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
-) -> PackedPassages:
-    """Pack per-passage token matrices ``[n_i, dim]`` (numpy or torch) and their units.
-
-    ``units[p]`` lists passage ``p``'s units: :class:`Unit` records with token
-    ranges, or lists of ``(start, end)`` token ranges relative to the passage.
-    """
-    if isinstance(docs, (np.ndarray, torch.Tensor)) or len(docs) == 0:
-        raise InvalidInputError(
-            "docs must be a non-empty list of [n_i, dim] token matrices, one per passage "
-            "(for already concatenated tokens use pack_concatenated)"
-        )
-    mats = [_tensor(d, f"docs[{i}]") for i, d in enumerate(docs)]
-    for i, m in enumerate(mats):
-        if m.dim() != 2 or m.shape[0] == 0:
-            raise InvalidInputError(f"docs[{i}] must be a non-empty [n, dim] matrix, got shape {tuple(m.shape)}")
-        if m.shape[1] != mats[0].shape[1]:
-            raise InvalidInputError(f"docs[{i}] has dim {m.shape[1]}, docs[0] has dim {mats[0].shape[1]}")
-    common = dtype or functools.reduce(torch.promote_types, (m.dtype for m in mats))
-    tokens = torch.cat([m.to(device=mats[0].device, dtype=common) for m in mats])  # then one copy to `device`
-    offsets = np.concatenate([[0], np.cumsum([m.shape[0] for m in mats])])
-    return pack_concatenated(tokens, offsets, units, device=device)
-
-
 def _query(value: ArrayLike, what: str, dim: int) -> torch.Tensor:
-    tensor = _tensor(value, what)
+    tensor = float_tensor(value, what)
     if tensor.dim() == 2:
         tensor = tensor.unsqueeze(0)
     if tensor.dim() != 3 or tensor.shape[0] == 0 or tensor.shape[1] == 0:
@@ -627,7 +261,7 @@ def passage_scores(query: ArrayLike, docs: Sequence[ArrayLike]) -> np.ndarray:
     [0.0]
     """
     result = granular_maxsim(query, pack(docs)).passage.cpu().numpy()
-    return result[0] if _tensor(query, "query").dim() == 2 else result
+    return result[0] if float_tensor(query, "query").dim() == 2 else result
 
 
 def unit_scores(query: ArrayLike, docs: Sequence[ArrayLike], units: Sequence[Sequence[UnitLike]]) -> list[np.ndarray]:
@@ -640,6 +274,6 @@ def unit_scores(query: ArrayLike, docs: Sequence[ArrayLike], units: Sequence[Seq
     """
     packed = pack(docs, units)
     result = granular_maxsim(query, packed).unit.cpu().numpy()
-    if _tensor(query, "query").dim() == 2:
+    if float_tensor(query, "query").dim() == 2:
         result = result[0]
     return list(np.split(result, packed.unit_offsets[1:-1], axis=-1))

@@ -437,3 +437,22 @@ def test_real_encoder_outputs(encoder):
     result = granular_maxsim(q, pack(docs, [e.units for e in encoded]), sq, return_argmax=True)
     assert_matches(result, q, sq, docs, aligned, tol=1e-4)
     np.testing.assert_allclose(passage_scores(q[0], docs), result.passage[0].numpy(), atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- the modules' examples
+
+@pytest.mark.parametrize("module", ["agrame_vdb.maxsim", "agrame_vdb.packing"])
+def test_doctests(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted > 0
+
+
+def test_packing_is_importable_from_maxsim():
+    import agrame_vdb.maxsim as maxsim
+    import agrame_vdb.packing as packing
+
+    for name in ("PackedPassages", "pack", "pack_concatenated", "pack_token_ranges"):
+        assert getattr(maxsim, name) is getattr(packing, name)
