@@ -10,7 +10,10 @@
 A job reads records (:mod:`agrame_vdb.documents`), checks each, cuts it into
 passages with their units (:mod:`agrame_vdb.chunking`), encodes passages in
 batches (:mod:`agrame_vdb.encoder`; CUDA when present) and writes them
-(:mod:`agrame_vdb.repository`). What it guarantees:
+(:mod:`agrame_vdb.repository`). The job runs here; a batch's encoding and its
+records are :mod:`agrame_vdb.index_batch`, the shards and default paths
+:mod:`agrame_vdb.shards`, the progress and summary :mod:`agrame_vdb.index_report`
+(all importable from here). What it guarantees:
 
 - **Idempotent.** Passage ids come from (document id, passage index), so a
   rewrite overwrites. After a document's passages are written, its passages with
@@ -45,13 +48,12 @@ batches (:mod:`agrame_vdb.encoder`; CUDA when present) and writes them
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +73,10 @@ from .checkpoints import load_tokenizer
 from .jobstate import JobCheckpoint, file_fingerprint, job_differences, private_opener
 from .layout import special_tokens
 from .redact import redact_url
-from .repository import And, CollectionSchema, In, Range, StoredPassage, validate_metadata
-from .units import Passage
+from .repository import CollectionSchema, validate_metadata
+from .index_batch import build_records, encode_chunks, stale_passages
+from .index_report import IndexProgress, IndexSummary, JobCounts
+from .shards import default_job_paths, parse_shard, shard_of
 
 __all__ = [
     "RetryPolicy",
@@ -86,59 +90,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-def shard_of(doc_id: str, shards: int) -> int:
-    """The shard (``0 <= s < shards``) of a document id: BLAKE2b of its UTF-8, mod ``shards``.
-
-    >>> shard_of("doc-1", 1), shard_of("doc-1", 4) == shard_of("doc-1", 4)
-    (0, True)
-    """
-    if shards == 1:
-        return 0
-    digest = hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "big") % shards
-
-
-def parse_shard(value: str | tuple[int, int]) -> tuple[int, int]:
-    """``"i/N"`` (or ``(i, N)``) as ``(i, N)`` with ``0 <= i < N``.
-
-    >>> parse_shard("2/8")
-    (2, 8)
-    """
-    try:
-        if isinstance(value, str):
-            i_text, n_text = value.split("/")
-            i, n = int(i_text), int(n_text)
-        else:
-            i, n = (int(x) for x in value)
-    except (ValueError, TypeError):
-        raise InvalidInputError(f"a shard is 'i/N' with 0 <= i < N (e.g. 0/4), got {value!r}") from None
-    if n < 1 or not 0 <= i < n:
-        raise InvalidInputError(f"a shard is 'i/N' with 0 <= i < N (e.g. 0/4), got {value!r}")
-    return i, n
-
-
-def default_job_paths(
-    store: str, collection: str, source: str | Path, shard: tuple[int, int] = (0, 1)
-) -> tuple[Path | None, Path]:
-    """Where the CLI keeps a job's checkpoint and rejects file by default.
-
-    In ``<store root>/.agrame-jobs/`` for Qdrant Edge (the checkpoint lives and dies
-    with the data it describes), else in ``./.agrame-jobs/``; no checkpoint for
-    ``memory://`` (nothing outlives the process). The name holds the collection,
-    the input's name and a hash of its absolute path, and the shard.
-    """
-    from .repositories import DEFAULT_EDGE_PATH, parse_url
-
-    url = parse_url(store)
-    root = Path(url.location or DEFAULT_EDGE_PATH) if url.scheme == "qdrant-edge" else Path(".")
-    directory = root / ".agrame-jobs"
-    src = Path(source)
-    tag = hashlib.sha1(str(src.resolve()).encode("utf-8")).hexdigest()[:8]
-    name = f"{collection}-{src.stem}-{tag}" + (f"-shard-{shard[0]}-of-{shard[1]}" if shard[1] > 1 else "")
-    checkpoint = None if url.scheme == "memory" else directory / f"{name}.checkpoint.json"
-    return checkpoint, directory / f"{name}.rejects.jsonl"
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,160 +110,6 @@ class RetryPolicy:
             raise InvalidInputError(f"retry attempts must be an int >= 1, got {self.attempts!r}")
         if not self.initial >= 0 or not self.maximum >= self.initial:
             raise InvalidInputError(f"retry waits need 0 <= initial <= maximum, got {self.initial}, {self.maximum}")
-
-
-@dataclass(frozen=True, slots=True)
-class IndexProgress:
-    """A job's progress, reported to ``on_progress`` as it goes.
-
-    Counts are the job's (a resumed job includes what was done before it):
-    ``documents`` and ``passages`` written, ``encoded`` passages (written, and
-    encoded in the batch being written); ``fraction`` is how much of the input was
-    read (None for iterables).
-    """
-
-    records: int
-    documents: int
-    passages: int
-    encoded: int
-    rejected: int
-    skipped: int
-    run_tokens: int
-    elapsed: float
-    fraction: float | None
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.run_tokens / self.elapsed if self.elapsed > 0 else 0.0
-
-
-@dataclass(slots=True)
-class _Counts:
-    records: int = 0
-    documents: int = 0
-    passages: int = 0
-    skipped: int = 0
-    rejected: int = 0
-    stale_deleted: int = 0
-    tokens: int = 0
-    truncated_units: int = 0
-
-
-@dataclass(frozen=True)
-class IndexSummary:
-    """What a job did. Counts cover the whole job (a resumed job includes what it
-    did before the resume, so it ends with a clean run's counts); timings and the
-    ``run_*`` counts cover this run only.
-
-    - ``records``: records read, every shard's; ``skipped``: records of other shards.
-    - ``documents``/``passages``: written; ``rejected``: records refused (see ``rejects``).
-    - ``stale_deleted``: passages deleted because their document now has fewer.
-    - ``tokens``: token vectors written; ``truncated_units``: units the model's
-      length cut or dropped (pre-split passages longer than the model takes).
-    - ``seconds_setup`` (checkpoint and input fingerprint, model load, collection),
-      ``seconds_read`` (reading, checking, chunking), ``seconds_encode``,
-      ``seconds_write`` (upserts and deletions, retries included),
-      ``seconds_checkpoint``, ``seconds_optimize``; ``seconds`` in all.
-    """
-
-    collection: str
-    source: str
-    records: int = 0
-    documents: int = 0
-    passages: int = 0
-    skipped: int = 0
-    rejected: int = 0
-    stale_deleted: int = 0
-    tokens: int = 0
-    truncated_units: int = 0
-    run_documents: int = 0
-    run_passages: int = 0
-    run_tokens: int = 0
-    seconds: float = 0.0
-    seconds_setup: float = 0.0
-    seconds_read: float = 0.0
-    seconds_encode: float = 0.0
-    seconds_write: float = 0.0
-    seconds_checkpoint: float = 0.0
-    seconds_optimize: float = 0.0
-    resumed_after: int = 0
-    already_done: bool = False
-    dry_run: bool = False
-    shard: tuple[int, int] = (0, 1)
-    store: str | None = None
-    checkpoint: str | None = None
-    rejects: str | None = None
-    rejects_sample: tuple[dict[str, Any], ...] = ()
-    device: str | None = None
-    dtype: str | None = None
-
-    @property
-    def working_seconds(self) -> float:
-        """Seconds after setup (model load, input fingerprint, collection): what rates divide by."""
-        return max(self.seconds - self.seconds_setup, 0.0)
-
-    @property
-    def documents_per_second(self) -> float:
-        return self.run_documents / self.working_seconds if self.working_seconds > 0 else 0.0
-
-    @property
-    def passages_per_second(self) -> float:
-        return self.run_passages / self.working_seconds if self.working_seconds > 0 else 0.0
-
-    @property
-    def tokens_per_second(self) -> float:
-        return self.run_tokens / self.working_seconds if self.working_seconds > 0 else 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
-        out["shard"] = list(self.shard)
-        out["rejects_sample"] = list(self.rejects_sample)
-        out.update(
-            documents_per_second=round(self.documents_per_second, 3),
-            passages_per_second=round(self.passages_per_second, 3),
-            tokens_per_second=round(self.tokens_per_second, 1),
-        )
-        return out
-
-    def format(self) -> str:
-        """The summary as a few readable lines."""
-        verb = "checked (dry run)" if self.dry_run else "indexed"
-        lines = [f"{verb} {self.source} -> collection {self.collection!r}" + (f" in {self.store}" if self.store else "")]
-        if self.already_done:
-            lines.append("  the checkpoint says this job is complete: nothing to do (--restart to index again)")
-        shard = f" (shard {self.shard[0]}/{self.shard[1]})" if self.shard[1] > 1 else ""
-        written = "would be written" if self.dry_run else "written"
-        lines.append(
-            f"  records: {self.records:,} read{shard}, {self.documents:,} documents {written}, "
-            f"{self.skipped:,} skipped (other shards), {self.rejected:,} rejected"
-        )
-        lines.append(
-            f"  passages: {self.passages:,} {written}, {self.stale_deleted:,} stale deleted, "
-            f"{self.tokens:,} token vectors, {self.truncated_units:,} units truncated"
-        )
-        if self.resumed_after:
-            lines.append(f"  resumed after record {self.resumed_after:,}; this run wrote {self.run_documents:,} "
-                         f"documents, {self.run_passages:,} passages")
-        if not self.already_done:
-            lines.append(
-                f"  time: {self.seconds:.1f} s = setup {self.seconds_setup:.1f} s, read+chunk {self.seconds_read:.1f} s, "
-                f"encode {self.seconds_encode:.1f} s, "
-                f"write {self.seconds_write:.1f} s, checkpoint {self.seconds_checkpoint:.1f} s, "
-                f"optimize {self.seconds_optimize:.1f} s"
-            )
-            lines.append(
-                f"  speed: {self.documents_per_second:.1f} documents/s, {self.passages_per_second:.1f} passages/s, "
-                f"{self.tokens_per_second:,.0f} tokens/s after setup"
-                + (f" ({self.device}, {self.dtype})" if self.device else "")
-                + (f"; {self.run_documents / self.seconds:.1f} documents/s counting setup" if self.seconds > 0 else "")
-            )
-        if self.checkpoint:
-            lines.append(f"  checkpoint: {self.checkpoint}")
-        if self.rejected:
-            lines.append(f"  rejects: {self.rejects or '(no rejects file)'}")
-            for r in self.rejects_sample[:5]:
-                lines.append(f"    line {r['line']} id {r['id']!r}: {r['reason']}")
-        return "\n".join(lines)
 
 
 class _Rejects:
@@ -467,8 +264,8 @@ class IndexJob:
         self._reset()
 
     def _reset(self) -> None:
-        self._counts = _Counts()
-        self._run = _Counts()
+        self._counts = JobCounts()
+        self._run = JobCounts()
         self._times = {"setup": 0.0, "read": 0.0, "encode": 0.0, "write": 0.0, "checkpoint": 0.0, "optimize": 0.0}
         self._started = 0.0
         self._position = 0
@@ -596,7 +393,7 @@ class IndexJob:
             )
             previous = None
         if previous is not None:
-            self._counts = _Counts(**{k: int(previous.counts.get(k, 0)) for k in asdict(_Counts())})
+            self._counts = JobCounts(**{k: int(previous.counts.get(k, 0)) for k in asdict(JobCounts())})
             self._position, self._line = previous.position, previous.line
             self._last_id = previous.last_passage_id
             self._resumed_after = self._checkpointed_line = previous.line
@@ -699,34 +496,11 @@ class IndexJob:
         rejects.add(line, doc_id, reason)
 
     # ------------------------------------------------------------------- flush
-    def _encode(self, chunks: list[Chunk]) -> tuple[list[Any], dict[str, str]]:
-        """Encodings of ``chunks`` (None for failed ones) and the failed documents' reasons."""
-        out: list[Any] = [None] * len(chunks)
-        failed: dict[str, str] = {}
-        order = sorted(range(len(chunks)), key=lambda i: chunks[i].n_tokens, reverse=True)
-        step = self.encode_batch_size
-        for start in range(0, len(order), step):
-            picked = order[start : start + step]
-            passages = [Passage.create(chunks[i].doc_id, chunks[i].index, chunks[i].text) for i in picked]
-            units = [chunks[i].units for i in picked]
-            try:
-                encoded = self.encoder.encode_passages(passages, units, sentences=False, batch_size=step)
-            except InvalidInputError:
-                encoded = []
-                for p, u in zip(passages, units):
-                    try:
-                        [e] = self.encoder.encode_passages([p], [u], sentences=False, batch_size=1)
-                    except InvalidInputError as exc:
-                        failed.setdefault(p.doc_id, f"passage {p.index}: {exc}")
-                        e = None
-                    encoded.append(e)
-            self._encoded_pending += len(picked)
-            for i, e in zip(picked, encoded):
-                out[i] = e
-                if e is not None:
-                    self._run.tokens += e.n_tokens
-            self._progress()
-        return out, failed
+    def _encoded(self, passages: int, tokens: int) -> None:
+        """After each encoded batch: what it held, then progress."""
+        self._encoded_pending += passages
+        self._run.tokens += tokens
+        self._progress()
 
     def _flush(self, pending: list[_PendingDoc], rejects: _Rejects) -> None:
         if pending and self.dry_run:  # what would be written
@@ -737,50 +511,28 @@ class IndexJob:
         if pending and not self.dry_run:
             chunks = [c for d in pending for c in d.chunks]
             t = time.perf_counter()
-            encoded, failed = self._encode(chunks)
+            encoded, failed = encode_chunks(self.encoder, chunks, self.encode_batch_size, self._encoded)
             self._times["encode"] += time.perf_counter() - t
-            stored: list[StoredPassage] = []
-            counts: dict[str, int] = {}
-            tokens = truncated = 0
-            at = 0
             for d in pending:
-                mine = encoded[at : at + len(d.chunks)]
-                at += len(d.chunks)
                 if d.doc_id in failed:
                     self._reject(rejects, d.line, d.doc_id, failed[d.doc_id])
-                    continue
-                counts[d.doc_id] = len(d.chunks)
-                for c, e in zip(d.chunks, mine):
-                    stored.append(
-                        StoredPassage.create(
-                            c.doc_id, c.index, e.token_vectors, pooled=e.pooled, units=e.units, text=c.text,
-                            metadata=c.metadata,
-                        )
-                    )
-                    tokens += e.n_tokens
-                    truncated += len(e.truncated)
+            batch = build_records([(d.doc_id, d.chunks) for d in pending], encoded, failed)
             t = time.perf_counter()
-            if stored:
-                self._call("write passages", self.repository.upsert, self.collection, stored)
+            if batch.stored:
+                self._call("write passages", self.repository.upsert, self.collection, batch.stored)
             stale = 0
-            by_count: dict[int, list[str]] = {}
-            for doc_id, n in counts.items():
-                by_count.setdefault(n, []).append(doc_id)
-            for n, ids in sorted(by_count.items()):
-                stale += self._call(
-                    "delete stale passages", self.repository.delete_where, self.collection,
-                    And(In("doc_id", tuple(ids)), Range("passage_index", gte=n)),
-                )
+            for where in stale_passages(batch.counts):
+                stale += self._call("delete stale passages", self.repository.delete_where, self.collection, where)
             self._times["write"] += time.perf_counter() - t
-            written_docs = len(counts)
+            written_docs = len(batch.counts)
             for c in (self._counts, self._run):
                 c.documents += written_docs
-                c.passages += len(stored)
-            self._counts.tokens += tokens
+                c.passages += len(batch.stored)
+            self._counts.tokens += batch.tokens
             self._counts.stale_deleted += stale
-            self._counts.truncated_units += truncated
-            if stored:
-                self._last_id = stored[-1].id
+            self._counts.truncated_units += batch.truncated
+            if batch.stored:
+                self._last_id = batch.stored[-1].id
         self._encoded_pending = 0
         self._save_checkpoint(rejects, done=False)
         self._progress()

@@ -385,6 +385,57 @@ def test_shards_split_documents_deterministically():
             parse_shard(bad)
 
 
+@pytest.mark.parametrize("module", ["agrame_vdb.shards", "agrame_vdb.index_batch"])
+def test_doctests(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted > 0
+
+
+def test_the_job_pieces_stay_importable_from_the_indexer():
+    from agrame_vdb import index_report, indexer, shards
+
+    for module, names in ((shards, ("shard_of", "parse_shard", "default_job_paths")),
+                          (index_report, ("IndexProgress", "IndexSummary"))):
+        for name in names:
+            assert getattr(indexer, name) is getattr(module, name) and name in indexer.__all__
+
+
+def test_a_refused_passage_fails_only_its_document():
+    from agrame_vdb.chunking import Chunk
+    from agrame_vdb.errors import InvalidInputError
+    from agrame_vdb.index_batch import build_records, encode_chunks
+
+    class Encoded:
+        def __init__(self, p):
+            self.n_tokens, self.token_vectors, self.pooled = len(p.text), np.ones((len(p.text), 2), np.float32), None
+            self.units, self.truncated = (), ()
+
+    class Picky:
+        def __init__(self):
+            self.batches = []
+
+        def encode_passages(self, passages, units, *, sentences, batch_size):
+            self.batches.append([p.text for p in passages])
+            if any(p.text == "bad" for p in passages):
+                raise InvalidInputError("refused")
+            return [Encoded(p) for p in passages]
+
+    texts = [("a", 0, "aaaa"), ("a", 1, "a"), ("b", 0, "bad"), ("b", 1, "bb"), ("c", 0, "c")]
+    chunks = [Chunk(doc_id, index, text, (), n_tokens=len(text)) for doc_id, index, text in texts]
+    seen = []
+    encoder = Picky()
+    encoded, failed = encode_chunks(encoder, chunks, 2, lambda n, tokens: seen.append((n, tokens)))
+    assert encoder.batches[:2] == [["aaaa", "bad"], ["aaaa"]]  # longest first; a refused batch one by one
+    assert seen == [(2, 4), (2, 3), (1, 1)] and failed == {"b": "passage 0: refused"}
+    assert [e is None for e in encoded] == [False, False, True, False, False]
+    batch = build_records([("a", chunks[:2]), ("b", chunks[2:4]), ("c", chunks[4:])], encoded, failed)
+    assert batch.counts == {"a": 2, "c": 1} and batch.tokens == 6 and batch.truncated == 0
+    assert [(r.doc_id, r.index) for r in batch.stored] == [("a", 0), ("a", 1), ("c", 0)]
+
+
 # --------------------------------------------------------------------------- the command
 
 
