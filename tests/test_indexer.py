@@ -385,15 +385,6 @@ def test_shards_split_documents_deterministically():
             parse_shard(bad)
 
 
-@pytest.mark.parametrize("module", ["agrame_vdb.shards", "agrame_vdb.index_batch"])
-def test_doctests(module):
-    import doctest
-    import importlib
-
-    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0 and result.attempted > 0
-
-
 def test_the_job_pieces_stay_importable_from_the_indexer():
     from agrame_vdb import index_report, indexer, shards
 

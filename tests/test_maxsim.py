@@ -439,16 +439,7 @@ def test_real_encoder_outputs(encoder):
     np.testing.assert_allclose(passage_scores(q[0], docs), result.passage[0].numpy(), atol=1e-5)
 
 
-# ----------------------------------------------------------------------------- the modules' examples
-
-@pytest.mark.parametrize("module", ["agrame_vdb.maxsim", "agrame_vdb.packing"])
-def test_doctests(module):
-    import doctest
-    import importlib
-
-    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0 and result.attempted > 0
-
+# ----------------------------------------------------------------------------- packing
 
 def test_packing_is_importable_from_maxsim():
     import agrame_vdb.maxsim as maxsim

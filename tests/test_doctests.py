@@ -1,0 +1,16 @@
+"""The examples in the modules' docstrings run and hold."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+
+@pytest.mark.parametrize(
+    "module", ["agrame_vdb.maxsim", "agrame_vdb.packing", "agrame_vdb.shards", "agrame_vdb.index_batch"]
+)
+def test_doctests(module):
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted > 0
