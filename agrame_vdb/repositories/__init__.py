@@ -18,7 +18,9 @@ URL                                         engine
 ==========================================  ==============================================
 
 Query parameters become options of the engine (``?token_copy=0``), as do keyword
-arguments: ``connect("qdrant-edge:///data", token_copy=False)``.
+arguments: ``connect("qdrant-edge:///data", token_copy=False)``. Each engine declares
+the options it takes as a pydantic model (:mod:`._options`): an unknown option is
+refused with a message naming the known ones.
 
 Credentials in a URL (``http://user:pass@host``, ``?token=``, ``?api_key=``) are
 never shown: messages, reprs and everything kept of a URL use
