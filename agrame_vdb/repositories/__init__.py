@@ -144,24 +144,6 @@ def connect(url: str, **options: Any) -> RepositoryBase:
     return module.from_url(parsed, **{**parsed.options, **options})
 
 
-def _option_bool(value: Any, name: str) -> bool:
-    """A boolean option given as a bool or as a URL string (1/0, true/false, yes/no)."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
-        return True
-    if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
-        return False
-    raise InvalidInputError(f"option {name} must be a boolean (1/0, true/false), got {value!r}")
-
-
-def _option_number(value: Any, name: str, kind: type = float) -> Any:
-    try:
-        return kind(value)
-    except (TypeError, ValueError):
-        raise InvalidInputError(f"option {name} must be a {kind.__name__}, got {value!r}") from None
-
-
 def _grpc_transient(exc: BaseException) -> bool:
     """Whether ``exc`` is a gRPC error worth retrying (unavailable, deadline exceeded,
     resource exhausted); False where grpc is not installed. Shared by the server
