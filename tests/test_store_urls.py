@@ -99,7 +99,8 @@ OPENS = [
     ("milvus://[::1]", {}, "milvus", (), {"uri": "http://[::1]"}),
     ("milvus://10.0.0.5:19531", {}, "milvus", (), {"uri": "http://10.0.0.5:19531"}),
     ("milvus://h:65535?secure=1", {}, "milvus", (), {"uri": "https://h:65535"}),
-    ("milvus://h?secure=true&token=root:pw&db_name=d", {}, "milvus", (), {"uri": "https://h", "token": "root:pw", "db_name": "d"}),
+    ("milvus://h?secure=true&token=root:pw&db_name=d", {}, "milvus", (),
+     {"uri": "https://h", "token": "root:pw", "db_name": "d"}),
     ("milvus://h?secure=0", {}, "milvus", (), {"uri": "http://h"}),
     (
         "milvus://h?layout=struct&first_stage=tokens&pooled_index=hnsw&token_index=FLAT&token_k=8"
@@ -112,8 +113,10 @@ OPENS = [
             "token_index": "FLAT", "token_k": 8, "consistency": "Strong", "retries": 2, "timeout": 1.5,
         },
     ),
-    ("milvus://h", {"timeout": 3, "token_k": "5", "secure": True}, "milvus", (), {"uri": "https://h", "timeout": 3.0, "token_k": 5}),
-    ("milvus-lite:///x.db?layout=tokens&retries=1", {}, "milvus", (), {"path": "/x.db", "layout": "tokens", "retries": 1}),
+    ("milvus://h", {"timeout": 3, "token_k": "5", "secure": True}, "milvus", (),
+     {"uri": "https://h", "timeout": 3.0, "token_k": 5}),
+    ("milvus-lite:///x.db?layout=tokens&retries=1", {}, "milvus", (),
+     {"path": "/x.db", "layout": "tokens", "retries": 1}),
     ("milvus-lite:///x.db?secure=0", {}, "milvus", (), {"path": "/x.db"}),
     ("milvus-lite://rel/x.db", {}, "milvus", (), {"path": "rel/x.db"}),
 ]

@@ -74,7 +74,9 @@ def _not_loaded(exc: BaseException) -> bool:
 RETRY_WAIT = wait_exponential(multiplier=0.4, max=5.0)
 
 
-def call_with_retries(fn: Callable[..., T], args: Sequence[Any], kwargs: Mapping[str, Any], *, retries: int, where: str) -> T:
+def call_with_retries(
+    fn: Callable[..., T], args: Sequence[Any], kwargs: Mapping[str, Any], *, retries: int, where: str
+) -> T:
     """``fn(*args, **kwargs)``, tried up to ``retries`` times while it fails transiently;
     TransientRepositoryError when the last attempt fails so, any other error at once."""
     retrying = Retrying(

@@ -12,29 +12,13 @@ from ...errors import InvalidSchemaError, SchemaMismatchError, UnsupportedOperat
 from ...repository import CollectionSchema
 from .base import MilvusBase
 from .layout import (
-    _F_BASE,
-    _F_DOC,
-    _F_FX,
-    _F_ID,
-    _F_INDEX,
-    _F_META,
-    _F_NTOK,
-    _F_PNUM,
-    _F_POOLED,
-    _F_STRUCT,
-    _F_SVEC,
-    _F_TEXT,
-    _F_UNITS,
-    _F_VERSION,
-    _STRUCT_ANNS,
-    _T_PK,
-    _T_PNUM,
-    _T_VEC,
+    F,
     LAYOUT_FORMAT,
     MAX_DIM,
     MAX_VARCHAR,
     PROPERTY,
     STRUCT_MAX_TOKENS,
+    TOK,
     TOKEN_BITS,
     TOKENS_SUFFIX,
     _has_struct_field,
@@ -65,7 +49,7 @@ class Collections(MilvusBase):
         if layout == "struct" and not _has_struct_field(desc):
             raise SchemaMismatchError(
                 f"collection {name!r} should hold its token vectors in the Array-of-Structs field "
-                f"{_F_STRUCT!r}, but the server reports no such field"
+                f"{F.STRUCT!r}, but the server reports no such field"
             )
         if layout == "tokens" and not self._call(self._client.has_collection, name + TOKENS_SUFFIX):
             raise SchemaMismatchError(
@@ -114,23 +98,23 @@ class Collections(MilvusBase):
 
     def _create_passages(self, schema: CollectionSchema, layout: str) -> None:
         s = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-        s.add_field(_F_ID, DataType.VARCHAR, is_primary=True, max_length=36)
-        s.add_field(_F_PNUM, DataType.INT64)
-        s.add_field(_F_BASE, DataType.INT64)
-        s.add_field(_F_NTOK, DataType.INT64)
-        s.add_field(_F_DOC, DataType.VARCHAR, max_length=MAX_VARCHAR)
-        s.add_field(_F_INDEX, DataType.INT64)
-        s.add_field(_F_TEXT, DataType.VARCHAR, max_length=MAX_VARCHAR)
-        s.add_field(_F_UNITS, DataType.VARCHAR, max_length=MAX_VARCHAR)
-        s.add_field(_F_META, DataType.JSON)
-        s.add_field(_F_FX, DataType.JSON)
-        s.add_field(_F_VERSION, DataType.INT64)
-        s.add_field(_F_POOLED, DataType.FLOAT_VECTOR, dim=schema.dim)
+        s.add_field(F.ID, DataType.VARCHAR, is_primary=True, max_length=36)
+        s.add_field(F.PNUM, DataType.INT64)
+        s.add_field(F.BASE, DataType.INT64)
+        s.add_field(F.NTOK, DataType.INT64)
+        s.add_field(F.DOC, DataType.VARCHAR, max_length=MAX_VARCHAR)
+        s.add_field(F.INDEX, DataType.INT64)
+        s.add_field(F.TEXT, DataType.VARCHAR, max_length=MAX_VARCHAR)
+        s.add_field(F.UNITS, DataType.VARCHAR, max_length=MAX_VARCHAR)
+        s.add_field(F.META, DataType.JSON)
+        s.add_field(F.FX, DataType.JSON)
+        s.add_field(F.VERSION, DataType.INT64)
+        s.add_field(F.POOLED, DataType.FLOAT_VECTOR, dim=schema.dim)
         if layout == "struct":
             st = MilvusClient.create_struct_field_schema()
-            st.add_field(_F_SVEC, DataType.FLOAT_VECTOR, dim=schema.dim)
+            st.add_field(F.SVEC, DataType.FLOAT_VECTOR, dim=schema.dim)
             s.add_field(
-                _F_STRUCT, DataType.ARRAY, element_type=DataType.STRUCT, struct_schema=st, max_capacity=STRUCT_MAX_TOKENS
+                F.STRUCT, DataType.ARRAY, element_type=DataType.STRUCT, struct_schema=st, max_capacity=STRUCT_MAX_TOKENS
             )
         self._call(
             self._client.create_collection,
@@ -142,21 +126,21 @@ class Collections(MilvusBase):
         if layout == "struct" and not _has_struct_field(self._call(self._client.describe_collection, schema.name)):
             raise UnsupportedOperationError(
                 f"{self.engine} {self.server_version} at {self._where} dropped the Array-of-Structs field "
-                f"{_F_STRUCT!r} when creating {schema.name!r} (read back from its schema): the struct layout "
+                f"{F.STRUCT!r} when creating {schema.name!r} (read back from its schema): the struct layout "
                 "with MAX_SIM needs a Milvus server >= 2.6.4; use layout=tokens here"
             )
         ip = self._client.prepare_index_params()
-        ip.add_index(_F_POOLED, **_vector_index(self._pooled_index, "COSINE"))
+        ip.add_index(F.POOLED, **_vector_index(self._pooled_index, "COSINE"))
         if layout == "struct":
             ip.add_index(
-                _STRUCT_ANNS,
+                F.STRUCT_ANNS,
                 index_name="tokens_maxsim",
                 index_type="HNSW",
                 metric_type="MAX_SIM_IP",
                 params={"M": 16, "efConstruction": 200},
             )
-        self._add_scalar_index(ip, _F_PNUM, "int")
-        self._add_scalar_index(ip, _F_DOC, "str")
+        self._add_scalar_index(ip, F.PNUM, "int")
+        self._add_scalar_index(ip, F.DOC, "str")
         self._call(self._client.create_index, schema.name, ip, sync=False)
         if self._lite:
             self._call(self._client.release_collection, schema.name)
@@ -164,9 +148,9 @@ class Collections(MilvusBase):
     def _create_tokens(self, schema: CollectionSchema) -> None:
         name = schema.name + TOKENS_SUFFIX
         s = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-        s.add_field(_T_PK, DataType.INT64, is_primary=True)
-        s.add_field(_T_PNUM, DataType.INT64)
-        s.add_field(_T_VEC, DataType.FLOAT_VECTOR, dim=schema.dim)
+        s.add_field(TOK.PK, DataType.INT64, is_primary=True)
+        s.add_field(TOK.PNUM, DataType.INT64)
+        s.add_field(TOK.VEC, DataType.FLOAT_VECTOR, dim=schema.dim)
         self._call(
             self._client.create_collection,
             name,
@@ -175,8 +159,8 @@ class Collections(MilvusBase):
             properties={PROPERTY: json.dumps({"role": "tokens", "of": schema.name})},
         )
         ip = self._client.prepare_index_params()
-        ip.add_index(_T_VEC, **_vector_index(self._token_index, "IP"))
-        self._add_scalar_index(ip, _T_PNUM, "int")
+        ip.add_index(TOK.VEC, **_vector_index(self._token_index, "IP"))
+        self._add_scalar_index(ip, TOK.PNUM, "int")
         self._call(self._client.create_index, name, ip, sync=False)
         if self._lite:
             self._call(self._client.release_collection, name)

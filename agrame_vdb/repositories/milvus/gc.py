@@ -9,15 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ...repository import CollectionSchema
-from .layout import (
-    _BLOCK_BITS,
-    _F_BASE,
-    _F_NTOK,
-    _F_PNUM,
-    _T_PK,
-    TOKENS_SUFFIX,
-    _chunks,
-)
+from .layout import _BLOCK_BITS, F, TOK, TOKENS_SUFFIX, _chunks
 from .write import Writes
 
 
@@ -39,14 +31,14 @@ class Maintenance(Writes):
             return 0
         with self._lock, self._engine("collect garbage", collection):
             tokens_name = schema.name + TOKENS_SUFFIX
-            pks = self._all_values(tokens_name, [tokens_name], _T_PK)
+            pks = self._all_values(tokens_name, [tokens_name], TOK.PK)
             if not len(pks):
                 return 0
             spans: dict[int, tuple[int, int]] = {}
             for chunk in _chunks(sorted({int(p) >> _BLOCK_BITS for p in pks}), self._PK_CHUNK):
-                expr = f"{_F_PNUM} in [{', '.join(map(str, chunk))}]"
-                for r in self._query(schema.name, [schema.name], expr, [_F_PNUM, _F_BASE, _F_NTOK]):
-                    spans[int(r[_F_PNUM])] = (int(r[_F_BASE]), int(r[_F_NTOK]))
+                expr = f"{F.PNUM} in [{', '.join(map(str, chunk))}]"
+                for r in self._query(schema.name, [schema.name], expr, [F.PNUM, F.BASE, F.NTOK]):
+                    spans[int(r[F.PNUM])] = (int(r[F.BASE]), int(r[F.NTOK]))
             bad = []
             for pk in pks.tolist():
                 span = spans.get(pk >> _BLOCK_BITS)

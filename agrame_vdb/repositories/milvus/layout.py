@@ -38,26 +38,37 @@ MAX_VARCHAR = MAX_STRING_BYTES  # 65535, for text and doc id on every engine
 MAX_JSON = 65536
 MAX_TOPK = 16384
 
-_F_ID = "id"
-_F_PNUM = "pnum"
-_F_BASE = "tok_base"
-_F_NTOK = "n_tokens"
-_F_DOC = "doc_id"
-_F_INDEX = "passage_index"
-_F_TEXT = "text"
-_F_UNITS = "units"
-_F_META = "metadata"
-_F_FX = "fx"
-_F_VERSION = "schema_version"
-_F_POOLED = "pooled"
-_F_STRUCT = "tokens"
-_F_SVEC = "vec"
-_STRUCT_ANNS = f"{_F_STRUCT}[{_F_SVEC}]"
-_T_PK = "pk"
-_T_PNUM = "pnum"
-_T_VEC = "vec"
 
-_READ_FIELDS = [_F_ID, _F_BASE, _F_NTOK, _F_DOC, _F_INDEX, _F_TEXT, _F_UNITS, _F_META, _F_VERSION, _F_POOLED]
+class F:
+    """Fields of the passages collection."""
+
+    ID = "id"
+    PNUM = "pnum"
+    BASE = "tok_base"
+    NTOK = "n_tokens"
+    DOC = "doc_id"
+    INDEX = "passage_index"
+    TEXT = "text"
+    UNITS = "units"
+    META = "metadata"
+    FX = "fx"
+    VERSION = "schema_version"
+    POOLED = "pooled"
+    #: the struct layout's ARRAY<STRUCT{vec}> of token vectors, and those vectors as a search names them
+    STRUCT = "tokens"
+    SVEC = "vec"
+    STRUCT_ANNS = f"{STRUCT}[{SVEC}]"
+
+
+class TOK:
+    """Fields of the token collection (portable layout)."""
+
+    PK = "pk"
+    PNUM = "pnum"
+    VEC = "vec"
+
+
+_READ_FIELDS = [F.ID, F.BASE, F.NTOK, F.DOC, F.INDEX, F.TEXT, F.UNITS, F.META, F.VERSION, F.POOLED]
 
 
 def token_pk(pnum: int, gen: int, t: int) -> int:
@@ -117,7 +128,7 @@ def _parse_version(text: str) -> tuple[int, int, int]:
 
 def _has_struct_field(desc: dict[str, Any]) -> bool:
     for f in desc.get("fields", []):
-        if f.get("name") == _F_STRUCT and f.get("element_type") == DataType.STRUCT:
+        if f.get("name") == F.STRUCT and f.get("element_type") == DataType.STRUCT:
             return True
     return False
 
@@ -138,9 +149,9 @@ def _units_json(p: StoredPassage) -> str:
 def _row_bytes(row: dict[str, Any], dim: int, vectors: int) -> int:
     """An estimate of a passage row's bytes in a request."""
     size = 256 + dim * 4 * vectors
-    for key in (_F_TEXT, _F_DOC, _F_UNITS):
+    for key in (F.TEXT, F.DOC, F.UNITS):
         size += _utf8_len(row[key])
-    for key in (_F_META, _F_FX):
+    for key in (F.META, F.FX):
         size += len(json.dumps(row[key], separators=(",", ":")))
     return size
 

@@ -14,31 +14,7 @@ from ...repository import Candidate, CollectionSchema, Filter, IdPage, StoredPas
 from .._codec import units_from_json
 from .._milvus_filter import TRUE, to_expr
 from .base import MilvusBase
-from .layout import (
-    _BLOCK_BITS,
-    _F_BASE,
-    _F_DOC,
-    _F_ID,
-    _F_INDEX,
-    _F_META,
-    _F_NTOK,
-    _F_PNUM,
-    _F_POOLED,
-    _F_STRUCT,
-    _F_SVEC,
-    _F_TEXT,
-    _F_UNITS,
-    _F_VERSION,
-    _READ_FIELDS,
-    _STRUCT_ANNS,
-    _T_PK,
-    _T_VEC,
-    MAX_TOPK,
-    TOKENS_SUFFIX,
-    _chunks,
-    _hit_key,
-    _id_bound,
-)
+from .layout import _BLOCK_BITS, F, MAX_TOPK, _READ_FIELDS, TOK, TOKENS_SUFFIX, _chunks, _hit_key, _id_bound
 from .request import _columns
 
 
@@ -56,7 +32,7 @@ class Reads(MilvusBase):
     def _rows(self, schema: CollectionSchema, ids: list[str], fields: list[str]) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
         for chunk in _chunks(ids, self._IN_CHUNK):
-            expr = f"{_F_ID} in [{', '.join(json.dumps(i) for i in chunk)}]"
+            expr = f"{F.ID} in [{', '.join(json.dumps(i) for i in chunk)}]"
             out.extend(self._query(schema.name, [schema.name], expr, fields))
         return out
 
@@ -81,13 +57,13 @@ class Reads(MilvusBase):
             self._client.search,
             schema.name,
             data=[qn.tolist()],
-            anns_field=_F_POOLED,
+            anns_field=F.POOLED,
             limit=limit,
             filter=expr,
-            output_fields=[_F_ID],
+            output_fields=[F.ID],
             search_params=self._search_params(self._pooled_index, "COSINE", limit),
         )
-        hits = [(str(_hit_key(h, _F_ID)), float(h["distance"])) for h in (res[0] if res else [])]
+        hits = [(str(_hit_key(h, F.ID)), float(h["distance"])) for h in (res[0] if res else [])]
         hits.sort(key=lambda t: (-t[1], t[0]))
         return [Candidate(i, s, "pooled") for i, s in hits]
 
@@ -139,19 +115,19 @@ class Reads(MilvusBase):
             return []
         from pymilvus.client.embedding_list import EmbeddingList
 
-        expr = f"{_F_ID} in [{', '.join(json.dumps(i) for i in ids)}]"
+        expr = f"{F.ID} in [{', '.join(json.dumps(i) for i in ids)}]"
         res = self._read(
             [schema.name],
             self._client.search,
             schema.name,
             data=[EmbeddingList(np.ascontiguousarray(qt, dtype=np.float32))],
-            anns_field=_STRUCT_ANNS,
+            anns_field=F.STRUCT_ANNS,
             limit=min(limit, len(ids)),
             filter=expr,
-            output_fields=[_F_ID],
+            output_fields=[F.ID],
             search_params={"metric_type": "MAX_SIM_IP", "params": {"ef": min(max(len(ids), 64), 32768)}},
         )
-        hits = [(str(_hit_key(h, _F_ID)), float(h["distance"])) for h in (res[0] if res else [])]
+        hits = [(str(_hit_key(h, F.ID)), float(h["distance"])) for h in (res[0] if res else [])]
         hits.sort(key=lambda t: (-t[1], t[0]))
         return [Candidate(i, s, "maxsim") for i, s in hits]
 
@@ -164,22 +140,22 @@ class Reads(MilvusBase):
             self._client.search,
             tokens_name,
             data=[np.ascontiguousarray(v, dtype=np.float32).tolist() for v in qt],
-            anns_field=_T_VEC,
+            anns_field=TOK.VEC,
             limit=k,
             output_fields=[],
             search_params=self._search_params(self._token_index, "IP", k),
         )
-        hits: list[list[tuple[int, float]]] = [[(int(_hit_key(h, _T_PK)), float(h["distance"])) for h in row] for row in res]
+        hits: list[list[tuple[int, float]]] = [[(int(_hit_key(h, TOK.PK)), float(h["distance"])) for h in row] for row in res]
         pnums = sorted({pk >> _BLOCK_BITS for row in hits for pk, _ in row})
         if not pnums:
             return []
         owners: dict[int, tuple[str, int, int]] = {}
         for chunk in _chunks(pnums, self._PK_CHUNK):
-            where = f"{_F_PNUM} in [{', '.join(map(str, chunk))}]"
+            where = f"{F.PNUM} in [{', '.join(map(str, chunk))}]"
             if expr:
                 where = f"({where}) and {expr}"
-            for r in self._query(schema.name, [schema.name], where, [_F_ID, _F_PNUM, _F_BASE, _F_NTOK]):
-                owners[r[_F_PNUM]] = (r[_F_ID], r[_F_BASE], r[_F_NTOK])
+            for r in self._query(schema.name, [schema.name], where, [F.ID, F.PNUM, F.BASE, F.NTOK]):
+                owners[r[F.PNUM]] = (r[F.ID], r[F.BASE], r[F.NTOK])
         best: dict[str, np.ndarray] = {}
         floor = np.zeros(len(hits))
         for qi, row in enumerate(hits):
@@ -200,24 +176,24 @@ class Reads(MilvusBase):
         self, schema: CollectionSchema, ids: list[str], *, with_fields: bool
     ) -> dict[str, tuple[dict[str, Any], np.ndarray]]:
         """Rows and token matrices of the stored ``ids`` (re-reading rows a concurrent write moved)."""
-        fields = _READ_FIELDS if with_fields else [_F_ID, _F_BASE, _F_NTOK]
+        fields = _READ_FIELDS if with_fields else [F.ID, F.BASE, F.NTOK]
         struct = self._layout_of(schema) == "struct"
         if struct:
-            fields = [*fields, _F_STRUCT]
+            fields = [*fields, F.STRUCT]
         out: dict[str, tuple[dict[str, Any], np.ndarray]] = {}
         todo = ids
         for _attempt in range(4):
             rows = self._rows(schema, todo, fields)
             if struct:
                 for r in rows:
-                    mat = np.asarray([e[_F_SVEC] for e in r[_F_STRUCT]], dtype=np.float32).reshape(-1, schema.dim)
-                    out[r[_F_ID]] = (r, mat)
+                    mat = np.asarray([e[F.SVEC] for e in r[F.STRUCT]], dtype=np.float32).reshape(-1, schema.dim)
+                    out[r[F.ID]] = (r, mat)
                 return out
-            spans = {r[_F_ID]: (int(r[_F_BASE]), int(r[_F_NTOK])) for r in rows}
+            spans = {r[F.ID]: (int(r[F.BASE]), int(r[F.NTOK])) for r in rows}
             mats, short = self._read_tokens(schema, spans)
             for r in rows:
-                if r[_F_ID] not in short:
-                    out[r[_F_ID]] = (r, mats[r[_F_ID]])
+                if r[F.ID] not in short:
+                    out[r[F.ID]] = (r, mats[r[F.ID]])
             if not short:
                 return out
             todo = sorted(short)
@@ -248,9 +224,9 @@ class Reads(MilvusBase):
         per = max(1, min(self._PK_CHUNK, self._REQUEST_BYTES // (schema.dim * 4 + 16)))
         for start in range(0, total, per):
             chunk = keys[start : start + per]
-            expr = f"{_T_PK} in [{', '.join(map(str, chunk.tolist()))}]"
-            res = self._read([tokens_name], self._client.query, tokens_name, filter=expr, output_fields=[_T_PK, _T_VEC])
-            pks, mat = _columns(res, _T_PK, _T_VEC, schema.dim)
+            expr = f"{TOK.PK} in [{', '.join(map(str, chunk.tolist()))}]"
+            res = self._read([tokens_name], self._client.query, tokens_name, filter=expr, output_fields=[TOK.PK, TOK.VEC])
+            pks, mat = _columns(res, TOK.PK, TOK.VEC, schema.dim)
             if not len(pks):
                 continue
             at = np.searchsorted(keys, pks)
@@ -275,18 +251,18 @@ class Reads(MilvusBase):
         found = self._read_passages(schema, ids, with_fields=True)
         out = {}
         for pid, (r, tokens) in found.items():
-            pooled = np.asarray(r[_F_POOLED], dtype=np.float32)
+            pooled = np.asarray(r[F.POOLED], dtype=np.float32)
             pooled.setflags(write=False)
             out[pid] = StoredPassage._trusted(
                 pid,
-                r[_F_DOC],
-                int(r[_F_INDEX]),
+                r[F.DOC],
+                int(r[F.INDEX]),
                 tokens,
                 pooled,
-                units_from_json(json.loads(r[_F_UNITS])) if r[_F_UNITS] else (),
-                r[_F_TEXT],
-                r[_F_META] or {},
-                int(r[_F_VERSION]),
+                units_from_json(json.loads(r[F.UNITS])) if r[F.UNITS] else (),
+                r[F.TEXT],
+                r[F.META] or {},
+                int(r[F.VERSION]),
             )
         return out
 
@@ -305,16 +281,16 @@ class Reads(MilvusBase):
         while True:
             hi = lo + width
             bound = None if hi >= space else _id_bound(hi)
-            conds = [f'({_F_ID} >= "{cur}")'] if cur is not None else []
+            conds = [f'({F.ID} >= "{cur}")'] if cur is not None else []
             if bound is not None:
-                conds.append(f'({_F_ID} < "{bound}")')
+                conds.append(f'({F.ID} < "{bound}")')
             if expr:
                 conds.append(expr)
-            rows = self._query(schema.name, [schema.name], " and ".join(conds) or TRUE, [_F_ID], limit=self._QUERY_CAP)
+            rows = self._query(schema.name, [schema.name], " and ".join(conds) or TRUE, [F.ID], limit=self._QUERY_CAP)
             if len(rows) >= self._QUERY_CAP and width > 1:
                 width = max(1, width // 4)  # too dense: a narrower window from the same start
                 continue
-            got.extend(r[_F_ID] for r in rows)
+            got.extend(r[F.ID] for r in rows)
             if len(got) >= want or bound is None:
                 break
             cur, lo = bound, hi

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from pymilvus import DataType
 
-from .layout import _T_PK, _T_PNUM, _T_VEC
+from .layout import TOK
 
 def _handler(client: Any) -> Any:
     """pymilvus's connection handler, whose ``upsert`` takes a prepared request (or None)."""
@@ -45,14 +45,14 @@ def _token_upsert_request(name: str, pks: np.ndarray, pnums: np.ndarray, vecs: n
     from pymilvus.grpc_gen import milvus_pb2
 
     req = milvus_pb2.UpsertRequest(collection_name=name, num_rows=len(pks))
-    for field, values in ((_T_PK, pks), (_T_PNUM, pnums)):
+    for field, values in ((TOK.PK, pks), (TOK.PNUM, pnums)):
         f = req.fields_data.add()
         f.type = DataType.INT64
         f.field_name = field
         f.scalars.long_data.data.extend(values.tolist())
     f = req.fields_data.add()
     f.type = DataType.FLOAT_VECTOR
-    f.field_name = _T_VEC
+    f.field_name = TOK.VEC
     f.vectors.dim = int(vecs.shape[1])
     raw = np.ascontiguousarray(vecs, dtype="<f4").tobytes()
     f.vectors.float_vector.MergeFromString(b"\x0a" + _varint(len(raw)) + raw)  # FloatArray.data, packed

@@ -15,34 +15,19 @@ from ...repository import CollectionSchema, Filter, RepositoryBase, StoredPassag
 from .._milvus_filter import filter_document, to_expr
 from .layout import (
     _BLOCK_BITS,
-    _F_BASE,
-    _F_DOC,
-    _F_FX,
-    _F_ID,
-    _F_INDEX,
-    _F_META,
-    _F_NTOK,
-    _F_PNUM,
-    _F_POOLED,
-    _F_STRUCT,
-    _F_SVEC,
-    _F_TEXT,
-    _F_UNITS,
-    _F_VERSION,
-    _PNUM_ATTEMPTS,
-    _T_PK,
-    _T_PNUM,
-    _T_VEC,
+    F,
     MAX_TOKENS,
+    _PNUM_ATTEMPTS,
     STRUCT_MAX_TOKENS,
+    TOK,
     TOKEN_BITS,
     TOKENS_SUFFIX,
     _check_limits,
     _chunks,
-    _row_bytes,
-    _units_json,
     pnum_candidates,
+    _row_bytes,
     token_pk,
+    _units_json,
 )
 from .read import Reads
 from .request import _handler, _token_upsert_request
@@ -62,12 +47,12 @@ class Writes(Reads):
 
     def _upsert(self, schema: CollectionSchema, passages: Sequence[StoredPassage]) -> None:
         if self._layout_of(schema) == "struct":
-            rows = [self._passage_row(p, 0, 0) | {_F_STRUCT: [{_F_SVEC: v} for v in p.tokens.tolist()]} for p in passages]
+            rows = [self._passage_row(p, 0, 0) | {F.STRUCT: [{F.SVEC: v} for v in p.tokens.tolist()]} for p in passages]
             self._write_rows(schema.name, rows, [_row_bytes(r, schema.dim, p.n_tokens + 1) for r, p in zip(rows, passages)])
             return
         tokens_name = schema.name + TOKENS_SUFFIX
         ids = [p.id for p in passages]
-        old = {r[_F_ID]: (r[_F_PNUM], r[_F_BASE]) for r in self._rows(schema, ids, [_F_ID, _F_PNUM, _F_BASE])}
+        old = {r[F.ID]: (r[F.PNUM], r[F.BASE]) for r in self._rows(schema, ids, [F.ID, F.PNUM, F.BASE])}
         pnums = self._allocate(schema, [i for i in ids if i not in old], {v[0] for v in old.values()})
         plan = []
         for p in passages:
@@ -96,23 +81,23 @@ class Writes(Reads):
                 ranges.append((block, base))
             ranges.append((base + p.n_tokens, block + (1 << _BLOCK_BITS)))
         for chunk in _chunks(ranges, 200):
-            self._delete_expr(tokens_name, " or ".join(f"({_T_PK} >= {a} and {_T_PK} < {b})" for a, b in chunk))
+            self._delete_expr(tokens_name, " or ".join(f"({TOK.PK} >= {a} and {TOK.PK} < {b})" for a, b in chunk))
         self._step("cleaned")
 
     def _passage_row(self, p: StoredPassage, pnum: int, base: int) -> dict[str, Any]:
         return {
-            _F_ID: p.id,
-            _F_PNUM: pnum,
-            _F_BASE: base,
-            _F_NTOK: p.n_tokens,
-            _F_DOC: p.doc_id,
-            _F_INDEX: p.index,
-            _F_TEXT: p.text,
-            _F_UNITS: _units_json(p),
-            _F_META: dict(p.metadata),
-            _F_FX: filter_document(p.doc_id, p.index, p.metadata),
-            _F_VERSION: p.schema_version,
-            _F_POOLED: p.pooled,
+            F.ID: p.id,
+            F.PNUM: pnum,
+            F.BASE: base,
+            F.NTOK: p.n_tokens,
+            F.DOC: p.doc_id,
+            F.INDEX: p.index,
+            F.TEXT: p.text,
+            F.UNITS: _units_json(p),
+            F.META: dict(p.metadata),
+            F.FX: filter_document(p.doc_id, p.index, p.metadata),
+            F.VERSION: p.schema_version,
+            F.POOLED: p.pooled,
         }
 
     def _write_tokens(self, name: str, dim: int, plan: list[tuple[StoredPassage, int, int]]) -> None:
@@ -124,7 +109,7 @@ class Writes(Reads):
         for start in range(0, len(pks), per_call):
             sl = slice(start, start + per_call)
             if conn is None:  # pymilvus without the handler: row dicts (slower)
-                rows = [{_T_PK: int(k), _T_PNUM: int(n), _T_VEC: v.tolist()} for k, n, v in zip(pks[sl], pnums[sl], vecs[sl])]
+                rows = [{TOK.PK: int(k), TOK.PNUM: int(n), TOK.VEC: v.tolist()} for k, n, v in zip(pks[sl], pnums[sl], vecs[sl])]
                 self._call(self._client.upsert, name, rows, timeout=self._timeout)
                 continue
             request = _token_upsert_request(name, pks[sl], pnums[sl], vecs[sl])
@@ -150,9 +135,9 @@ class Writes(Reads):
         while want:
             owners = {}
             for chunk in _chunks(sorted(set(want.values())), self._PK_CHUNK):
-                expr = f"{_F_PNUM} in [{', '.join(map(str, chunk))}]"
-                for r in self._query(schema.name, [schema.name], expr, [_F_ID, _F_PNUM]):
-                    owners[r[_F_PNUM]] = r[_F_ID]
+                expr = f"{F.PNUM} in [{', '.join(map(str, chunk))}]"
+                for r in self._query(schema.name, [schema.name], expr, [F.ID, F.PNUM]):
+                    owners[r[F.PNUM]] = r[F.ID]
             retry = {}
             for pid, num in sorted(want.items()):
                 if num in used or num in owners:
@@ -181,8 +166,8 @@ class Writes(Reads):
         if self._layout_of(schema) == "struct":
             self._delete_ids(schema.name, ids)
             return
-        rows = self._rows(schema, ids, [_F_ID, _F_PNUM])
-        self._delete_rows(schema, [(r[_F_ID], r[_F_PNUM]) for r in rows])
+        rows = self._rows(schema, ids, [F.ID, F.PNUM])
+        self._delete_rows(schema, [(r[F.ID], r[F.PNUM]) for r in rows])
 
     def _delete_rows(self, schema: CollectionSchema, rows: list[tuple[str, int]]) -> None:
         if not rows:
@@ -191,17 +176,17 @@ class Writes(Reads):
         self._step("passages-deleted")
         tokens_name = schema.name + TOKENS_SUFFIX
         for chunk in _chunks(sorted({n for _, n in rows}), self._PK_CHUNK):
-            self._delete_expr(tokens_name, f"{_T_PNUM} in [{', '.join(map(str, chunk))}]")
+            self._delete_expr(tokens_name, f"{TOK.PNUM} in [{', '.join(map(str, chunk))}]")
 
     def _delete_where(self, schema: CollectionSchema, filter: Filter) -> None:
         expr = to_expr(filter)
         while True:
-            rows = self._query(schema.name, [schema.name], expr, [_F_ID, _F_PNUM], limit=self._QUERY_CAP)
+            rows = self._query(schema.name, [schema.name], expr, [F.ID, F.PNUM], limit=self._QUERY_CAP)
             if not rows:
                 return
             if self._layout_of(schema) == "struct":
-                self._delete_ids(schema.name, [r[_F_ID] for r in rows])
+                self._delete_ids(schema.name, [r[F.ID] for r in rows])
             else:
-                self._delete_rows(schema, [(r[_F_ID], r[_F_PNUM]) for r in rows])
+                self._delete_rows(schema, [(r[F.ID], r[F.PNUM]) for r in rows])
             if len(rows) < self._QUERY_CAP:
                 return
