@@ -147,7 +147,7 @@ def test_colliding_passage_numbers_are_resolved(lite_store, monkeypatch):
         yield 42
         yield from real(pid)
 
-    monkeypatch.setattr(mv, "pnum_candidates", colliding)
+    monkeypatch.setattr(mv.write, "pnum_candidates", colliding)  # where new numbers are allocated
     passages = make_passages(6, seed=5)
     repo.upsert(name, passages[:3])
     repo.upsert(name, passages[3:])
@@ -268,6 +268,90 @@ def test_aliases_are_milvus_aliases(store):
         repo.drop_collection(other)
 
 
+def test_only_aliases_of_agrame_collections_are_listed(lite_store):
+    """Names ending in ``__tokens`` are reserved; an alias made with pymilvus on a token
+    collection (or under a reserved name) stands for no agrame collection."""
+    repo, name = lite_store
+    alias = f"live_{uuid.uuid4().hex[:8]}"
+    repo.create_alias(alias, name)
+    with pytest.raises(InvalidSchemaError, match="reserved"):
+        repo.create_alias(alias + mv.TOKENS_SUFFIX, name)
+    with pytest.raises(InvalidSchemaError, match="reserved"):
+        repo.switch_alias(alias + mv.TOKENS_SUFFIX, name)
+    raw = f"raw_{uuid.uuid4().hex[:8]}"
+    repo._client.create_alias(name + mv.TOKENS_SUFFIX, raw)  # on the token collection
+    repo._client.create_alias(name, raw + mv.TOKENS_SUFFIX)  # under a reserved name
+    try:
+        assert repo.list_aliases() == {alias: name}
+        assert repo.resolve(alias) == name
+    finally:
+        repo._client.drop_alias(raw)
+        repo._client.drop_alias(raw + mv.TOKENS_SUFFIX)
+        repo.delete_alias(alias)
+    assert repo.list_aliases() == {}
+
+
+# ----------------------------------------------------------------------------- server calls
+
+
+class _Flaky:
+    """Fails with a transient pymilvus error ``failures`` times, then answers."""
+
+    def __init__(self, failures: int, error: Exception | None = None) -> None:
+        from pymilvus.exceptions import MilvusUnavailableException
+
+        self.failures, self.calls = failures, 0
+        self.error = error or MilvusUnavailableException(message="server unavailable")
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise self.error
+        return args, kwargs
+
+
+def test_server_calls_are_retried_on_transient_errors_only(monkeypatch):
+    from tenacity import RetryCallState, wait_none
+
+    from agrame_vdb.errors import TransientRepositoryError
+
+    waits = []
+    for attempt in range(1, 7):
+        state = RetryCallState(None, None, (), {})  # type: ignore[arg-type]
+        state.attempt_number = attempt
+        waits.append(mv.calls.RETRY_WAIT(state))
+    assert waits == [min(0.2 * 2**n, 5.0) for n in range(1, 7)]  # 0.4, 0.8, 1.6, 3.2, 5, 5
+
+    monkeypatch.setattr(mv.calls, "RETRY_WAIT", wait_none())
+    flaky = _Flaky(2)
+    assert mv.calls.call_with_retries(flaky, (1,), {"timeout": 2}, retries=3, where="h") == ((1,), {"timeout": 2})
+    assert flaky.calls == 3
+    dead = _Flaky(100)
+    with pytest.raises(TransientRepositoryError, match="Milvus at h still failing after 3 attempts") as err:
+        mv.calls.call_with_retries(dead, (), {}, retries=3, where="h")
+    assert dead.calls == 3 and mv.is_transient(err.value.__cause__)
+    wrong = _Flaky(100, ValueError("bad request"))
+    with pytest.raises(ValueError, match="bad request"):  # not transient: raised at once, as it is
+        mv.calls.call_with_retries(wrong, (), {}, retries=3, where="h")
+    assert wrong.calls == 1
+
+
+def test_milvus_lite_calls_are_not_retried_and_server_calls_are(lite_store, monkeypatch):
+    from pymilvus.exceptions import MilvusUnavailableException
+    from tenacity import wait_none
+
+    repo, _ = lite_store
+    monkeypatch.setattr(mv.calls, "RETRY_WAIT", wait_none())
+    flaky = _Flaky(1)
+    with pytest.raises(MilvusUnavailableException):
+        repo._call(flaky)
+    assert flaky.calls == 1
+    monkeypatch.setattr(repo, "_lite", False)  # the server path of the same repository
+    flaky = _Flaky(2)
+    repo._call(flaky)
+    assert flaky.calls == 3 == repo._retries
+
+
 # ----------------------------------------------------------------------------- limits and chunking
 
 
@@ -305,10 +389,10 @@ def test_server_limits_are_enforced_before_any_write(lite_store):
 
 def test_long_lists_and_large_requests_are_chunked(lite_store, monkeypatch):
     repo, name = lite_store
-    monkeypatch.setattr(mv, "_IN_CHUNK", 3)
-    monkeypatch.setattr(mv, "_PK_CHUNK", 7)
-    monkeypatch.setattr(mv, "_QUERY_CAP", 5)
-    monkeypatch.setattr(mv, "_REQUEST_BYTES", 40 * (DIM * 4 + 16))  # 40 token rows per request
+    monkeypatch.setattr(mv.MilvusRepository, "_IN_CHUNK", 3)
+    monkeypatch.setattr(mv.MilvusRepository, "_PK_CHUNK", 7)
+    monkeypatch.setattr(mv.MilvusRepository, "_QUERY_CAP", 5)
+    monkeypatch.setattr(mv.MilvusRepository, "_REQUEST_BYTES", 40 * (DIM * 4 + 16))  # 40 token rows per request
     passages = make_passages(30, seed=30)
     repo.upsert(name, passages, batch_size=13)
     ids = sorted(p.id for p in passages)

@@ -18,7 +18,9 @@ URL                                         engine
 ==========================================  ==============================================
 
 Query parameters become options of the engine (``?token_copy=0``), as do keyword
-arguments: ``connect("qdrant-edge:///data", token_copy=False)``.
+arguments: ``connect("qdrant-edge:///data", token_copy=False)``. Each engine declares
+the options it takes as a pydantic model (:mod:`._options`): an unknown option is
+refused with a message naming the known ones.
 
 Credentials in a URL (``http://user:pass@host``, ``?token=``, ``?api_key=``) are
 never shown: messages, reprs and everything kept of a URL use
@@ -140,24 +142,6 @@ def connect(url: str, **options: Any) -> RepositoryBase:
             f"(for Milvus: pip install 'agrame-vdb[milvus]')"
         ) from exc
     return module.from_url(parsed, **{**parsed.options, **options})
-
-
-def _option_bool(value: Any, name: str) -> bool:
-    """A boolean option given as a bool or as a URL string (1/0, true/false, yes/no)."""
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
-        return True
-    if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
-        return False
-    raise InvalidInputError(f"option {name} must be a boolean (1/0, true/false), got {value!r}")
-
-
-def _option_number(value: Any, name: str, kind: type = float) -> Any:
-    try:
-        return kind(value)
-    except (TypeError, ValueError):
-        raise InvalidInputError(f"option {name} must be a {kind.__name__}, got {value!r}") from None
 
 
 def _grpc_transient(exc: BaseException) -> bool:

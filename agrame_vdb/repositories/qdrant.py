@@ -47,8 +47,9 @@ from ..repository import (
     TokenBatch,
 )
 from ..redact import redact_url, secret_parts, url_secrets
-from . import StoreURL, _grpc_transient, _option_bool, _option_number
+from . import StoreURL, _grpc_transient
 from . import _qdrant_common as qc
+from ._options import Bool, Float, Int, TokenCopyOptions, parse_options
 from ._codec import copy_dtype, decode_tokens, join_tokens, units_from_json
 from ._token_store import new_version
 
@@ -65,30 +66,24 @@ _INDEX_TYPES = {
 }
 
 
+class ServerOptions(TokenCopyOptions):
+    """The options of a Qdrant server (``http://``, ``https://``)."""
+
+    retries: Int = None
+    timeout: Int = None
+    retry_wait_max: Float = None
+    prefer_grpc: Bool = None
+    api_key: Any = None
+
+
 def from_url(url: StoreURL, **options: Any) -> QdrantRepository:
-    kwargs: dict[str, Any] = {}
-    if "token_copy" in options:
-        kwargs["token_copy"] = _option_bool(options.pop("token_copy"), "token_copy")
     if url.scheme == "qdrant-local":
-        if options:
-            raise InvalidInputError(f"unknown options for qdrant-local: {sorted(options)}; known: token_copy")
+        kwargs = parse_options(TokenCopyOptions, options, "qdrant-local")
         loc = url.location
         if loc in ("", ":memory:"):
             return QdrantRepository(location=":memory:", **kwargs)
         return QdrantRepository(path=loc, **kwargs)
-    for name, kind in (("retries", int), ("timeout", int), ("retry_wait_max", float)):
-        if name in options:
-            kwargs[name] = _option_number(options.pop(name), name, kind)
-    if "prefer_grpc" in options:
-        kwargs["prefer_grpc"] = _option_bool(options.pop("prefer_grpc"), "prefer_grpc")
-    if "api_key" in options:
-        kwargs["api_key"] = options.pop("api_key")
-    if options:
-        raise InvalidInputError(
-            f"unknown options for a Qdrant server: {sorted(options)}; "
-            "known: token_copy, retries, timeout, retry_wait_max, prefer_grpc, api_key"
-        )
-    return QdrantRepository(url=url.base, **kwargs)
+    return QdrantRepository(url=url.base, **parse_options(ServerOptions, options, "a Qdrant server"))
 
 
 def is_transient(exc: BaseException) -> bool:

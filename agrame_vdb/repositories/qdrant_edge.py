@@ -95,7 +95,8 @@ from ..repository import (
     TokenBatch,
     check_name,
 )
-from . import DEFAULT_EDGE_PATH, StoreURL, _option_bool
+from . import DEFAULT_EDGE_PATH, StoreURL
+from ._options import TokenCopyOptions, parse_options
 from . import _qdrant_common as qc
 from ..unit_table import UnitTable
 from ._codec import copy_dtype, units_from_json, units_from_text
@@ -118,11 +119,7 @@ _INDEX_TYPES = {
 
 
 def from_url(url: StoreURL, **options: Any) -> QdrantEdgeRepository:
-    kwargs: dict[str, Any] = {}
-    if "token_copy" in options:
-        kwargs["token_copy"] = _option_bool(options.pop("token_copy"), "token_copy")
-    if options:
-        raise InvalidInputError(f"unknown options for qdrant-edge: {sorted(options)}; known: token_copy")
+    kwargs = parse_options(TokenCopyOptions, options, "qdrant-edge")
     return QdrantEdgeRepository(url.location or DEFAULT_EDGE_PATH, **kwargs)
 
 
