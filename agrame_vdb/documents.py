@@ -420,8 +420,9 @@ def _sentence_extent(ref: Any, sentences: Sequence[Unit], limit: int, where: str
 
 
 class JsonLine(NamedTuple):
-    """One non-blank line of a JSON Lines file: its number (1-based, blank lines not
-    counted), the byte offset after it, and its value, or why it has none."""
+    """One non-blank line of a JSON Lines file: its number (1-based; blank lines count
+    only with ``count_blank_lines``), the byte offset after it, and its value, or why
+    it has none."""
 
     line: int
     position: int
@@ -515,7 +516,6 @@ def container_of(path: str | Path, format: str = "auto") -> tuple[str, str]:
     if format in ("jsonl", "parquet"):
         return format, schema
     return ("parquet" if Path(path).suffix.lower() in _PARQUET_SUFFIXES else "jsonl"), schema
-
 
 
 def _convert(obj: Any, schema: str, line: int, position: int) -> SourceRecord:
