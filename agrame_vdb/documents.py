@@ -55,7 +55,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import InvalidInputError, InvalidRecordError
 from .units import PROPOSITION, SENTENCE, Unit, proposition_from_word_indices, split_sentences, units_from_char_spans
@@ -68,6 +68,9 @@ __all__ = [
     "read_documents",
     "records_from_iterable",
     "container_of",
+    "JsonLine",
+    "iter_json_lines",
+    "read_json_lines",
 ]
 
 #: ``format=`` values: the record schema and/or the container.
@@ -413,6 +416,74 @@ def _sentence_extent(ref: Any, sentences: Sequence[Unit], limit: int, where: str
     return spans[0]
 
 
+# --------------------------------------------------------------------------- JSON Lines
+
+
+class JsonLine(NamedTuple):
+    """One non-blank line of a JSON Lines file: its number (1-based; blank lines count
+    only with ``count_blank_lines``), the byte offset after it, and its value, or why
+    it has none."""
+
+    line: int
+    position: int
+    value: Any = None
+    error: str | None = None
+
+
+def _reject_nonfinite(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def iter_json_lines(
+    path: str | Path, *, start: int = 0, start_line: int = 0, count_blank_lines: bool = False
+) -> Iterator[JsonLine]:
+    """The non-blank lines of a JSON Lines file from byte ``start`` on (``start_line``
+    lines before it): every JSON Lines file agrame-vdb reads goes through here.
+    Blank lines are skipped, and numbered only with ``count_blank_lines``.
+
+    A line that is not UTF-8, or not JSON (``NaN`` and ``Infinity`` are not), comes
+    out with ``error`` set, never as an exception; an unreadable file raises
+    :class:`OSError`. :func:`read_json_lines` is the strict form.
+    """
+    line, position = start_line, start
+    with open(path, "rb") as f:
+        f.seek(start)
+        for raw in f:
+            position += len(raw)
+            stripped = raw.strip()
+            if stripped or count_blank_lines:
+                line += 1
+            if not stripped:
+                continue
+            try:
+                text = stripped.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield JsonLine(line, position, error=f"invalid UTF-8 at byte {exc.start} of the line: {exc.reason}")
+                continue
+            try:
+                value = json.loads(text, parse_constant=_reject_nonfinite)
+            except (ValueError, RecursionError) as exc:  # json.JSONDecodeError is a ValueError
+                yield JsonLine(line, position, error=f"invalid JSON: {exc}")
+                continue
+            yield JsonLine(line, position, value)
+
+
+def read_json_lines(path: str | Path, *, what: str = "file") -> Iterator[tuple[int, Any]]:
+    """``(line number, value)`` for each non-blank line of a JSON Lines file (blank
+    lines are skipped but counted).
+
+    An unreadable file is an :class:`InvalidInputError` ``cannot read {what} {path}: ...``,
+    a line that is not UTF-8 JSON one naming ``{path}:{line}``.
+    """
+    try:
+        for item in iter_json_lines(path, count_blank_lines=True):
+            if item.error is not None:
+                raise InvalidInputError(f"{path}:{item.line}: {item.error}")
+            yield item.line, item.value
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read {what} {path}: {exc}") from exc
+
+
 # --------------------------------------------------------------------------- readers
 
 
@@ -447,10 +518,6 @@ def container_of(path: str | Path, format: str = "auto") -> tuple[str, str]:
     return ("parquet" if Path(path).suffix.lower() in _PARQUET_SUFFIXES else "jsonl"), schema
 
 
-def _reject_nonfinite(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def _convert(obj: Any, schema: str, line: int, position: int) -> SourceRecord:
     raw_id = obj.get(_ID_FIELDS[schema]) if isinstance(obj, Mapping) else None
     doc_id = str(raw_id) if isinstance(raw_id, (str, int)) and not isinstance(raw_id, bool) and str(raw_id) else None
@@ -478,27 +545,11 @@ def read_documents(
     if container == "parquet":
         yield from _read_parquet(path, schema, start)
         return
-    line = start_line
-    position = start
-    with path.open("rb") as f:
-        f.seek(start)
-        for raw in f:
-            position += len(raw)
-            stripped = raw.strip()
-            if not stripped:
-                continue
-            line += 1
-            try:
-                text = stripped.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                yield SourceRecord(line, position, error=f"invalid UTF-8 at byte {exc.start} of the line: {exc.reason}")
-                continue
-            try:
-                obj = json.loads(text, parse_constant=_reject_nonfinite)
-            except (json.JSONDecodeError, ValueError, RecursionError) as exc:
-                yield SourceRecord(line, position, error=f"invalid JSON: {exc}")
-                continue
-            yield _convert(obj, schema, line, position)
+    for item in iter_json_lines(path, start=start, start_line=start_line):
+        if item.error is not None:
+            yield SourceRecord(item.line, item.position, error=item.error)
+        else:
+            yield _convert(item.value, schema, item.line, item.position)
 
 
 def _read_parquet(path: Path, schema: str, start: int) -> Iterator[SourceRecord]:

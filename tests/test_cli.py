@@ -42,3 +42,43 @@ def test_a_bad_model_path_is_a_clear_error(tmp_path):
     result = runner.invoke(app, ["info", "--model", str(tmp_path / "missing")])
     assert result.exit_code == 2
     assert "does not exist" in result.output and "accepted formats" in result.output
+
+
+def test_python_m_runs_the_command():
+    out = subprocess.run([sys.executable, "-m", "agrame_vdb.cli", "version"], capture_output=True, text=True, check=True)
+    from agrame_vdb import __version__
+
+    assert out.stdout.strip() == __version__
+
+
+def _commands(group, prefix=()):
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):  # a group (typer's own click, or click)
+            yield from _commands(command, (*prefix, name))
+        else:
+            yield " ".join((*prefix, name)), command
+
+
+def test_every_store_option_defaults_to_the_one_default_store():
+    import typer.main
+
+    from agrame_vdb.cli import DEFAULT_STORE
+
+    defaults = {
+        name: param.default
+        for name, command in _commands(typer.main.get_command(app))
+        for param in command.params
+        if "--store" in param.opts
+    }
+    assert defaults.pop("eval") is None  # eval's default: a temporary store, removed afterwards
+    assert len(defaults) >= 12 and set(defaults.values()) == {DEFAULT_STORE}, defaults
+
+
+def test_an_error_in_a_command_exits_2_and_names_it_without_a_traceback(tmp_path):
+    queries = tmp_path / "q.jsonl"
+    queries.write_text('{"id": 1, "text": "fine"}\n\n{"id": 2, "text": ""}\n')
+    result = runner.invoke(app, ["search", "-c", "docs", "--store", "memory://", "--queries", str(queries)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert 'q.jsonl:3: each line must be an object with a non-empty "text"' in result.output
+    neither = runner.invoke(app, ["search", "-c", "docs", "--store", "memory://"])
+    assert neither.exit_code == 2 and "give either a QUERY or --queries FILE" in neither.output

@@ -6,7 +6,15 @@ import json
 
 import pytest
 
-from agrame_vdb.documents import Document, PassageInput, container_of, read_documents, records_from_iterable
+from agrame_vdb.documents import (
+    Document,
+    PassageInput,
+    container_of,
+    iter_json_lines,
+    read_documents,
+    read_json_lines,
+    records_from_iterable,
+)
 from agrame_vdb.errors import InvalidInputError, InvalidRecordError
 from agrame_vdb.units import Unit, split_sentences
 
@@ -137,6 +145,36 @@ def test_jsonl_reader_reports_bad_lines_and_goes_on(tmp_path):
     ]
     assert "invalid UTF-8" in records[1].error and "JSON object" in records[2].error
     assert "NaN" in records[3].error and "surrogate" in records[4].error
+
+
+def test_the_json_lines_reader_numbers_lines_and_resumes_at_a_byte_offset(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(b'{"a": 1}\n\n  \n[2]\r\n"three"')
+    items = list(iter_json_lines(path))
+    assert [(i.line, i.value, i.error) for i in items] == [(1, {"a": 1}, None), (2, [2], None), (3, "three", None)]
+    assert items[-1].position == path.stat().st_size
+    assert [i.line for i in iter_json_lines(path, count_blank_lines=True)] == [1, 4, 5]
+    rest = list(iter_json_lines(path, start=items[0].position, start_line=items[0].line))
+    assert [(i.line, i.value) for i in rest] == [(2, [2]), (3, "three")]
+    assert list(read_json_lines(path)) == [(1, {"a": 1}), (4, [2]), (5, "three")]  # the file's own line numbers
+
+
+@pytest.mark.parametrize("line, reason", [(b"{nope", "invalid JSON"), (b'{"x": NaN}', "NaN is not valid JSON"),
+                                          (b'"caf\xe9"', "invalid UTF-8"), (b"[" * 100_000, "invalid JSON")])
+def test_the_json_lines_reader_reports_a_bad_line_or_raises_it_typed(tmp_path, line, reason):
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(b'{"ok": true}\n\n' + line + b"\n")
+    [good, bad] = iter_json_lines(path)
+    assert good.error is None and bad.value is None and reason in bad.error
+    with pytest.raises(InvalidInputError, match=rf"rows.jsonl:3: .*{reason}"):
+        list(read_json_lines(path))
+
+
+def test_the_json_lines_reader_names_what_it_could_not_read(tmp_path):
+    with pytest.raises(InvalidInputError, match="cannot read the queries file .*missing.jsonl"):
+        list(read_json_lines(tmp_path / "missing.jsonl", what="the queries file"))
+    with pytest.raises(InvalidInputError, match="cannot read training file"):
+        list(read_json_lines(tmp_path, what="training file"))  # a folder
 
 
 def test_parquet_reader_reads_and_resumes(tmp_path):

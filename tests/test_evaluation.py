@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import json
 import math
+import random
+from collections import defaultdict
 
 import numpy as np
 import pytest
@@ -59,6 +61,89 @@ def test_mean_metrics_skips_queries_without_a_relevant_item():
     assert means["n"] == 2
     assert means["P@1"] == 0.5 and means["MRR@10"] == pytest.approx(0.75) and means["R@5"] == 1.0
     assert means["nDCG@10"] == pytest.approx((1 + 1 / math.log2(3)) / 2)
+
+
+# --------------------------------------------------------------------------- metrics against trec_eval
+
+_KS = (1, 2, 3, 5, 10)
+
+
+def _trec_ranking(scores):
+    """The order trec_eval ranks a run in: score descending, ties by document id descending."""
+    return sorted(scores, key=lambda doc: (scores[doc], doc), reverse=True)
+
+
+def _trec_eval(runs, qrels):
+    """trec_eval's P@k, R@k, nDCG@k and RR of every query (ir-measures' pytrec_eval provider:
+    its RR@k comes from the MS MARCO script, which breaks ties in another order)."""
+    ir_measures = pytest.importorskip("ir_measures")
+    measures = [m @ k for m in (ir_measures.P, ir_measures.R, ir_measures.nDCG) for k in _KS] + [ir_measures.RR]
+    trec_qrels = [ir_measures.Qrel(q, doc, grade) for q, judged in qrels.items() for doc, grade in judged.items()]
+    trec_run = [ir_measures.ScoredDoc(q, doc, score) for q, scores in runs.items() for doc, score in scores.items()]
+    return {(m.query_id, str(m.measure)): m.value for m in ir_measures.pytrec_eval.iter_calc(measures, trec_qrels, trec_run)}
+
+
+def _against_trec_eval(runs, qrels):
+    """Every metric of every query with a relevant item, ours against trec_eval's, and their means."""
+    theirs = _trec_eval(runs, qrels)
+    judged = [q for q in runs if any(g >= 1 for g in qrels.get(q, {}).values())]
+    assert judged
+    expected = defaultdict(list)
+    for q in judged:
+        ranking = _trec_ranking(runs[q])
+        rr = theirs[(q, "RR")]
+        for k in _KS:
+            trec = {"P": theirs[(q, f"P@{k}")], "R": theirs[(q, f"R@{k}")], "nDCG": theirs[(q, f"nDCG@{k}")],
+                    "RR": rr if rr > 0 and round(1 / rr) <= k else 0.0}
+            ours = {"P": precision_at_k(ranking, qrels[q], k), "R": recall_at_k(ranking, qrels[q], k),
+                    "nDCG": ndcg_at_k(ranking, qrels[q], k), "RR": mrr_at_k(ranking, qrels[q], k)}
+            assert ours == pytest.approx(trec, abs=1e-6), (q, k)
+            for name, value in trec.items():
+                expected[f"{name}@{k}"].append(value)
+    means = mean_metrics((_trec_ranking(runs[q]), qrels.get(q, {})) for q in runs)
+    assert means["n"] == len(judged)
+    for ours_name, trec in (("P@1", "P@1"), ("R@5", "R@5"), ("MRR@10", "RR@10"), ("nDCG@10", "nDCG@10")):
+        assert means[ours_name] == pytest.approx(sum(expected[trec]) / len(judged), abs=1e-6), ours_name
+
+
+def test_metrics_match_trec_eval_on_hand_made_runs_with_ties():
+    runs = {
+        "ties-at-the-top": {"a": 3.0, "b": 3.0, "c": 3.0, "d": 1.0},
+        "graded": {"a": 0.9, "b": 0.8, "c": 0.8, "x": 0.5, "y": 0.1},
+        "relevant-last": {"x": 5.0, "y": 4.0, "z": 4.0, "w": 3.0, "v": 2.0, "u": 1.0, "t": 1.0, "s": 0.5, "r": 0.2, "q": 0.1, "a": 0.0},
+        "unretrieved-relevant": {"a": 1.0, "b": 1.0},
+        "nothing-relevant": {"a": 1.0, "b": 0.5},
+        "numeric-ids": {"a2": 1.0, "a10": 1.0, "a1": 0.5},
+    }
+    qrels = {
+        "ties-at-the-top": {"b": 1, "d": 2},
+        "graded": {"c": 3, "b": 1, "x": 0, "y": 2},
+        "relevant-last": {"a": 1},
+        "unretrieved-relevant": {"b": 2, "zz": 1, "yy": 3},
+        "nothing-relevant": {"a": 0},
+        "numeric-ids": {"a10": 1, "a1": 1},
+    }
+    _against_trec_eval(runs, qrels)
+
+
+def test_metrics_match_trec_eval_on_random_runs():
+    rng = random.Random(7)
+    runs, qrels = {}, {}
+    for i in range(60):
+        pool = [f"p{j}#{u}" for j in range(8) for u in range(4)]  # unit-like keys
+        retrieved = rng.sample(pool, rng.randint(1, 20))
+        runs[f"q{i}"] = {doc: float(rng.randint(0, 6)) for doc in retrieved}  # few distinct scores: many ties
+        judged = rng.sample(pool, rng.randint(0, 8))
+        qrels[f"q{i}"] = {doc: rng.choice([0, 1, 1, 2, 3]) for doc in judged}
+    _against_trec_eval(runs, qrels)
+
+
+def test_metrics_doctests():
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module("agrame_vdb.evaluation.metrics"))
+    assert result.failed == 0 and result.attempted > 0
 
 
 # --------------------------------------------------------------------------- readers

@@ -154,6 +154,18 @@ def test_training_file_reads_sentences_spans_grades_and_teacher_scores(tmp_path)
         read_training_file(path)
 
 
+def test_a_bad_training_file_line_is_a_typed_error_naming_its_line(tmp_path):
+    path = tmp_path / "train.jsonl"
+    good = json.dumps({"query": "q", "passages": [{"text": "x y.", "label": 1}]})
+    for bad, reason in ((b"{nope", "invalid JSON"), (b'"caf\xe9"', "invalid UTF-8"), (b"[1]", "an example is an object")):
+        path.write_bytes(good.encode() + b"\n\n" + bad + b"\n")
+        with pytest.raises(InvalidInputError, match=rf"train.jsonl:3: .*{reason}"):
+            read_training_file(path)
+    assert len(read_training_file(path, limit=1)) == 1
+    with pytest.raises(InvalidInputError, match="cannot read training file"):
+        read_training_file(tmp_path / "missing.jsonl")
+
+
 def test_bm25_ranks_shared_rare_terms_first():
     bm25 = BM25(["the tower is tall", "bacteria resist drugs", "a tall tower in paris", "the the the"])
     ranked = [i for i, _ in bm25.top("bacteria drugs", 3)]

@@ -24,7 +24,6 @@ first stage (:func:`add_repository_negatives`).
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import re
@@ -34,6 +33,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ..documents import read_json_lines
 from ..errors import InvalidInputError
 from ..units import SENTENCE, Unit, split_sentences, units_from_char_spans
 
@@ -153,28 +153,17 @@ def read_training_file(path: str | Path, *, limit: int | None = None) -> list[Tr
     """Examples from a JSON-lines training file (format in the module docstring)."""
     path = Path(path)
     examples: list[TrainExample] = []
-    try:
-        fh = open(path, encoding="utf-8")
-    except OSError as exc:
-        raise InvalidInputError(f"cannot read training file {path}: {exc}") from exc
-    with fh:
-        for n, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                row = json.loads(line)
-            except ValueError as exc:
-                raise InvalidInputError(f"{where}: not JSON: {exc}") from exc
-            if not isinstance(row, dict) or not isinstance(row.get("passages"), list):
-                raise InvalidInputError(f"{where}: an example is an object with 'query' and a 'passages' list")
-            passages = tuple(_passage_from_json(p, f"{where} passage {i}") for i, p in enumerate(row["passages"]))
-            try:
-                examples.append(TrainExample(str(row.get("query", "")), passages))
-            except InvalidInputError as exc:
-                raise InvalidInputError(f"{where}: {exc}") from exc
-            if limit is not None and len(examples) >= limit:
-                break
+    for n, row in read_json_lines(path, what="training file"):
+        where = f"{path}:{n}"
+        if not isinstance(row, dict) or not isinstance(row.get("passages"), list):
+            raise InvalidInputError(f"{where}: an example is an object with 'query' and a 'passages' list")
+        passages = tuple(_passage_from_json(p, f"{where} passage {i}") for i, p in enumerate(row["passages"]))
+        try:
+            examples.append(TrainExample(str(row.get("query", "")), passages))
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"{where}: {exc}") from exc
+        if limit is not None and len(examples) >= limit:
+            break
     return examples
 
 

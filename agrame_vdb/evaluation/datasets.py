@@ -1,8 +1,7 @@
-"""Evaluation: data set readers, ranking metrics, and side-by-side runs.
+"""Data set readers: the data sets in ``shared/data`` as an :class:`EvalDataset`.
 
-Readers turn the data sets in ``shared/data`` into an :class:`EvalDataset`:
-passages, the units to rank inside them, and queries with graded relevance at
-passage and unit level.
+An :class:`EvalDataset` holds passages, the units to rank inside them, and queries
+with graded relevance at passage and unit level.
 
 - :func:`read_scifact`: abstract = passage, sentence = unit; a claim's rationale
   sentences (``evidence``) are relevant units (grade 1); an abstract with evidence
@@ -14,42 +13,30 @@ passage and unit level.
   unit (non-contiguous token sets); a query is a hypothesis proposition, relevant
   are the premise documents the raters say entail it (grade = votes) and the
   reference propositions best matching the raters' supporting propositions.
-
-Metrics (:func:`precision_at_k`, :func:`recall_at_k`, :func:`mrr_at_k`,
-:func:`ndcg_at_k`) take a ranked list of keys and a ``key → grade`` mapping; an
-item is relevant when its grade is at least 1. nDCG uses the grade as the gain
-(trec_eval's linear gain).
-
->>> qrels = {"a": 2, "b": 1}
->>> ranking = ["x", "a", "b"]
->>> precision_at_k(ranking, qrels, 1), recall_at_k(ranking, qrels, 5), mrr_at_k(ranking, qrels, 10)
-(0.0, 1.0, 0.5)
->>> round(ndcg_at_k(ranking, qrels, 10), 4)  # (2/log2(3) + 1/2) / (2 + 1/log2(3))
-0.6697
+- :func:`read_squad`: paragraph = passage, sentence = unit (the training set).
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import functools
 import hashlib
 import json
-import math
 import random
-import time
 from collections import Counter, defaultdict
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from .errors import InvalidInputError
-from .repository import Eq, Filter, Not
-from .units import PROPOSITION, SENTENCE, Passage, Unit, proposition_from_word_indices, split_sentences, units_from_char_spans
+from ..documents import read_json_lines
+from ..errors import InvalidInputError
+from ..repository import Eq, Filter, Not
+from ..units import PROPOSITION, SENTENCE, Passage, Unit, proposition_from_word_indices, split_sentences, units_from_char_spans
 
 __all__ = [
+    "UnitKey",
     "EvalQuery",
     "EvalDataset",
     "DATASETS",
@@ -57,22 +44,12 @@ __all__ = [
     "read_scifact",
     "read_wikiqa",
     "read_propsegment",
+    "read_squad",
     "scifact_split",
     "propsegment_split",
-    "read_squad",
-    "precision_at_k",
-    "recall_at_k",
-    "mrr_at_k",
-    "ndcg_at_k",
-    "mean_metrics",
-    "METRICS",
-    "CONFIGURATIONS",
-    "plain_base_encoder",
-    "ConfigurationResult",
-    "evaluate",
-    "results_table",
 ]
 
+#: A unit's key in the unit-level relevance: (passage id, unit index).
 UnitKey = tuple[str, int]
 
 
@@ -124,14 +101,6 @@ def _join(sentences: Sequence[str]) -> tuple[str, list[tuple[int, int]]]:
 def _bucket(key: str) -> float:
     """A stable number in [0, 1) from ``key`` (sha1), for deterministic splits."""
     return int(hashlib.sha1(key.encode("utf-8")).hexdigest()[:8], 16) / 2**32
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return [json.loads(line) for line in fh if line.strip()]
-    except (OSError, ValueError) as exc:
-        raise InvalidInputError(f"cannot read {path}: {exc}") from exc
 
 
 def _freeze(qrels: Mapping[Any, int]) -> Mapping[Any, int]:
@@ -196,8 +165,8 @@ def read_scifact(
     if corpus not in ("cited", "full"):
         raise InvalidInputError(f"SciFact corpus must be 'cited' or 'full', got {corpus!r}")
     claims_file, corpus_file = _scifact_files(Path(path))
-    claims = _read_jsonl(claims_file)
-    abstracts = _read_jsonl(corpus_file)
+    claims = [row for _, row in read_json_lines(claims_file, what="SciFact file")]
+    abstracts = [row for _, row in read_json_lines(corpus_file, what="SciFact file")]
     selected = [c for c in claims if split == "all" or scifact_split(c["id"], heldout_fraction) == split]
     if require_evidence:
         selected = [c for c in selected if c.get("evidence")]
@@ -466,328 +435,3 @@ def read_dataset(name: str, path: str | Path, **options: Any) -> EvalDataset:
     if name not in readers:
         raise InvalidInputError(f"unknown data set {name!r}; use one of {DATASETS}")
     return readers[name](path, **options)
-
-
-# --------------------------------------------------------------------------- metrics
-
-
-def _relevant(qrels: Mapping[Hashable, int]) -> set[Hashable]:
-    return {k for k, g in qrels.items() if g >= 1}
-
-
-def precision_at_k(ranking: Sequence[Hashable], qrels: Mapping[Hashable, int], k: int) -> float:
-    """Relevant items in the top ``k``, divided by ``k``."""
-    relevant = _relevant(qrels)
-    return sum(1 for key in ranking[:k] if key in relevant) / k
-
-
-def recall_at_k(ranking: Sequence[Hashable], qrels: Mapping[Hashable, int], k: int) -> float:
-    """Relevant items in the top ``k``, divided by the number of relevant items."""
-    relevant = _relevant(qrels)
-    if not relevant:
-        return 0.0
-    return len(relevant.intersection(ranking[:k])) / len(relevant)
-
-
-def mrr_at_k(ranking: Sequence[Hashable], qrels: Mapping[Hashable, int], k: int) -> float:
-    """``1 / rank`` of the first relevant item within the top ``k``, else 0."""
-    relevant = _relevant(qrels)
-    for rank, key in enumerate(ranking[:k], start=1):
-        if key in relevant:
-            return 1.0 / rank
-    return 0.0
-
-
-def ndcg_at_k(ranking: Sequence[Hashable], qrels: Mapping[Hashable, int], k: int) -> float:
-    """Graded nDCG@k with gain = grade and discount ``log2(rank + 1)``."""
-    seen: set[Hashable] = set()
-    dcg = 0.0
-    for rank, key in enumerate(ranking[:k], start=1):
-        if key in seen:  # a key counts once
-            continue
-        seen.add(key)
-        dcg += max(qrels.get(key, 0), 0) / math.log2(rank + 1)
-    ideal = sorted((g for g in qrels.values() if g > 0), reverse=True)[:k]
-    idcg = sum(g / math.log2(rank + 1) for rank, g in enumerate(ideal, start=1))
-    return dcg / idcg if idcg > 0 else 0.0
-
-
-#: The metrics reported per level: name → (function, k).
-METRICS = {"P@1": (precision_at_k, 1), "R@5": (recall_at_k, 5), "MRR@10": (mrr_at_k, 10), "nDCG@10": (ndcg_at_k, 10)}
-
-
-def mean_metrics(rankings: Iterable[tuple[Sequence[Hashable], Mapping[Hashable, int]]]) -> dict[str, float]:
-    """Mean of :data:`METRICS` over ``(ranking, qrels)`` pairs with a relevant item; ``n`` counts them."""
-    sums = dict.fromkeys(METRICS, 0.0)
-    n = 0
-    for ranking, qrels in rankings:
-        if not _relevant(qrels):
-            continue
-        n += 1
-        for name, (fn, k) in METRICS.items():
-            sums[name] += fn(list(ranking), qrels, k)
-    out = {name: (total / n if n else 0.0) for name, total in sums.items()}
-    out["n"] = n
-    return out
-
-
-# --------------------------------------------------------------------------- side-by-side runs
-
-#: The configurations :func:`evaluate` compares, with what each one does.
-CONFIGURATIONS: Mapping[str, str] = MappingProxyType({
-    "plain-base": "the model's base transformer used plainly (its own token states: no markers, no query "
-                  "augmentation, no projection), passages encoded whole; units ranked by S(q,u) + alpha * S(q,p), "
-                  "passages by S(q,p): the baseline",
-    "sentence-encoding": "each unit encoded on its own as a passage; units ranked by S(q,u) with [Q], "
-                         "passages by their best unit",
-    "passage-span-q": "passages encoded whole; units ranked by span MaxSim S(q,u) with the [Q] query",
-    "passage-span-q'": "passages encoded whole; units ranked by S(q',u) with the [Q'] query",
-    "passage-span-q'+alpha": "passages encoded whole; units ranked by S(q',u) + alpha * S(q,p)",
-})
-#: The configurations that rank units inside whole-passage encodings of the model itself.
-_SPAN_CONFIGURATIONS = ("passage-span-q", "passage-span-q'", "passage-span-q'+alpha")
-
-
-def plain_base_encoder(encoder: Any) -> Any:
-    """The plain form of ``encoder``'s base transformer: its own token states (no
-    markers, no query augmentation, no projection), as it was trained, with the
-    encoder's lengths. A model that names no base (its transformer saved whole) is
-    taken to be built on the packaged base (the ``plain-base`` model's)."""
-    from .checkpoints import PACKAGED_MODELS, EncoderConfig, load_checkpoint, resolve_base
-    from .encoder import MultiVectorEncoder
-
-    plain = PACKAGED_MODELS["plain-base"]
-    checkpoint = load_checkpoint(plain)
-    base = encoder.config.base or checkpoint.config.base
-    if base != checkpoint.config.base:
-        checkpoint = load_checkpoint(resolve_base(base, Path(encoder.checkpoint.path)))
-    checkpoint.projection = None
-    checkpoint.config = EncoderConfig(
-        dim=int(checkpoint.transformer.config.hidden_size), query_maxlen=encoder.config.query_maxlen,
-        doc_maxlen=encoder.config.doc_maxlen, query_marker=None, doc_marker=None, subpassage_marker=None,
-        query_augmentation=False, base=base,
-    )
-    return MultiVectorEncoder(checkpoint, device=encoder.device, dtype=encoder.dtype)
-
-
-@dataclass(frozen=True)
-class ConfigurationResult:
-    """The metrics of one configuration of one model on one data set.
-
-    ``passage`` and ``unit`` map metric names (:data:`METRICS`) to means over the
-    queries with a relevant item at that level (``n``).
-    """
-
-    dataset: str
-    model: str
-    configuration: str
-    passage: Mapping[str, float]
-    unit: Mapping[str, float]
-    alpha: float | None = None
-    candidates: int = 0
-    store: str = "memory://"
-    seconds: float = 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "dataset": self.dataset,
-            "model": self.model,
-            "configuration": self.configuration,
-            "description": CONFIGURATIONS[self.configuration],
-            "alpha": self.alpha,
-            "candidates": self.candidates,
-            "store": self.store,
-            "passage": dict(self.passage),
-            "unit": dict(self.unit),
-            "seconds": round(self.seconds, 1),
-        }
-
-
-def _documents(dataset: EvalDataset) -> list[Any]:
-    from .documents import Document, PassageInput
-
-    return [
-        Document(p.doc_id, passages=(PassageInput(p.text, tuple(units), p.metadata),))
-        for p, units in zip(dataset.passages, dataset.units, strict=True)
-    ]
-
-
-def _unit_documents(dataset: EvalDataset) -> tuple[list[Any], dict[tuple[str, int], UnitKey]]:
-    """Each unit as a passage of its own: (doc id, position) → (passage id, unit index)."""
-    from .documents import Document, PassageInput
-
-    docs, back = [], {}
-    for p, units in zip(dataset.passages, dataset.units, strict=True):
-        if not units:
-            continue
-        inputs = []
-        for i, u in enumerate(units):
-            inputs.append(PassageInput(u.text_in(p.text), (), p.metadata))
-            back[(p.doc_id, i)] = (p.id, u.index)
-        docs.append(Document(p.doc_id, passages=tuple(inputs)))
-    return docs, back
-
-
-def _index(docs: list[Any], repository: Any, collection: str, encoder: Any, batch_size: int) -> int:
-    from .chunking import ChunkingOptions
-    from .indexer import IndexJob
-
-    if collection in repository.list_collections():
-        repository.drop_collection(collection)
-    summary = IndexJob(
-        docs, repository, collection, encoder=encoder, chunking=ChunkingOptions(sentences=False),
-        encode_batch_size=batch_size, batch_size=max(256, batch_size),
-    ).run()
-    if summary.rejected:
-        raise InvalidInputError(f"indexing {collection} rejected {summary.rejected} documents: {summary.rejects_sample[:3]}")
-    return summary.passages
-
-
-def evaluate(
-    dataset: EvalDataset,
-    encoder: Any,
-    repository: Any,
-    *,
-    model_name: str = "default",
-    configurations: Sequence[str] = tuple(CONFIGURATIONS),
-    candidates: int = 200,
-    alpha: float = 1.0,
-    k: int = 10,
-    collection_prefix: str = "agrame_eval",
-    store: str = "memory://",
-    batch_size: int = 32,
-    keep: bool = False,
-    on_query: Any = None,
-    plain_encoder: Any = None,
-) -> list[ConfigurationResult]:
-    """Index ``dataset`` into ``repository`` and rank its queries in each configuration.
-
-    Passages are indexed as given (one stored passage per data set passage, its
-    units attached); ``sentence-encoding`` indexes every unit as a passage of its
-    own in a second collection, ``plain-base`` the passages again with the plain
-    base (``plain_encoder``, default :func:`plain_base_encoder`) in a third. Every
-    ranking goes through the :class:`~agrame_vdb.planner.Planner`: ``candidates``
-    first-stage candidates per query (the planner's default first stage, 200
-    pooled candidates; 0: every passage of the collection, an exhaustive rerank),
-    the top ``k`` results. Collections are dropped afterwards unless ``keep``.
-    """
-    from .redact import redact_url
-
-    store = redact_url(store)  # a label of the results: never its credentials
-    unknown = [c for c in configurations if c not in CONFIGURATIONS]
-    if unknown:
-        raise InvalidInputError(f"unknown configuration {unknown[0]!r}; use one of {list(CONFIGURATIONS)}")
-    if not dataset.queries:
-        raise InvalidInputError(f"{dataset.name} has no queries to evaluate")
-    run = _Run(dataset, repository, candidates, alpha, k, store, batch_size, on_query, model_name)
-    names = [f"{collection_prefix}_{what}" for what in ("passages", "units", "plain")]
-    results: list[ConfigurationResult] = []
-    try:
-        if "plain-base" in configurations:
-            plain = plain_encoder if plain_encoder is not None else plain_base_encoder(encoder)
-            [found] = run.span(plain, names[2], ["passage-span-q'+alpha"], "plain base")
-            results.append(dataclasses.replace(found, configuration="plain-base"))
-        if "sentence-encoding" in configurations:
-            results.append(run.unit_encoding(encoder, names[1]))
-        span_configs = [c for c in _SPAN_CONFIGURATIONS if c in configurations]
-        if span_configs:
-            results.extend(run.span(encoder, names[0], span_configs, "passage encoding"))
-    finally:
-        if not keep:
-            for name in names:
-                if name in repository.list_collections():
-                    repository.drop_collection(name)
-    return results
-
-
-@dataclass
-class _Run:
-    """One data set's queries ranked through the planner, collection by collection."""
-
-    dataset: EvalDataset
-    repository: Any
-    candidates: int
-    alpha: float
-    k: int
-    store: str
-    batch_size: int
-    on_query: Any
-    model_name: str
-
-    def _planner(self, collection: str, encoder: Any, n_passages: int) -> tuple[Any, int]:
-        from .planner import Planner, TokenCache
-
-        n = min(self.candidates, n_passages) if self.candidates else n_passages
-        return Planner(self.repository, collection, encoder, candidates=n, cache=TokenCache(2 << 30), device="cpu"), n
-
-    def _tick(self, what: str, i: int) -> None:
-        if self.on_query is not None:
-            self.on_query(what, i + 1, len(self.dataset.queries))
-
-    def span(self, encoder: Any, collection: str, configs: Sequence[str], what: str) -> list[ConfigurationResult]:
-        """Passages encoded whole by ``encoder``; units ranked inside them in each of ``configs``."""
-        from .planner import PASSAGE, encode_queries
-
-        started = time.perf_counter()
-        data = self.dataset
-        n_passages = _index(_documents(data), self.repository, collection, encoder, self.batch_size)
-        q_all, sq_all = encode_queries(encoder, [q.text for q in data.queries], both=True)
-        assert sq_all is not None
-        planner, n = self._planner(collection, encoder, n_passages)
-        runs: dict[str, list[tuple[list[Hashable], Mapping[Hashable, int]]]] = {c: [] for c in configs}
-        passage_runs = []
-        for i, query in enumerate(data.queries):
-            q, sq = q_all[i], sq_all[i]
-            ranked = planner.search_vectors(q, granularity=PASSAGE, k=self.k, filter=query.filter)
-            passage_runs.append(([r.passage_id for r in ranked], query.passage_qrels))
-            for config in configs:
-                sub = q if config == "passage-span-q" else sq
-                a = self.alpha if config.endswith("+alpha") else 0.0
-                ranked = planner.search_vectors(q, sub, granularity=data.unit_kind, k=self.k, filter=query.filter, alpha=a)
-                runs[config].append(([(r.passage_id, r.unit_index) for r in ranked], query.unit_qrels))
-            self._tick(what, i)
-        passage_metrics = mean_metrics(passage_runs)
-        seconds = time.perf_counter() - started
-        return [
-            ConfigurationResult(data.name, self.model_name, config, passage_metrics, mean_metrics(runs[config]),
-                                self.alpha if config.endswith("+alpha") else None, n, self.store, seconds)
-            for config in configs
-        ]
-
-    def unit_encoding(self, encoder: Any, collection: str) -> ConfigurationResult:
-        """Every unit encoded as a passage of its own; a passage ranks where its best unit does."""
-        from .planner import PASSAGE, encode_queries
-
-        started = time.perf_counter()
-        data = self.dataset
-        docs, back = _unit_documents(data)
-        n_units = _index(docs, self.repository, collection, encoder, self.batch_size)
-        q_all, _ = encode_queries(encoder, [q.text for q in data.queries], both=False)
-        planner, n = self._planner(collection, encoder, n_units)
-        pid_of_doc = {p.doc_id: p.id for p in data.passages}
-        unit_runs, passage_runs = [], []
-        depth = min(n, max(10 * self.k, 100))
-        for i, query in enumerate(data.queries):
-            ranked = planner.search_vectors(q_all[i], granularity=PASSAGE, k=depth, filter=query.filter)
-            keys = [back[(r.doc_id, r.passage_index)] for r in ranked]
-            unit_runs.append((keys[: self.k], query.unit_qrels))
-            best: list[str] = []
-            for r in ranked:  # a passage ranks where its best unit does
-                pid = pid_of_doc[r.doc_id]
-                if pid not in best:
-                    best.append(pid)
-            passage_runs.append((best[: self.k], query.passage_qrels))
-            self._tick("sentence encoding", i)
-        return ConfigurationResult(data.name, self.model_name, "sentence-encoding", mean_metrics(passage_runs),
-                                   mean_metrics(unit_runs), None, n, self.store, time.perf_counter() - started)
-
-
-def results_table(results: Sequence[ConfigurationResult], metrics: Sequence[str] = ("P@1", "R@5")) -> str:
-    """A Markdown table: one row per (data set, model, configuration), unit then passage metrics."""
-    head = ["data set", "model", "configuration"] + [f"unit {m}" for m in metrics] + [f"passage {m}" for m in metrics]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in results:
-        config = r.configuration + (f" (α={r.alpha:g})" if r.alpha is not None else "")
-        cells = [r.dataset, r.model, config] + [f"{r.unit[m]:.3f}" for m in metrics] + [f"{r.passage[m]:.3f}" for m in metrics]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)

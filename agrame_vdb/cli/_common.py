@@ -1,0 +1,80 @@
+"""What every ``agrame-vdb`` command shares: the app, its common options, and how a
+command ends on an error (exit code 2, the message in red) or on Ctrl-C (130)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Optional
+
+import typer
+
+from ..errors import AgrameError
+
+if TYPE_CHECKING:
+    from ..repository import Repository
+
+__all__ = ["app", "DEFAULT_STORE", "StoreOption", "ModelOption", "DeviceOption", "DtypeOption", "failures", "connect_store"]
+
+app = typer.Typer(
+    name="agrame-vdb",
+    help="Any-granularity ranking (AGRaME) with multi-vector embeddings on vector databases.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+#: The store a command opens without ``--store``: a Qdrant Edge folder in the current directory.
+DEFAULT_STORE = "qdrant-edge://./agrame-data"
+
+StoreOption = Annotated[str, typer.Option("--store", help="Store URL, as connect() takes it.")]
+ModelOption = Annotated[
+    Optional[Path],
+    typer.Option("--model", help="Model directory (agrame, PyLate/sentence-transformers, Stanford ColBERT or plain encoder) or a packaged model's name (plain-base, minilm-plain-qprime, minilm-frozen-128); default: plain-base."),
+]
+DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")]
+DtypeOption = Annotated[str, typer.Option("--dtype", help="float32, bfloat16 or float16.")]
+
+
+@app.callback()
+def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress and warnings.")] = False) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@contextlib.contextmanager
+def failures(interrupted: str | None = None) -> Iterator[contextlib.ExitStack]:
+    """The body of a command: an :class:`AgrameError` is printed (``error: ...``, red,
+    stderr) and exits with code 2; Ctrl-C exits with 130 and ``interrupted`` (how to
+    resume) when given. What the body opens on the stack it gets (a store:
+    :func:`connect_store`) is closed at the end either way."""
+    opened = contextlib.ExitStack()
+    try:
+        yield opened
+    except AgrameError as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(code=2) from exc
+    except KeyboardInterrupt:
+        if interrupted is None:
+            raise
+        typer.secho(f"interrupted: {interrupted}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(code=130) from None
+    finally:
+        opened.close()
+
+
+def connect_store(opened: contextlib.ExitStack, store: str) -> Repository:
+    """:func:`~agrame_vdb.repositories.connect` ``store``, closed with ``opened``."""
+    from ..repositories import connect
+
+    repository = connect(store)
+    opened.callback(_close, repository)
+    return repository
+
+
+def _close(repository: Repository) -> None:
+    """Close the store a command opened; failing to close is a warning, not the command's error."""
+    try:
+        repository.close()
+    except AgrameError as exc:
+        typer.secho(f"warning: closing the store failed: {exc}", err=True)

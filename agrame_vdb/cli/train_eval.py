@@ -1,0 +1,107 @@
+"""The model commands: train one, and evaluate models side by side."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from ..errors import AgrameError
+from ._common import DeviceOption, DtypeOption, app, connect_store, failures
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Option("--config", help="Training config: TOML, JSON or YAML (see agrame_vdb.training.trainer).")],
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Override the config's seed.")] = None,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Override the config's number of steps.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", help="Override where the model is written.")] = None,
+    run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="Override where the log and checkpoints go.")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="Override the config's device (cpu, cuda[:N], auto).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+) -> None:
+    """Train a model with the multi-granular loss; prints a JSON summary at the end.
+
+    The config's relative paths are relative to the config file; overrides given
+    here are relative to the current directory.
+    """
+    from ..training import load_config
+    from ..training import train as run_training
+
+    with failures():
+        cfg, root = load_config(
+            config, seed=seed, steps=steps, device=device,
+            output=str(output.resolve()) if output is not None else None,
+            run_dir=str(run_dir.resolve()) if run_dir is not None else None,
+        )
+        result = run_training(cfg, root, quiet=quiet)
+    typer.echo(json.dumps({
+        "output": str(result.output), "run_dir": str(result.run_dir), "log": str(result.run_dir / "train_log.jsonl"),
+        "steps": result.steps, "examples": result.examples, "passages_cached": result.passages_cached,
+        "seconds": round(result.seconds, 1), "first_loss": round(result.first_loss, 4), "last_loss": round(result.last_loss, 4),
+        "validation": {k: round(v, 4) for k, v in result.validation.items()},
+    }))
+
+
+@app.command(name="eval")
+def eval_command(
+    dataset: Annotated[str, typer.Option("--dataset", help="wikiqa, scifact, propsegment or squad (a training set).")],
+    path: Annotated[Path, typer.Option("--path", help="The data set file or folder (e.g. wikiqa/WikiQA-dev.tsv, scifact/, propsegment/).")],
+    model: Annotated[Optional[list[Path]], typer.Option("--model", help="Model directory; repeat to compare models (default: the shipped model).")] = None,
+    store: Annotated[Optional[str], typer.Option("--store", help="Store URL, as connect() takes it; collections agrame_eval_* are replaced. Default: a temporary Qdrant Edge store, removed afterwards.")] = None,
+    configuration: Annotated[Optional[list[str]], typer.Option("--configuration", help="Only these configurations (repeatable); default: all.")] = None,
+    candidates: Annotated[int, typer.Option("--candidates", "-n", help="First-stage candidates per query (the planner's default first stage); 0: every passage (exhaustive).")] = 200,
+    alpha: Annotated[float, typer.Option("--alpha", help="Weight of S(q,p) in the alpha configuration.")] = 1.0,
+    split: Annotated[str, typer.Option("--split", help="SciFact claims / PropSegmEnt document clusters: heldout, train or all.")] = "heldout",
+    distractors: Annotated[int, typer.Option("--distractors", help="SciFact: abstracts added beside the cited ones.")] = 300,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Evaluate only the first N queries.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="One JSON object per configuration and model.")] = False,
+    device: DeviceOption = "auto",
+    dtype: DtypeOption = "float32",
+) -> None:
+    """Evaluate models side by side at unit and passage level (P@1, R@5, MRR@10, nDCG@10).
+
+    Configurations: the model's base used plainly (plain-base, the baseline), units
+    encoded on their own (sentence-encoding), and passages encoded whole with units
+    ranked by span MaxSim with [Q], with [Q'], and with [Q'] plus alpha times the
+    passage score. Everything runs through the planner over the store (a temporary
+    Qdrant Edge store by default) with its default first stage (200 pooled candidates).
+    """
+    import dataclasses
+    import tempfile
+
+    from ..encoder import MultiVectorEncoder
+    from ..evaluation import CONFIGURATIONS, ConfigurationResult, evaluate, read_dataset, results_table
+
+    options: dict[str, Any] = (
+        {"split": split, "distractors": distractors} if dataset == "scifact" else {"split": split} if dataset == "propsegment" else {}
+    )
+    results: list[ConfigurationResult] = []
+    with failures() as opened:
+        if limit is not None and limit < 1:
+            raise AgrameError(f"--limit must be >= 1, got {limit}")
+        data = read_dataset(dataset, path, **options)
+        if limit is not None:
+            data = dataclasses.replace(data, queries=data.queries[:limit])
+        configs = tuple(configuration or CONFIGURATIONS)
+        if store is None:
+            scratch = opened.enter_context(tempfile.TemporaryDirectory(prefix="agrame-eval-"))
+            store, label = f"qdrant-edge://{scratch}/store", "qdrant-edge (temporary)"
+        else:
+            label = store
+        repository = connect_store(opened, store)
+        directories: list[Path | None] = list(model) if model else [None]
+        for directory in directories:
+            encoder = MultiVectorEncoder.load(directory, device=device, dtype=dtype)
+            name = "default" if directory is None else str(directory)
+            found = evaluate(data, encoder, repository, model_name=name, configurations=configs,
+                             candidates=candidates, alpha=alpha, store=label)
+            results.extend(found)
+            if json_output:
+                for r in found:
+                    typer.echo(json.dumps({**r.to_json(), "queries": len(data.queries), "passages": len(data.passages),
+                                           "units": sum(len(u) for u in data.units), "dtype": dtype}))
+    if not json_output:
+        typer.echo(results_table(results, ("P@1", "R@5", "MRR@10", "nDCG@10")))

@@ -1,0 +1,276 @@
+"""Side-by-side runs: a data set indexed into a repository and its queries ranked
+through the planner in each configuration (:data:`CONFIGURATIONS`), the plain base
+model (``plain-base``) as the baseline."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from ..documents import Document, PassageInput
+from ..errors import InvalidInputError
+from .datasets import EvalDataset, UnitKey
+from .metrics import mean_metrics
+
+__all__ = ["CONFIGURATIONS", "plain_base_encoder", "ConfigurationResult", "evaluate", "results_table"]
+
+
+#: The configurations :func:`evaluate` compares, with what each one does.
+CONFIGURATIONS: Mapping[str, str] = MappingProxyType({
+    "plain-base": "the model's base transformer used plainly (its own token states: no markers, no query "
+                  "augmentation, no projection), passages encoded whole; units ranked by S(q,u) + alpha * S(q,p), "
+                  "passages by S(q,p): the baseline",
+    "sentence-encoding": "each unit encoded on its own as a passage; units ranked by S(q,u) with [Q], "
+                         "passages by their best unit",
+    "passage-span-q": "passages encoded whole; units ranked by span MaxSim S(q,u) with the [Q] query",
+    "passage-span-q'": "passages encoded whole; units ranked by S(q',u) with the [Q'] query",
+    "passage-span-q'+alpha": "passages encoded whole; units ranked by S(q',u) + alpha * S(q,p)",
+})
+#: The configurations that rank units inside whole-passage encodings of the model itself.
+_SPAN_CONFIGURATIONS = ("passage-span-q", "passage-span-q'", "passage-span-q'+alpha")
+
+
+def plain_base_encoder(encoder: Any) -> Any:
+    """The plain form of ``encoder``'s base transformer: its own token states (no
+    markers, no query augmentation, no projection), as it was trained, with the
+    encoder's lengths. A model that names no base (its transformer saved whole) is
+    taken to be built on the packaged base (the ``plain-base`` model's)."""
+    from ..checkpoints import PACKAGED_MODELS, EncoderConfig, load_checkpoint, resolve_base
+    from ..encoder import MultiVectorEncoder
+
+    plain = PACKAGED_MODELS["plain-base"]
+    checkpoint = load_checkpoint(plain)
+    base = encoder.config.base or checkpoint.config.base
+    if base != checkpoint.config.base:
+        checkpoint = load_checkpoint(resolve_base(base, Path(encoder.checkpoint.path)))
+    checkpoint.projection = None
+    checkpoint.config = EncoderConfig(
+        dim=int(checkpoint.transformer.config.hidden_size), query_maxlen=encoder.config.query_maxlen,
+        doc_maxlen=encoder.config.doc_maxlen, query_marker=None, doc_marker=None, subpassage_marker=None,
+        query_augmentation=False, base=base,
+    )
+    return MultiVectorEncoder(checkpoint, device=encoder.device, dtype=encoder.dtype)
+
+
+@dataclass(frozen=True)
+class ConfigurationResult:
+    """The metrics of one configuration of one model on one data set.
+
+    ``passage`` and ``unit`` map metric names (:data:`METRICS`) to means over the
+    queries with a relevant item at that level (``n``).
+    """
+
+    dataset: str
+    model: str
+    configuration: str
+    passage: Mapping[str, float]
+    unit: Mapping[str, float]
+    alpha: float | None = None
+    candidates: int = 0
+    store: str = "memory://"
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "model": self.model,
+            "configuration": self.configuration,
+            "description": CONFIGURATIONS[self.configuration],
+            "alpha": self.alpha,
+            "candidates": self.candidates,
+            "store": self.store,
+            "passage": dict(self.passage),
+            "unit": dict(self.unit),
+            "seconds": round(self.seconds, 1),
+        }
+
+
+def _documents(dataset: EvalDataset) -> list[Any]:
+    return [
+        Document(p.doc_id, passages=(PassageInput(p.text, tuple(units), p.metadata),))
+        for p, units in zip(dataset.passages, dataset.units, strict=True)
+    ]
+
+
+def _unit_documents(dataset: EvalDataset) -> tuple[list[Any], dict[tuple[str, int], UnitKey]]:
+    """Each unit as a passage of its own: (doc id, position) → (passage id, unit index)."""
+    docs, back = [], {}
+    for p, units in zip(dataset.passages, dataset.units, strict=True):
+        if not units:
+            continue
+        inputs = []
+        for i, u in enumerate(units):
+            inputs.append(PassageInput(u.text_in(p.text), (), p.metadata))
+            back[(p.doc_id, i)] = (p.id, u.index)
+        docs.append(Document(p.doc_id, passages=tuple(inputs)))
+    return docs, back
+
+
+def _index(docs: list[Any], repository: Any, collection: str, encoder: Any, batch_size: int) -> int:
+    from ..chunking import ChunkingOptions
+    from ..indexer import IndexJob
+
+    if collection in repository.list_collections():
+        repository.drop_collection(collection)
+    summary = IndexJob(
+        docs, repository, collection, encoder=encoder, chunking=ChunkingOptions(sentences=False),
+        encode_batch_size=batch_size, batch_size=max(256, batch_size),
+    ).run()
+    if summary.rejected:
+        raise InvalidInputError(f"indexing {collection} rejected {summary.rejected} documents: {summary.rejects_sample[:3]}")
+    return summary.passages
+
+
+def evaluate(
+    dataset: EvalDataset,
+    encoder: Any,
+    repository: Any,
+    *,
+    model_name: str = "default",
+    configurations: Sequence[str] = tuple(CONFIGURATIONS),
+    candidates: int = 200,
+    alpha: float = 1.0,
+    k: int = 10,
+    collection_prefix: str = "agrame_eval",
+    store: str = "memory://",
+    batch_size: int = 32,
+    keep: bool = False,
+    on_query: Any = None,
+    plain_encoder: Any = None,
+) -> list[ConfigurationResult]:
+    """Index ``dataset`` into ``repository`` and rank its queries in each configuration.
+
+    Passages are indexed as given (one stored passage per data set passage, its
+    units attached); ``sentence-encoding`` indexes every unit as a passage of its
+    own in a second collection, ``plain-base`` the passages again with the plain
+    base (``plain_encoder``, default :func:`plain_base_encoder`) in a third. Every
+    ranking goes through the :class:`~agrame_vdb.planner.Planner`: ``candidates``
+    first-stage candidates per query (the planner's default first stage, 200
+    pooled candidates; 0: every passage of the collection, an exhaustive rerank),
+    the top ``k`` results. Collections are dropped afterwards unless ``keep``.
+    """
+    from ..redact import redact_url
+
+    store = redact_url(store)  # a label of the results: never its credentials
+    unknown = [c for c in configurations if c not in CONFIGURATIONS]
+    if unknown:
+        raise InvalidInputError(f"unknown configuration {unknown[0]!r}; use one of {list(CONFIGURATIONS)}")
+    if not dataset.queries:
+        raise InvalidInputError(f"{dataset.name} has no queries to evaluate")
+    run = _Run(dataset, repository, candidates, alpha, k, store, batch_size, on_query, model_name)
+    names = [f"{collection_prefix}_{what}" for what in ("passages", "units", "plain")]
+    results: list[ConfigurationResult] = []
+    try:
+        if "plain-base" in configurations:
+            plain = plain_encoder if plain_encoder is not None else plain_base_encoder(encoder)
+            [found] = run.span(plain, names[2], ["passage-span-q'+alpha"], "plain base")
+            results.append(dataclasses.replace(found, configuration="plain-base"))
+        if "sentence-encoding" in configurations:
+            results.append(run.unit_encoding(encoder, names[1]))
+        span_configs = [c for c in _SPAN_CONFIGURATIONS if c in configurations]
+        if span_configs:
+            results.extend(run.span(encoder, names[0], span_configs, "passage encoding"))
+    finally:
+        if not keep:
+            for name in names:
+                if name in repository.list_collections():
+                    repository.drop_collection(name)
+    return results
+
+
+@dataclass
+class _Run:
+    """One data set's queries ranked through the planner, collection by collection."""
+
+    dataset: EvalDataset
+    repository: Any
+    candidates: int
+    alpha: float
+    k: int
+    store: str
+    batch_size: int
+    on_query: Any
+    model_name: str
+
+    def _planner(self, collection: str, encoder: Any, n_passages: int) -> tuple[Any, int]:
+        from ..planner import Planner, TokenCache
+
+        n = min(self.candidates, n_passages) if self.candidates else n_passages
+        return Planner(self.repository, collection, encoder, candidates=n, cache=TokenCache(2 << 30), device="cpu"), n
+
+    def _tick(self, what: str, i: int) -> None:
+        if self.on_query is not None:
+            self.on_query(what, i + 1, len(self.dataset.queries))
+
+    def span(self, encoder: Any, collection: str, configs: Sequence[str], what: str) -> list[ConfigurationResult]:
+        """Passages encoded whole by ``encoder``; units ranked inside them in each of ``configs``."""
+        from ..planner import PASSAGE, encode_queries
+
+        started = time.perf_counter()
+        data = self.dataset
+        n_passages = _index(_documents(data), self.repository, collection, encoder, self.batch_size)
+        q_all, sq_all = encode_queries(encoder, [q.text for q in data.queries], both=True)
+        assert sq_all is not None
+        planner, n = self._planner(collection, encoder, n_passages)
+        runs: dict[str, list[tuple[list[Hashable], Mapping[Hashable, int]]]] = {c: [] for c in configs}
+        passage_runs = []
+        for i, query in enumerate(data.queries):
+            q, sq = q_all[i], sq_all[i]
+            ranked = planner.search_vectors(q, granularity=PASSAGE, k=self.k, filter=query.filter)
+            passage_runs.append(([r.passage_id for r in ranked], query.passage_qrels))
+            for config in configs:
+                sub = q if config == "passage-span-q" else sq
+                a = self.alpha if config.endswith("+alpha") else 0.0
+                ranked = planner.search_vectors(q, sub, granularity=data.unit_kind, k=self.k, filter=query.filter, alpha=a)
+                runs[config].append(([(r.passage_id, r.unit_index) for r in ranked], query.unit_qrels))
+            self._tick(what, i)
+        passage_metrics = mean_metrics(passage_runs)
+        seconds = time.perf_counter() - started
+        return [
+            ConfigurationResult(data.name, self.model_name, config, passage_metrics, mean_metrics(runs[config]),
+                                self.alpha if config.endswith("+alpha") else None, n, self.store, seconds)
+            for config in configs
+        ]
+
+    def unit_encoding(self, encoder: Any, collection: str) -> ConfigurationResult:
+        """Every unit encoded as a passage of its own; a passage ranks where its best unit does."""
+        from ..planner import PASSAGE, encode_queries
+
+        started = time.perf_counter()
+        data = self.dataset
+        docs, back = _unit_documents(data)
+        n_units = _index(docs, self.repository, collection, encoder, self.batch_size)
+        q_all, _ = encode_queries(encoder, [q.text for q in data.queries], both=False)
+        planner, n = self._planner(collection, encoder, n_units)
+        pid_of_doc = {p.doc_id: p.id for p in data.passages}
+        unit_runs, passage_runs = [], []
+        depth = min(n, max(10 * self.k, 100))
+        for i, query in enumerate(data.queries):
+            ranked = planner.search_vectors(q_all[i], granularity=PASSAGE, k=depth, filter=query.filter)
+            keys = [back[(r.doc_id, r.passage_index)] for r in ranked]
+            unit_runs.append((keys[: self.k], query.unit_qrels))
+            best: list[str] = []
+            for r in ranked:  # a passage ranks where its best unit does
+                pid = pid_of_doc[r.doc_id]
+                if pid not in best:
+                    best.append(pid)
+            passage_runs.append((best[: self.k], query.passage_qrels))
+            self._tick("sentence encoding", i)
+        return ConfigurationResult(data.name, self.model_name, "sentence-encoding", mean_metrics(passage_runs),
+                                   mean_metrics(unit_runs), None, n, self.store, time.perf_counter() - started)
+
+
+def results_table(results: Sequence[ConfigurationResult], metrics: Sequence[str] = ("P@1", "R@5")) -> str:
+    """A Markdown table: one row per (data set, model, configuration), unit then passage metrics."""
+    head = ["data set", "model", "configuration"] + [f"unit {m}" for m in metrics] + [f"passage {m}" for m in metrics]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in results:
+        config = r.configuration + (f" (α={r.alpha:g})" if r.alpha is not None else "")
+        cells = [r.dataset, r.model, config] + [f"{r.unit[m]:.3f}" for m in metrics] + [f"{r.passage[m]:.3f}" for m in metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
