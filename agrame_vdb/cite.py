@@ -34,19 +34,17 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
+from .encoder import EncodedPassage, MultiVectorEncoder, encode_queries, encoder_lock
 from .errors import InvalidInputError
 from .maxsim import granular_maxsim, pack
-from .planner import PASSAGE, check_granularity, encode_queries, encoder_lock
+from .planner import PASSAGE, check_granularity
 from .repository import StoredPassage
 from .units import Passage, Span, Unit, split_sentences
-
-if TYPE_CHECKING:
-    from .encoder import EncodedPassage, MultiVectorEncoder
 
 __all__ = ["Citation", "CitedSentence", "CitedAnswer", "Source", "cite", "cite_ids", "MAX_ANSWER_CHARS", "MAX_ANSWER_SENTENCES"]
 
@@ -172,8 +170,6 @@ class _Prepared:
 
 
 def _prepare(passages: Sequence[Any], encoder: MultiVectorEncoder | None) -> list[_Prepared]:
-    from .encoder import EncodedPassage
-
     if isinstance(passages, (str, Passage, StoredPassage)) or not isinstance(passages, Sequence):
         raise InvalidInputError("passages must be a list (of texts, Passage, StoredPassage or EncodedPassage records)")
     if not passages:

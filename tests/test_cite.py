@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from agrame_vdb import CollectionSchema, StoredPassage, connect
 from agrame_vdb.cite import cite, cite_ids
+from agrame_vdb.encoder import encode_queries
 from agrame_vdb.errors import InvalidInputError, MissingPassagesError
-from agrame_vdb.planner import encode_queries
 from agrame_vdb.units import Passage, units_from_char_spans
 
 PASSAGES = [
