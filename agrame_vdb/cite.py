@@ -34,19 +34,19 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
+from pydantic import PlainSerializer
 
+from .encoder import EncodedPassage, MultiVectorEncoder, encode_queries, encoder_lock
 from .errors import InvalidInputError
 from .maxsim import granular_maxsim, pack
-from .planner import PASSAGE, check_granularity, encode_queries, encoder_lock
+from .planner import PASSAGE, check_granularity
+from .planner.results import to_json
 from .repository import StoredPassage
 from .units import Passage, Span, Unit, split_sentences
-
-if TYPE_CHECKING:
-    from .encoder import EncodedPassage, MultiVectorEncoder
 
 __all__ = ["Citation", "CitedSentence", "CitedAnswer", "Source", "cite", "cite_ids", "MAX_ANSWER_CHARS", "MAX_ANSWER_SENTENCES"]
 
@@ -57,6 +57,8 @@ MAX_ANSWER_CHARS = 200_000
 MAX_ANSWER_SENTENCES = 1_000
 #: Answer sentences encoded and scored together.
 CITE_BATCH = 64
+#: A margin, written as null where it is infinite (a single passage beats no other).
+_Margin = Annotated[float, PlainSerializer(lambda m: m if math.isfinite(m) else None)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +71,7 @@ class Source:
     text: str
 
     def to_json(self) -> dict[str, Any]:
-        return {"marker": self.marker, "passage_id": self.passage_id, "doc_id": self.doc_id, "text": self.text}
+        return to_json(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,20 +91,11 @@ class Citation:
     unit_text: str
     char_spans: tuple[Span, ...]
     score: float
-    margin: float
+    margin: _Margin
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "marker": self.marker,
-            "passage_id": self.passage_id,
-            "doc_id": self.doc_id,
-            "unit_kind": self.unit_kind,
-            "unit_index": self.unit_index,
-            "unit_text": self.unit_text,
-            "char_spans": [list(s) for s in self.char_spans],
-            "score": self.score,
-            "margin": self.margin if math.isfinite(self.margin) else None,
-        }
+        """Every field; an infinite ``margin`` as None."""
+        return to_json(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,13 +110,7 @@ class CitedSentence:
     passage_scores: tuple[float | None, ...]
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "text": self.text,
-            "char_span": list(self.char_span),
-            "citation": None if self.citation is None else self.citation.to_json(),
-            "passage_scores": list(self.passage_scores),
-        }
+        return to_json(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,14 +129,11 @@ class CitedAnswer:
         return [s.citation for s in self.sentences if s.citation is not None]
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "answer": self.answer,
-            "text": self.text,
-            "granularity": self.granularity,
-            "margin": self.margin,
-            "sentences": [s.to_json() for s in self.sentences],
-            "sources": [s.to_json() for s in self.sources],
-        }
+        """Every field, the sentences and sources last."""
+        out = to_json(self)
+        out["sentences"] = out.pop("sentences")
+        out["sources"] = out.pop("sources")
+        return out
 
     def to_text(self) -> str:
         """The marked answer, then each citation's supporting unit."""
@@ -172,8 +156,6 @@ class _Prepared:
 
 
 def _prepare(passages: Sequence[Any], encoder: MultiVectorEncoder | None) -> list[_Prepared]:
-    from .encoder import EncodedPassage
-
     if isinstance(passages, (str, Passage, StoredPassage)) or not isinstance(passages, Sequence):
         raise InvalidInputError("passages must be a list (of texts, Passage, StoredPassage or EncodedPassage records)")
     if not passages:

@@ -28,9 +28,12 @@ from __future__ import annotations
 
 import copy
 import logging
+import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -50,7 +53,16 @@ from .layout import (  # noqa: F401  (MAX_CHARS_PER_TOKEN, usable_prefix: re-exp
 )
 from .units import AlignedUnits, Passage, Span, TruncatedUnit, Unit, align_units, segment
 
-__all__ = ["MultiVectorEncoder", "EncodedPassage", "EncoderConfig", "resolve_device", "resolve_dtype", "usable_prefix"]
+__all__ = [
+    "MultiVectorEncoder",
+    "EncodedPassage",
+    "EncoderConfig",
+    "encode_queries",
+    "encoder_lock",
+    "resolve_device",
+    "resolve_dtype",
+    "usable_prefix",
+]
 
 log = logging.getLogger(__name__)
 
@@ -280,6 +292,53 @@ class MultiVectorEncoder:
                 EncodedPassage(passage, vecs, aligned.units, tuple(doc.ids), doc.offsets, doc.encoded_chars, aligned.truncated)
             )
         return results
+
+
+_ENCODER_LOCKS: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
+_LOCKS_LOCK = threading.Lock()
+
+
+def encoder_lock(encoder: Any) -> threading.Lock:
+    """The lock that serialises use of ``encoder``'s tokenizer across threads.
+
+    A precaution: a Hugging Face fast tokenizer changes its truncation settings on
+    calls that differ in them (queries truncate, passages do not), and concurrent
+    such calls are reported to raise ``RuntimeError: Already borrowed``
+    (huggingface/tokenizers#537). Tokenizing takes microseconds; the transformer
+    runs outside the lock.
+    """
+    with _LOCKS_LOCK:
+        lock = _ENCODER_LOCKS.get(encoder)
+        if lock is None:
+            lock = _ENCODER_LOCKS[encoder] = threading.Lock()
+        return lock
+
+
+def encode_queries(encoder: MultiVectorEncoder, texts: Sequence[str], *, both: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """``[Q]`` vectors ``[B, Lq, dim]`` and, when ``both``, ``[Q']`` vectors, in one
+    forward pass (a model without a ``[Q']`` marker ranks units with its ``[Q]``
+    vectors: one pass, the same array twice); thread-safe (the tokenizer is
+    locked, the model is not). What search and citations encode queries with.
+
+    >>> enc = MultiVectorEncoder.load("minilm-frozen-128")
+    >>> q, sq = encode_queries(enc, ["when was the tower built?"], both=True)
+    >>> q.shape == sq.shape == (1, 32, 128), bool((q != sq).any())
+    (True, True)
+    """
+    both_passes = both and "subpassage" in encoder.marker_ids
+    with encoder_lock(encoder):
+        batch = encoder.tokenize_queries(texts, "query")
+        if both_passes:
+            sub = encoder.tokenize_queries(texts, "subpassage")
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    if both_passes:
+        ids, mask = torch.cat([ids, sub["input_ids"]]), torch.cat([mask, sub["attention_mask"]])
+    with torch.inference_mode():
+        out = encoder.embed_queries(ids, mask).cpu().numpy()
+    n = len(texts)
+    if not both:
+        return out, None
+    return out[:n], (out[n:] if both_passes else out)
 
 
 def _check_texts(texts: Sequence[str], what: str) -> list[str]:

@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from agrame_vdb import CollectionSchema, StoredPassage, connect
 from agrame_vdb.cite import cite, cite_ids
+from agrame_vdb.encoder import encode_queries
 from agrame_vdb.errors import InvalidInputError, MissingPassagesError
-from agrame_vdb.planner import encode_queries
 from agrame_vdb.units import Passage, units_from_char_spans
 
 PASSAGES = [
@@ -87,6 +87,30 @@ def test_json_and_text_output(cited):
     assert data["sentences"][3]["citation"] is None
     text = cited.to_text()
     assert text.startswith(cited.text) and "[3] 'Everest is in the Himalayas.' <- passage-3 sentence 1" in text
+
+
+def test_records_serialise_as_they_always_have():
+    """The JSON of every record, key order included, as the hand-written to_json wrote it
+    (tests/data/cited_answer.json was made by that code)."""
+    import math
+    from pathlib import Path
+
+    from agrame_vdb.cite import Citation, CitedAnswer, CitedSentence, Source
+
+    c1 = Citation(marker=1, passage_id="a#0", doc_id="a", unit_kind="sentence", unit_index=0, unit_text="The tower.",
+                  char_spans=((0, 10),), score=0.625, margin=0.125)
+    c2 = Citation(marker=2, passage_id="b#0", doc_id="b", unit_kind="passage", unit_index=None, unit_text="Bananas.",
+                  char_spans=((0, 8), (9, 12)), score=0.5, margin=math.inf)
+    sentences = (
+        CitedSentence(0, "Tower.", (0, 6), c1, (0.625, 0.5)),
+        CitedSentence(1, "Bananas.", (7, 15), c2, (None, 0.5)),
+        CitedSentence(2, "Hi.", (16, 19), None, (0.1, 0.0)),
+    )
+    sources = (Source(1, "a#0", "a", "The tower."), Source(2, "b#0", "b", "Bananas. Yes"))
+    answer = CitedAnswer("Tower. Bananas. Hi.", "Tower. [1] Bananas. [2] Hi.", sentences, sources, "sentence", 0.1)
+    golden = (Path(__file__).parent / "data" / "cited_answer.json").read_text()
+    assert json.dumps(answer.to_json(), indent=1) + "\n" == golden
+    assert c2.margin == math.inf  # only its JSON says null
 
 
 def test_margin_and_min_score_settings(encoder, encoded, cited):

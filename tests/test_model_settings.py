@@ -17,10 +17,10 @@ import torch.nn.functional as F
 
 from agrame_vdb import Passage, connect
 from agrame_vdb.checkpoints import DEFAULT_MODEL, PACKAGED_MODELS, EncoderConfig, load_checkpoint, load_tokenizer
-from agrame_vdb.encoder import MultiVectorEncoder
+from agrame_vdb.encoder import MultiVectorEncoder, encode_queries
 from agrame_vdb.evaluation import EvalDataset, EvalQuery, evaluate, plain_base_encoder, read_propsegment, read_squad
 from agrame_vdb.layout import document_tokens, query_tokens, special_tokens
-from agrame_vdb.planner import Planner, encode_queries
+from agrame_vdb.planner import Planner
 from agrame_vdb.units import SENTENCE, split_sentences
 
 from .conftest import data_file

@@ -8,7 +8,9 @@ default encoder; queries are encoded once per module.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -269,6 +271,57 @@ def test_spans_slice_back_to_the_text_and_results_serialise(planner, queries, co
         assert set(row["timings"]) >= {"encode_ms", "candidates_ms", "fetch_ms", "rerank_ms", "total_ms"}
 
 
+def _records():
+    """One response with every kind of field: a unit result with matches and nested
+    metadata, a passage result without, and timings to round."""
+    from types import MappingProxyType
+
+    from agrame_vdb.planner import SearchResult, Timings, TokenMatch
+
+    m = TokenMatch(position=3, char_span=(4, 9), query_tokens=(0, 5), query_texts=("[Q]", "tower"), score=0.8125)
+    m2 = TokenMatch(position=0, char_span=None, query_tokens=(1,), query_texts=(), score=-0.25)
+    unit = SearchResult(
+        rank=1, passage_id="d#0", doc_id="d", passage_index=0, granularity="sentence", unit_kind="sentence",
+        unit_index=1, score=2.5, passage_score=1.5, unit_score=1.0, alpha=1.0, text="two three",
+        char_spans=((4, 7), (8, 13)), passage_text="One two three",
+        metadata=MappingProxyType({"lang": "en", "tags": ["a", "b"], "nested": {"x": [1, {"y": None}]}, "n": 2.5}),
+        first_stage_score=0.75, matches=(m, m2),
+    )
+    passage = SearchResult(
+        rank=2, passage_id="e#1", doc_id="e", passage_index=1, granularity="passage", unit_kind=None,
+        unit_index=None, score=1.25, passage_score=1.25, unit_score=None, alpha=0.0, text="Four", char_spans=((0, 4),),
+        passage_text="Four", metadata=MappingProxyType({}),
+    )
+    timings = Timings(
+        encode_ms=1.23456, candidates_ms=0.0004, fetch_ms=2.0, rerank_ms=10.98765, total_ms=15.5555, n_candidates=7,
+        n_fetched=3, cache_hits=2, first_stage="maxsim", batch_size=2,
+    )
+    return SearchResponse("when?", "sentence", 2, (unit, passage), timings)
+
+
+def test_results_serialise_as_they_always_have():
+    """The JSON of every record, key order included, as the hand-written to_json wrote it
+    (tests/data/search_response.json was made by that code)."""
+    from pathlib import Path
+
+    from agrame_vdb.planner import Timings
+
+    response = _records()
+    got = {"with": response.to_json(), "without": response.to_json(timings=False), "default_timings": Timings().to_json()}
+    golden = (Path(__file__).parent / "data" / "search_response.json").read_text()
+    assert json.dumps(got, indent=1) + "\n" == golden
+    assert "matches" not in got["with"]["results"][1] and "timings" not in got["without"]
+
+
+@pytest.mark.parametrize("module", ["agrame_vdb.planner", "agrame_vdb.planner.plan", "agrame_vdb.planner.results"])
+def test_doctests(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0 and result.attempted > 0
+
+
 def test_filters_are_applied(planner, corpus, queries):
     q, sq = queries
     flt = {"$and": [{"topic": "science"}, {"year": {"$gte": 2002}}]}
@@ -505,10 +558,10 @@ def test_a_passage_rewritten_between_the_two_reads_is_scored_again(corpus, encod
 
 def test_the_cache_is_bounded():
     cache = TokenCache(max_bytes=1000)
-    from agrame_vdb.planner import _Entry
+    from agrame_vdb.planner.cache import Entry
 
     for i in range(10):
-        cache.put("c", f"id{i}", _Entry(np.zeros((2, 100), np.float32), (), np.ones(2), 400))
+        cache.put("c", f"id{i}", Entry(np.zeros((2, 100), np.float32), (), np.ones(2), 400))
     assert len(cache) == 2 and cache.nbytes == 800 and cache.evictions == 8
     assert cache.get("c", "id9") is not None and cache.get("c", "id0") is None
     assert cache.invalidate("c") == 2 and len(cache) == 0
@@ -552,33 +605,113 @@ def test_asyncio_variants(planner):
     assert [ranking(r) for r in batch] == [ranking(planner.search(t, "sentence", k=3)) for t in QUERIES]
 
 
-class _AsyncRepository:
-    """A repository with native coroutines (as an async engine client would give)."""
+class _Threads:
+    """Records the thread (and a context variable) of every repository read; ``gate``
+    (a callable) runs in each ``candidates`` call before it answers."""
 
-    def __init__(self, inner):
+    def __init__(self, inner, gate=None):
         self.inner = inner
-        self.calls = {"acandidates": 0, "afetch": 0}
+        self.gate = gate
+        self.seen: list[tuple[str, str, str | None]] = []
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    async def acandidates(self, collection, pooled, **kwargs):
-        self.calls["acandidates"] += 1
-        await asyncio.sleep(0)
+    def _record(self, kind):
+        self.seen.append((kind, threading.current_thread().name, _REQUEST.get()))
+
+    def candidates(self, collection, pooled, **kwargs):
+        self._record("candidates")
+        if self.gate is not None:
+            self.gate()
         return self.inner.candidates(collection, pooled, **kwargs)
 
-    async def afetch(self, collection, ids, **kwargs):
-        self.calls["afetch"] += 1
-        await asyncio.sleep(0)
+    def fetch_tokens(self, collection, ids, **kwargs):
+        self._record("fetch_tokens")
+        return self.inner.fetch_tokens(collection, ids, **kwargs)
+
+    def fetch(self, collection, ids, **kwargs):
+        self._record("fetch")
         return self.inner.fetch(collection, ids, **kwargs)
 
 
-def test_asyncio_uses_the_repository_coroutines_where_it_has_them(memory_repo, encoder, planner):
-    repo = _AsyncRepository(memory_repo)
-    async_planner = Planner(repo, COLLECTION, encoder, device="cpu", cache=TokenCache())
-    got = asyncio.run(async_planner.asearch(QUERIES[2], "sentence", k=3))
-    assert ranking(got) == ranking(planner.search(QUERIES[2], "sentence", k=3))
-    assert repo.calls["acandidates"] == 1 and repo.calls["afetch"] >= 1
+_REQUEST: contextvars.ContextVar[str | None] = contextvars.ContextVar("request", default=None)
+
+
+@pytest.mark.parametrize("executor", [False, True], ids=["asyncio-default", "own-executor"])
+def test_asyncio_runs_the_sync_search_in_a_worker_thread(memory_repo, encoder, planner, executor):
+    repo = _Threads(memory_repo)
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="planner-pool") if executor else None
+    try:
+        async_planner = Planner(repo, COLLECTION, encoder, device="cpu", cache=TokenCache(), executor=pool)
+
+        async def main():
+            _REQUEST.set("req-1")
+            return await async_planner.asearch(QUERIES[2], "sentence", k=3, matches=True), threading.current_thread().name
+
+        got, loop_thread = asyncio.run(main())
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    want = planner.search(QUERIES[2], "sentence", k=3, matches=True)
+    assert got.to_json(timings=False) == want.to_json(timings=False)
+    assert [kind for kind, _, _ in repo.seen] == ["candidates", "fetch_tokens", "fetch"]
+    # every read off the event loop's thread, in the planner's executor when it has one,
+    # and with the caller's context variables
+    assert all(name != loop_thread for _, name, _ in repo.seen)
+    assert all(name.startswith("planner-pool") for _, name, _ in repo.seen) == executor
+    assert {request for _, _, request in repo.seen} == {"req-1"}
+
+
+def test_concurrent_awaits_run_side_by_side(memory_repo, encoder, planner):
+    """Three searches, each waiting in ``candidates`` for the other two: they finish
+    only if they run at the same time (on one thread, the barrier would break)."""
+    barrier = threading.Barrier(3, timeout=30)
+    repo = _Threads(memory_repo, gate=barrier.wait)
+    async_planner = Planner(repo, COLLECTION, encoder, device="cpu")
+
+    async def main():
+        return await asyncio.gather(*(async_planner.asearch(t, "sentence", k=3) for t in QUERIES[:3]))
+
+    got = asyncio.run(main())
+    assert [r.to_json(timings=False) for r in got] == [planner.search(t, "sentence", k=3).to_json(timings=False) for t in QUERIES[:3]]
+    assert len({name for kind, name, _ in repo.seen if kind == "candidates"}) == 3
+
+
+def test_a_timed_out_await_leaves_the_event_loop_free(memory_repo, encoder, planner):
+    release = threading.Event()
+    repo = _Threads(memory_repo, gate=lambda: release.wait(30))
+    async_planner = Planner(repo, COLLECTION, encoder, device="cpu")
+
+    async def main():
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(async_planner.asearch(QUERIES[0], "sentence", k=3), timeout=0.2)
+        ticks = 0
+        for _ in range(3):  # the loop still runs while the search waits in its thread
+            await asyncio.sleep(0)
+            ticks += 1
+        release.set()
+        return ticks, await async_planner.asearch(QUERIES[0], "sentence", k=3)
+
+    ticks, again = asyncio.run(main())
+    assert ticks == 3
+    assert again.to_json(timings=False) == planner.search(QUERIES[0], "sentence", k=3).to_json(timings=False)
+
+
+def test_asyncio_rejects_bad_input_before_any_work(memory_repo, encoder):
+    repo = _Threads(memory_repo)
+    async_planner = Planner(repo, COLLECTION, encoder, device="cpu")
+    for call in (
+        lambda: async_planner.asearch(3),  # type: ignore[arg-type]
+        lambda: async_planner.asearch("q", granularity="Sentence"),
+        lambda: async_planner.asearch_batch("one string"),
+        lambda: async_planner.asearch("q", k=0),
+    ):
+        with pytest.raises(InvalidInputError):
+            asyncio.run(call())
+    with pytest.raises(InvalidInputError):
+        asyncio.run(Planner(repo, COLLECTION, device="cpu").asearch("needs an encoder"))
+    assert repo.seen == []
 
 
 # ----------------------------------------------------------------------------- the command

@@ -1,0 +1,135 @@
+"""Scoring and ranking: the candidates' token vectors packed on the scoring device,
+granular MaxSim over them, and units ranked across passages by
+``S(q',u) + alpha * S(q,p)``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from ..maxsim import granular_maxsim, pack_concatenated, pack_token_ranges
+from ..repository import Candidate, TokenBatch
+from ..unit_table import UnitTable
+from ..units import Unit
+from .cache import Entry
+from .fetch import Loaded
+from .plan import Plan
+
+__all__ = ["RankedRow", "Scorer"]
+
+
+class RankedRow(NamedTuple):
+    """One ranked passage (``unit`` None) or unit, before its passage is read whole.
+
+    ``score`` is what the ranking sorts on (``passage_score`` for a passage,
+    ``unit_score + alpha * passage_score`` for a unit); ``stage_score`` and
+    ``stage`` are the first-stage candidate's score and kind.
+    """
+
+    passage_id: str
+    unit: Unit | None
+    unit_score: float | None
+    passage_score: float
+    score: float
+    stage_score: float | None
+    stage: str
+
+
+class Scorer:
+    """Where and how scoring runs: ``device``, ``dtype``, the kernel's ``max_chunk_tokens``."""
+
+    def __init__(self, device: torch.device, dtype: torch.dtype, max_chunk_tokens: int | None = None) -> None:
+        self.device = device
+        self.dtype = dtype
+        self.max_chunk_tokens = max_chunk_tokens
+
+    def tensor(self, batch: TokenBatch) -> torch.Tensor:
+        """A fetched batch's token vectors on the scoring device (one copy)."""
+        tokens = batch.tokens if batch.tokens.flags.writeable else np.array(batch.tokens)
+        return torch.from_numpy(tokens).to(self.device, self.dtype)
+
+    def pack(self, entries: Sequence[Entry], units: list[list[Unit]] | None) -> Any:
+        """Entries' token vectors (and ``units``: their units to score) packed for the kernel."""
+        lengths = [int(e.tokens.shape[0]) for e in entries]
+        offsets = np.zeros(len(entries) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
+        if all(isinstance(e.tokens, np.ndarray) for e in entries):
+            tokens = torch.from_numpy(np.concatenate([e.tokens for e in entries])).to(self.device, self.dtype)
+        else:
+            parts = [
+                e.tokens if isinstance(e.tokens, torch.Tensor)
+                else torch.from_numpy(np.array(e.tokens, dtype=np.float32)).to(self.device, self.dtype)
+                for e in entries
+            ]
+            tokens = torch.cat(parts)
+        return pack_concatenated(tokens, offsets, units)
+
+    def maxsim(self, q: Any, packed: Any, sq: Any = None, *, return_argmax: bool = False) -> Any:
+        return granular_maxsim(q, packed, sq, return_argmax=return_argmax, max_chunk_tokens=self.max_chunk_tokens)
+
+    def rank(self, plan: Plan, cands: list[Candidate], loaded: Loaded, q: np.ndarray, sq: np.ndarray | None) -> list[RankedRow]:
+        """The candidates' passages (or their units of the plan's kind) scored, best first, ``plan.k`` at most.
+
+        Ties break on passage id, then unit index: the same order on every engine.
+        """
+        stage_of: dict[str, tuple[float | None, str]] = {}
+        for c in cands:
+            stage_of.setdefault(c.id, (c.score, c.stage))
+        ids = sorted(i for i in stage_of if loaded.has(i))  # canonical order: same scores on every engine
+        if not ids:
+            return []
+        batch = loaded.batch
+        kind = plan.granularity
+        unit_index: np.ndarray | None = None
+        # the candidates are exactly the fetched batch, in the same (id) order: scored without a copy
+        if batch is not None and len(ids) == len(batch.ids) and tuple(ids) == batch.ids:
+            if loaded.batch_tokens is None:
+                loaded.batch_tokens = self.tensor(batch)
+            if plan.units:  # the units as columns: Unit records only for the winners
+                table = batch.units if isinstance(batch.units, UnitTable) else UnitTable.from_units(batch.units)
+                columns = table.token_ranges(kind)
+                if not len(columns):
+                    return []
+                packed = pack_token_ranges(
+                    loaded.batch_tokens, batch.offsets, columns.unit_passage, columns.range_unit, columns.ranges
+                )
+                unit_index = columns.unit_index
+                unit_of = lambda j: table.unit(int(columns.unit_passage[j]), kind, int(columns.unit_index[j]))  # noqa: E731
+            else:
+                packed = pack_concatenated(loaded.batch_tokens, batch.offsets)
+        else:
+            unit_lists: list[list[Unit]] = []
+            if plan.units:
+                unit_lists = [[u for u in loaded.entry(i).units if u.kind == kind] for i in ids]
+                keep = [j for j, us in enumerate(unit_lists) if us]
+                ids = [ids[j] for j in keep]
+                unit_lists = [unit_lists[j] for j in keep]
+                flat_units = [u for us in unit_lists for u in us]
+                unit_index = np.array([u.index for u in flat_units], dtype=np.int64)
+                unit_of = flat_units.__getitem__
+            if not ids:
+                return []
+            packed = self.pack([loaded.entry(i) for i in ids], unit_lists if plan.units else None)
+        scores = self.maxsim(q, packed, sq if plan.units and sq is not None else None)
+        p_scores = scores.passage[0].float().cpu().numpy().astype(np.float64)
+        rank_of = np.arange(len(ids))  # ids are sorted: position is the id order
+        if not plan.units:
+            order = np.lexsort((rank_of, -p_scores))[: plan.k]
+            return [
+                RankedRow(ids[j], None, None, float(p_scores[j]), float(p_scores[j]), *stage_of[ids[j]])
+                for j in order.tolist()
+            ]
+        u_scores = scores.unit[0].float().cpu().numpy().astype(np.float64)
+        u_passage = scores.unit_passage.cpu().numpy()
+        total = u_scores + plan.alpha * p_scores[u_passage]
+        order = np.lexsort((unit_index, u_passage, -total))[: plan.k]
+        return [
+            RankedRow(
+                ids[u_passage[j]], unit_of(j), float(u_scores[j]), float(p_scores[u_passage[j]]),
+                float(total[j]), *stage_of[ids[u_passage[j]]],
+            )
+            for j in order.tolist()
+        ]
