@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ..atomic import atomic_open
 from ..checkpoints import Checkpoint, EncoderConfig, Projection, load_checkpoint, resolve_base
 from ..encoder import MultiVectorEncoder, resolve_device
 from ..errors import InvalidInputError
@@ -510,11 +511,8 @@ class _Resume:
         return state
 
     def save(self, state: dict[str, Any]) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        torch.save({**state, "key": self.key}, str(tmp))
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        with atomic_open(self.path, "wb", private=False) as fh:
+            torch.save({**state, "key": self.key}, fh)
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
