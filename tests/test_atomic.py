@@ -9,7 +9,10 @@ import threading
 
 import pytest
 
+from agrame_vdb import CollectionSchema, connect
 from agrame_vdb.atomic import Timeout, atomic_open, atomic_write_bytes, atomic_write_text, file_lock
+from agrame_vdb.errors import MigrationError
+from agrame_vdb.migrate import upgrade
 
 
 def _mode(path) -> int:
@@ -91,3 +94,15 @@ def test_waiting_holders_take_turns(tmp_path):
     for t in threads:
         t.join()
     assert not overlaps
+
+
+def test_a_migration_refuses_a_collection_another_holder_migrates(tmp_path):
+    repo = connect("memory://")
+    repo.create_collection(CollectionSchema("docs", dim=4, schema_version=1))
+    states = tmp_path / "states"
+    states.mkdir()
+    with file_lock(states / ".docs.lock"):  # as a second process running a migration holds it
+        with pytest.raises(MigrationError, match="another process is migrating collection 'docs'"):
+            upgrade(repo, "docs", state_dir=states)
+    assert repo.open_collection("docs").schema_version == 1
+    assert upgrade(repo, "docs", state_dir=states).to_version == 2  # free again

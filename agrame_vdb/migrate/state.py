@@ -26,7 +26,7 @@ STATE_FORMAT = 1
 
 @dataclass
 class MigrationState:
-    """The durable state of one migration run (see the module docs)."""
+    """The durable state of one migration run (see :mod:`agrame_vdb.migrate`)."""
 
     operation: str
     collection: str
