@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from . import _source_tree  # noqa: F401  (finds agrame_vdb.migrations in a checkout run uninstalled)
 from .errors import (
     AgrameError,
     CollectionNotFoundError,

@@ -34,7 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import ModelLoadError
+from .errors import InvalidInputError, ModelLoadError
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -42,6 +42,8 @@ __all__ = [
     "PACKAGED_MODELS",
     "model_directory",
     "load_tokenizer",
+    "resolve_dtype",
+    "model_identity",
     "FORMATS",
     "EncoderConfig",
     "Projection",
@@ -435,6 +437,38 @@ def load_tokenizer(model: str | Path | None = None) -> tuple[Any, EncoderConfig]
     checkpoint = load_checkpoint(model)
     positions = getattr(checkpoint.transformer.config, "max_position_embeddings", 512) or 512
     return checkpoint.tokenizer, replace(checkpoint.config, doc_maxlen=min(checkpoint.config.doc_maxlen, positions))
+
+
+#: the compute dtypes a model is loaded in, by the names they are given
+_DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16,
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``float32``/``fp32``, ``bfloat16``/``bf16`` or ``float16``/``fp16``."""
+    if isinstance(dtype, torch.dtype):
+        if dtype not in _DTYPES.values():
+            raise InvalidInputError(f"dtype {dtype} is not supported; use float32, bfloat16 or float16")
+        return dtype
+    try:
+        return _DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise InvalidInputError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}") from None
+
+
+def model_identity(encoder: Any = None, model: str | Path | None = None, dtype: str = "float32") -> dict[str, Any]:
+    """What identifies the model that encodes (an indexing job's checkpoint keeps it):
+    the resolved model directory (or the encoder's class when it has no checkpoint)
+    and the compute dtype, from a loaded ``encoder`` or else ``model`` and ``dtype``."""
+    if encoder is not None:
+        ck = getattr(encoder, "checkpoint", None)
+        path = str(Path(ck.path).resolve()) if ck is not None else f"{type(encoder).__module__}.{type(encoder).__qualname__}"
+        return {"path": path, "dtype": str(getattr(encoder, "dtype", "float32")).removeprefix("torch.")}
+    path = model_directory(model)
+    return {"path": str(path.resolve()), "dtype": str(resolve_dtype(dtype)).removeprefix("torch.")}
 
 
 def _maybe_colbert(directory: Path) -> bool:

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoints import Checkpoint, EncoderConfig, Projection, load_checkpoint, save_checkpoint
+from .checkpoints import Checkpoint, EncoderConfig, Projection, load_checkpoint, resolve_dtype, save_checkpoint
 from .errors import InvalidInputError, ModelLoadError
 from .layout import (  # noqa: F401  (MAX_CHARS_PER_TOKEN, usable_prefix: re-exported)
     MAX_CHARS_PER_TOKEN,
@@ -66,12 +66,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-    "float16": torch.float16, "fp16": torch.float16,
-}
-
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """``"auto"`` (CUDA when present, else CPU), or any torch device spec."""
@@ -84,18 +78,6 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise InvalidInputError(f"device {device!r} asked for, but torch sees no CUDA device")
     return resolved
-
-
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """``float32``/``fp32``, ``bfloat16``/``bf16`` or ``float16``/``fp16``."""
-    if isinstance(dtype, torch.dtype):
-        if dtype not in _DTYPES.values():
-            raise InvalidInputError(f"dtype {dtype} is not supported; use float32, bfloat16 or float16")
-        return dtype
-    try:
-        return _DTYPES[str(dtype).lower()]
-    except KeyError:
-        raise InvalidInputError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}") from None
 
 
 @dataclass(frozen=True, slots=True)

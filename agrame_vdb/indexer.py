@@ -69,7 +69,7 @@ from .errors import (
     RepositoryError,
     TransientRepositoryError,
 )
-from .checkpoints import load_tokenizer
+from .checkpoints import load_tokenizer, model_identity as _model_identity
 from .jobstate import JobCheckpoint, file_fingerprint, job_differences, private_opener
 from .layout import special_tokens
 from .redact import redact_url
@@ -161,18 +161,6 @@ class _PendingDoc:
     line: int
     doc_id: str
     chunks: list[Chunk]
-
-
-def _model_identity(encoder: Any = None, model: str | Path | None = None, dtype: str = "float32") -> dict[str, Any]:
-    from .checkpoints import model_directory
-    from .encoder import resolve_dtype
-
-    if encoder is not None:
-        ck = getattr(encoder, "checkpoint", None)
-        path = str(Path(ck.path).resolve()) if ck is not None else f"{type(encoder).__module__}.{type(encoder).__qualname__}"
-        return {"path": path, "dtype": str(getattr(encoder, "dtype", "float32")).removeprefix("torch.")}
-    path = model_directory(model)
-    return {"path": str(path.resolve()), "dtype": str(resolve_dtype(dtype)).removeprefix("torch.")}
 
 
 class IndexJob:

@@ -1,9 +1,9 @@
 """Checkpoints of indexing jobs: what a job has durably written, so it can resume.
 
-A checkpoint is one small JSON file, replaced atomically (written to a temporary
-file beside it, fsynced, ``os.replace``d, the directory fsynced), so a job killed
-at any moment leaves either the previous checkpoint or the new one, never a torn
-file. It records:
+A checkpoint is one small JSON file, replaced atomically (:mod:`agrame_vdb.atomic`:
+written to a temporary file beside it, fsynced, ``os.replace``d, the directory
+fsynced), so a job killed at any moment leaves either the previous checkpoint or
+the new one, never a torn file. It records:
 
 - ``job``: what identifies the job: the input (absolute path, size, SHA-256 of
   its bytes), the record format, collection, store, shard, model, compute dtype
@@ -36,11 +36,8 @@ file and the field.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -49,6 +46,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, NonNegativeInt, ValidationError, ValidationInfo, field_validator
 
+from .atomic import atomic_write_text, private_opener  # noqa: F401  (private_opener: re-exported)
 from .errors import CheckpointMismatchError
 
 __all__ = [
@@ -70,39 +68,6 @@ def file_fingerprint(path: str | Path) -> dict[str, Any]:
             digest.update(block)
             size += len(block)
     return {"path": str(p), "size": size, "sha256": digest.hexdigest()}
-
-
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):  # not every file system lets a directory be opened
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def private_opener(path: str, flags: int) -> int:
-    """An ``opener`` for :func:`open` that creates files readable by their owner only (0600)."""
-    return os.open(path, flags, 0o600)
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Replace ``path`` with ``text`` atomically and durably; the file is created with
-    mode 0600 (its temporary file is born so: nothing is ever readable by others)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)  # mode 0600
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
 
 
 def job_differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:

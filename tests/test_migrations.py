@@ -106,7 +106,7 @@ def test_chain_is_ordered_and_complete():
     assert len({m.id for m in chain}) == len(chain)
     for m in chain:
         assert m.id.startswith(f"v{m.version:04d}_") and m.description
-    files = sorted(p.stem for p in (Path(__file__).parents[1] / "agrame_vdb/migrations/versions").glob("v*.py"))
+    files = sorted(p.stem for p in (Path(__file__).parents[1] / "migrations/versions").glob("v*.py"))
     assert files == [m.id for m in chain]
 
 

@@ -59,8 +59,6 @@ instead, dropped, and counted in :attr:`QdrantEdgeRepository.diagnostics`
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -75,6 +73,7 @@ from typing import Any
 import numpy as np
 import qdrant_edge as qe
 
+from ..atomic import atomic_write_text, file_lock
 from ..errors import (
     AgrameError,
     CollectionNotFoundError,
@@ -245,9 +244,7 @@ class QdrantEdgeRepository(RepositoryBase):
     def _write_schema(self, schema: CollectionSchema) -> None:
         d = self._dir(schema.name)
         d.mkdir(parents=True, exist_ok=True)
-        tmp = d / (SCHEMA_FILE + ".tmp")
-        tmp.write_text(json.dumps(schema.to_json(), indent=1))
-        os.replace(tmp, d / SCHEMA_FILE)
+        atomic_write_text(d / SCHEMA_FILE, json.dumps(schema.to_json(), indent=1), private=False)
 
     def _load_schema(self, name: str) -> CollectionSchema | None:
         d = self._dir(name)
@@ -605,25 +602,11 @@ class QdrantEdgeRepository(RepositoryBase):
                 ) from None
         return dict(table)
 
-    @contextlib.contextmanager
-    def _alias_table_lock(self) -> Any:
-        with open(self._root / _ALIAS_LOCK, "a+") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-
     def _change_aliases(self, change: Any) -> None:
-        with self._alias_table_lock():
+        with file_lock(self._root / _ALIAS_LOCK):
             f = self._root / ALIAS_FILE
             table = change(self._read_aliases(f))
-            tmp = self._root / f".{ALIAS_FILE}.{os.getpid()}.tmp"
-            with tmp.open("w") as out:
-                out.write(json.dumps({"format": 1, "aliases": dict(sorted(table.items()))}, indent=1))
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, f)
+            atomic_write_text(f, json.dumps({"format": 1, "aliases": dict(sorted(table.items()))}, indent=1), private=False)
             self._alias_seen = None
 
     def _set_alias(self, alias: str, collection: str, previous: str | None) -> None:

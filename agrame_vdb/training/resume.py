@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..atomic import atomic_open
 from ..errors import InvalidInputError
 from .config import TrainConfig
 
@@ -44,11 +44,8 @@ class ResumeState:
         return state
 
     def save(self, state: dict[str, Any]) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        torch.save({**state, "key": self.key}, str(tmp))
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+        with atomic_open(self.path, "wb", private=False) as fh:
+            torch.save({**state, "key": self.key}, fh)
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 
 from agrame_vdb.errors import MigrationError
-from agrame_vdb.migrations import Check, Migration, MigrationContext, RewritePassages, StoreSchema
+from agrame_vdb.migrate import Check, Migration, MigrationContext, RewritePassages, StoreSchema
 from agrame_vdb.repository import CollectionSchema
 
 SAMPLE = 64
@@ -33,7 +33,7 @@ def _check_model(ctx: MigrationContext) -> None:
     model = ctx.options.get("model")
     if not model:
         return
-    from agrame_vdb.migrations.operations import load_doc_tokenizer
+    from agrame_vdb.migrate.operations import load_doc_tokenizer
 
     tokenize = load_doc_tokenizer(model)
     repo = ctx.repository

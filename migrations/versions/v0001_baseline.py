@@ -7,7 +7,7 @@ the collection's schema record holds name, dim, dtype, on_disk, schema_version
 and indexed_fields.
 """
 
-from agrame_vdb.migrations import Migration
+from agrame_vdb.migrate import Migration
 
 MIGRATION = Migration(
     id="v0001_baseline",

@@ -39,9 +39,12 @@ from typing import TYPE_CHECKING, Any
 from ..errors import InvalidInputError, MigrationError
 from ..repository import DTYPES, SCHEMA_VERSION, CollectionSchema, StoredPassage, check_name
 from ..units import SENTENCE, Span, Unit, align_units, split_sentences, units_from_char_spans
+from .reports import MigrationResult
+from .runner import DEFAULT_PAGE, _open, _Run
+from .state import MigrationState, _state_file
+
 if TYPE_CHECKING:
     from ..checkpoints import EncoderConfig
-from . import DEFAULT_PAGE, MigrationResult, MigrationState, _open, _Run, _state_file
 
 __all__ = [
     "add_units",
