@@ -160,9 +160,7 @@ def external() -> tuple[str | None, str]:
 def _find_external() -> tuple[str | None, str]:
     if os.environ.get("MILVUS_URI"):
         return _store_url(os.environ["MILVUS_URI"]), ""
-    return testcontainer_url(
-        "MILVUS_URI", "Milvus", "milvus", "MilvusContainer", "milvusdb/milvus:v2.6.4", 19530, "milvus", "[milvus]"
-    )
+    return testcontainer_url("MILVUS_URI", "milvus", "MilvusContainer", 19530, "milvus")
 
 
 def server_version(url: str) -> tuple[int, int, int]:
