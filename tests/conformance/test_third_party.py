@@ -3,6 +3,10 @@ subclassing :class:`agrame_vdb.testing.ConformanceTests`, and passes it."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import pytest
 
 from agrame_vdb import connect
@@ -47,3 +51,24 @@ def test_the_subclass_has_every_conformance_case():
     assert cases(TestThirdPartyEngine) - cases(ConformanceTests) == {"test_the_suite_runs_on_the_third_party_repository"}
     assert cases(ConformanceTests) <= cases(TestThirdPartyEngine)
     assert len(cases(ConformanceTests)) >= 30
+
+
+_WITHOUT_PYTEST = textwrap.dedent(
+    """
+    import sys
+    sys.modules["pytest"] = None  # as if it were not installed
+    import agrame_vdb, agrame_vdb.repositories.memory, agrame_vdb.planner, agrame_vdb.migrations
+    agrame_vdb.connect("memory://").close()
+    try:
+        import agrame_vdb.testing
+    except ImportError as exc:
+        print("testing needs pytest:", exc)
+    """
+)
+
+
+def test_the_library_does_not_need_pytest():
+    """Only agrame_vdb.testing imports pytest (it is in the 'testing' extra, not a dependency)."""
+    out = subprocess.run([sys.executable, "-c", _WITHOUT_PYTEST], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("testing needs pytest:"), out.stdout
