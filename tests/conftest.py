@@ -1,11 +1,15 @@
-"""Shared fixtures: the real data sets beside the checkout, and one loaded encoder."""
+"""Shared fixtures: the real data sets beside the checkout, one loaded encoder, and the
+embedded Milvus server stopped when the session ends."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from . import milvus_servers
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -51,3 +55,10 @@ def untrained_encoder(tmp_path_factory):
     out = tmp_path_factory.mktemp("untrained-model")
     runpy.run_path(str(ROOT / "scripts" / "make_untrained_default.py"))["main"](str(out))
     return MultiVectorEncoder.load(out, device="cpu")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_embedded_milvus() -> Iterator[None]:
+    """Stop the embedded Milvus server (if a test started it) when the session ends."""
+    yield
+    milvus_servers.stop_embedded()

@@ -4,6 +4,8 @@
   Docker), started on first use in a temporary folder and stopped at the end of
   the session (``stop_embedded``, also registered with atexit). Its load and
   time-tick intervals are shortened so the per-test collections load quickly.
+  Every port it opens is a free one picked here, its embedded etcd's too (through
+  ``etcd.config.path``), so it starts beside any other Milvus on the machine.
   It listens on all interfaces; the tests connect on 127.0.0.1 only.
 - ``external()``: ``MILVUS_URI`` (``http://host:19530``, ``https://…`` or
   ``milvus://host:19530``; token from ``MILVUS_TOKEN``), else a testcontainers
@@ -32,6 +34,8 @@ _external: dict[str, tuple[str | None, str]] = {}
 EMBEDDED_TUNING = {"queryCoord.checkInterval": 100, "queryCoord.distPullInterval": 100, "proxy.timeTickInterval": 50}
 STRUCT_MIN_VERSION = (2, 6, 4)
 START_TIMEOUT_S = 90
+#: the key of the embedded etcd's peer port among the ports picked (not a milvus.yaml setting)
+ETCD_PEER_PORT = "etcd_peer_port"
 
 
 def embedded() -> tuple[str | None, str]:
@@ -47,19 +51,13 @@ def embedded() -> tuple[str | None, str]:
         except ImportError as exc:
             _embedded["reason"] = f"the embedded Milvus server needs the packages milvus==2.3.5 and pymilvus ({exc})"
             return None, _embedded["reason"]  # type: ignore[return-value]
-        busy = [p for p in ETCD_PORTS if _listening(p)]
-        if busy:
-            _embedded["reason"] = (
-                f"port(s) {busy} of the embedded etcd are in use on this machine (another embedded Milvus "
-                "2.3.5 running? its etcd ports cannot be moved), so no second one can start"
-            )
-            return None, _embedded["reason"]  # type: ignore[return-value]
         base = tempfile.mkdtemp(prefix="agrame-milvus-")
-        server = MilvusServer(_ReuseAddrConfig.make())
+        ports = free_ports(_EmbeddedConfig.port_keys())
+        server = MilvusServer(_EmbeddedConfig.make(_etcd_config(base, ports)))
         server.set_base_dir(base)
         for key, value in EMBEDDED_TUNING.items():
             server.config.set(key, value)
-        server.config.configs.update(free_ports(server.config.configurable_items))
+        server.config.configs.update({k: v for k, v in ports.items() if k != ETCD_PEER_PORT})
         server.wait_for_started = False
         try:
             server.start()
@@ -76,44 +74,62 @@ def embedded() -> tuple[str | None, str]:
         return _embedded["url"], ""  # type: ignore[return-value]
 
 
-ETCD_PORTS = (2379, 2380)  # the embedded etcd of Milvus 2.3.5 listens on these, whatever the config says
-
-
-def _listening(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(0.5)
-        return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def free_ports(items: dict) -> dict[str, int]:
-    """Ports for the ``*_port`` settings of the embedded server: etcd's client port stays
-    2379 (its embedded etcd listens on 2379 and 2380 whatever the setting says, so another
-    value leaves Milvus waiting for an etcd that is not there); every other one gets a free
-    ephemeral port, so a second server on the machine (another test session) or a port in
-    TIME_WAIT cannot make it pick a taken one."""
-    socks, out = [], {"etcd_port": ETCD_PORTS[0]}
+def free_ports(keys: list[str]) -> dict[str, int]:
+    """A free ephemeral port for each of ``keys`` (the ``*_port`` settings of the embedded
+    server, and its etcd's peer port), so that a second server on the machine (another
+    test session) or a port in TIME_WAIT cannot make it pick a taken one."""
+    socks, out = [], {}
     try:
-        for key in items:
-            if key.endswith("_port") and key not in out:
-                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                s.bind(("127.0.0.1", 0))
-                socks.append(s)
-                out[key] = s.getsockname()[1]
+        for key in keys:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+            out[key] = s.getsockname()[1]
     finally:
         for s in socks:
             s.close()
     return out
 
 
-class _ReuseAddrConfig:
-    """MilvusServerConfig whose port probe sets SO_REUSEADDR, as the servers themselves
-    do: a port left in TIME_WAIT by a server stopped moments ago is free to them."""
+def _etcd_config(base: str, ports: dict[str, int]) -> str:
+    """Write the embedded etcd's own config (its client port is the server's ``etcd_port``,
+    its peer port ``ETCD_PEER_PORT``) and return its path. Without it the embedded etcd
+    listens on 2379 and 2380 whatever milvus.yaml says, and a second server on the
+    machine cannot start."""
+    client, peer = f"http://127.0.0.1:{ports['etcd_port']}", f"http://127.0.0.1:{ports[ETCD_PEER_PORT]}"
+    path = os.path.join(base, "embed-etcd.yaml")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(f"listen-client-urls: {client}\nadvertise-client-urls: {client}\nlisten-peer-urls: {peer}\n"
+                f"initial-advertise-peer-urls: {peer}\ninitial-cluster: default={peer}\n")
+    return path
+
+
+class _EmbeddedConfig:
+    """MilvusServerConfig of the test server: ``etcd.config.path`` names the embedded
+    etcd's config file (Milvus 2.3.5 reads it with etcd's ``embed.ConfigFromFile``; the
+    package's template has no such key, so it is added), and the port probe sets
+    SO_REUSEADDR, as the servers themselves do: a port left in TIME_WAIT by a server
+    stopped moments ago is free to them."""
 
     @staticmethod
-    def make() -> object:
+    def port_keys() -> list[str]:
+        from milvus import MilvusServerConfig
+
+        return [key for key in MilvusServerConfig().configurable_items if key.endswith("_port")] + [ETCD_PEER_PORT]
+
+    @staticmethod
+    def make(etcd_config: str) -> object:
         from milvus import MilvusServerConfig
 
         class Config(MilvusServerConfig):
+            def load_template(self):  # type: ignore[no-untyped-def]
+                super().load_template()
+                if "\netcd:\n" not in self.template_text:
+                    raise RuntimeError(f"no etcd section in the milvus package's {self.template_file}")
+                self.template_text = self.template_text.replace(
+                    "\netcd:\n", f"\netcd:\n  config:\n    path: {etcd_config}\n", 1
+                )
+
             def try_bind_port(self, port):  # type: ignore[no-untyped-def]
                 sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -160,9 +176,7 @@ def external() -> tuple[str | None, str]:
 def _find_external() -> tuple[str | None, str]:
     if os.environ.get("MILVUS_URI"):
         return _store_url(os.environ["MILVUS_URI"]), ""
-    return testcontainer_url(
-        "MILVUS_URI", "Milvus", "milvus", "MilvusContainer", "milvusdb/milvus:v2.6.4", 19530, "milvus", "[milvus]"
-    )
+    return testcontainer_url("MILVUS_URI", "milvus", "MilvusContainer", 19530, "milvus")
 
 
 def server_version(url: str) -> tuple[int, int, int]:

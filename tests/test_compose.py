@@ -64,6 +64,29 @@ def test_services_are_pinned_and_healthchecked(compose):
     assert services["milvus"]["image"].startswith("milvusdb/milvus:v2.6.")
 
 
+IMAGE_NAMES = re.compile(r"\b(qdrant/qdrant|milvusdb/milvus|quay\.io/coreos/etcd|minio/minio):[\w.\-]+")
+
+
+def test_image_pins_are_written_once(compose):
+    """docker-compose.yml is the one place an image version is written: the test servers
+    start its images (tests/containers.py reads them), and no code or doc names another."""
+    from .containers import compose_image
+
+    pins = {svc["image"] for svc in compose["services"].values()}
+    for service in ("qdrant", "milvus"):
+        assert compose_image(service) == compose["services"][service]["image"]
+    places = [*(ROOT / "tests").rglob("*.py"), *(ROOT / "agrame_vdb").rglob("*.py"), *(ROOT / "backends").rglob("*"),
+              *(ROOT / "docs").rglob("*.md"), ROOT / "README.md", ROOT / "DESIGN.md"]
+    seen = 0
+    for path in places:
+        if path == Path(__file__) or not path.is_file():
+            continue
+        for m in IMAGE_NAMES.finditer(path.read_text(errors="replace")):
+            seen += 1
+            assert m.group(0) in pins, f"{path.relative_to(ROOT)} names {m.group(0)}, not the image docker-compose.yml pins"
+    assert seen >= 1  # backends/milvus/README.md names the Milvus image
+
+
 def test_volumes_and_configs_exist(compose):
     declared = set(compose.get("volumes") or {})
     for name, svc in compose["services"].items():

@@ -35,21 +35,17 @@ from agrame_vdb.migrations import (
 from agrame_vdb.migrations.operations import next_generation
 from agrame_vdb.repository import CollectionSchema, StoredPassage
 
+from . import engines
 from .conformance._data import DIM, make_passages
-from .test_migrations import _milvus_marks
 
 runner = CliRunner()
 
-ENGINES = [
-    pytest.param("memory", id="memory"),
-    pytest.param("qdrant-edge", id="qdrant-edge"),
-    pytest.param("milvus-lite", id="milvus-lite", marks=_milvus_marks()),
-]
-PERSISTENT = [p for p in ENGINES if p.values[0] != "memory"]  # the CLI connects anew each command
+ENGINES = engines.params("memory", "qdrant-edge", "milvus-lite")
+PERSISTENT = [p for p in ENGINES if p.values[0].persistent]  # the CLI connects anew each command
 
 
-def store_url(engine: str, d: Path) -> str:
-    return {"memory": "memory://", "qdrant-edge": f"qdrant-edge://{d}/edge", "milvus-lite": f"milvus-lite://{d}/m.db"}[engine]
+def store_url(engine: engines.EngineCase, d: Path) -> str:
+    return engine.url(d)
 
 
 def other_passages(n: int = 8) -> list[StoredPassage]:

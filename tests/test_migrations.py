@@ -38,29 +38,16 @@ from agrame_vdb.migrations.operations import doc_token_offsets, next_generation
 from agrame_vdb.repository import SCHEMA_VERSION, CollectionSchema, StoredPassage
 from agrame_vdb.units import Passage
 
+from . import engines
 from .conformance._data import DIM, make_passages, unit_vectors
 
 
-def _milvus_marks() -> tuple:
-    try:
-        import milvus_lite  # noqa: F401
-        import pymilvus  # noqa: F401
-    except ImportError as exc:
-        return (pytest.mark.skip(reason=f"Milvus Lite needs pymilvus and milvus-lite ({exc})"),)
-    return ()
-
-
-ENGINES = [
-    pytest.param(lambda d: "memory://", id="memory"),
-    pytest.param(lambda d: f"qdrant-local://{d}/local", id="qdrant-local"),
-    pytest.param(lambda d: f"qdrant-edge://{d}/edge", id="qdrant-edge"),
-    pytest.param(lambda d: f"milvus-lite://{d}/milvus.db", id="milvus-lite", marks=_milvus_marks()),
-]
+ENGINES = engines.params("memory", "qdrant-local-path", "qdrant-edge", "milvus-lite")
 
 
 @pytest.fixture(params=ENGINES)
 def repo(request, tmp_path):
-    r = connect(request.param(tmp_path))
+    r = connect(request.param.url(tmp_path))
     yield r
     r.close()
 

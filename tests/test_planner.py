@@ -29,6 +29,8 @@ from agrame_vdb.planner import Planner, SearchResponse, TokenCache, check_granul
 from agrame_vdb.repositories.memory import matches as filter_matches
 from agrame_vdb.units import Passage, units_from_char_spans
 
+from . import engines
+
 TOPICS = {
     "landmarks": [
         "The Eiffel Tower stands in Paris. It was completed in 1889 for the World's Fair. Gustave Eiffel's company built it.",
@@ -221,12 +223,7 @@ def test_engine_maxsim_first_stage(planner, corpus, queries):
 
 # ----------------------------------------------------------------------------- every repository
 
-ENGINE_URLS = {
-    "memory": lambda d: "memory://",
-    "qdrant-local": lambda d: "qdrant-local://:memory:",
-    "qdrant-edge": lambda d: f"qdrant-edge://{d}/edge",
-    "milvus-lite": lambda d: f"milvus-lite://{d}/milvus.db",
-}
+ENGINE_URLS = {case.id: case.url for case in engines.pick("memory", "qdrant-local-memory", "qdrant-edge", "milvus-lite")}
 
 
 @pytest.mark.parametrize("engine", list(ENGINE_URLS))

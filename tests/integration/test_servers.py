@@ -25,7 +25,8 @@ from agrame_vdb.migrations import convert_storage, digest, digest_passages, roll
 from agrame_vdb.repository import SCHEMA_VERSION, CollectionSchema
 
 from ..conformance._data import DIM, make_passages, unit_vectors
-from .conftest import ROOT, server_url
+from ..engines import server_url
+from .conftest import ROOT, SERVERS
 
 pytestmark = pytest.mark.server
 
@@ -140,7 +141,7 @@ def test_alias_switch_reaches_another_client(names):
         b.close()
 
 
-@pytest.mark.parametrize("engine", ["qdrant-server", "milvus-server"])
+@pytest.mark.parametrize("engine", SERVERS)
 def test_conformance_suite_on_the_server(engine):
     """The whole conformance suite against this server (in a child pytest, same finders)."""
     url = server_url(engine)

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from agrame_vdb import connect
 from agrame_vdb.cli import app
 from agrame_vdb.errors import AgrameError
+from agrame_vdb.repositories.memory import matches as filter_matches
 from agrame_vdb.repository import CollectionSchema, Filter, StoredPassage
 from agrame_vdb.units import Unit
 
@@ -135,14 +136,58 @@ filter_json = st.recursive(
 )
 
 
+# filters that parse, over the fields the records have: so that the sweep below also
+# reaches the engine (with only the garbage above, no case got past Filter.from_json)
+valid_filter_json = st.recursive(
+    st.one_of(
+        st.fixed_dictionaries({"lang": st.sampled_from(["en", "fr", "x\n", ""])}),
+        st.fixed_dictionaries({"lang": st.fixed_dictionaries({"$in": st.lists(st.text(max_size=3), min_size=1,
+                                                                                max_size=3)})}),
+        st.fixed_dictionaries({"year": st.fixed_dictionaries({"$gte": st.integers(1990, 2010)},
+                                                             optional={"$lt": st.integers(-(2**53), 2**53)})}),
+        st.fixed_dictionaries({"passage_index": st.fixed_dictionaries({"$ne": st.integers(-2, 5)})}),
+        st.fixed_dictionaries({"doc_id": st.text(max_size=6)}),
+    ),
+    lambda c: st.one_of(st.fixed_dictionaries({"$and": st.lists(c, min_size=1, max_size=3)}),
+                        st.fixed_dictionaries({"$or": st.lists(c, min_size=1, max_size=3)}),
+                        st.fixed_dictionaries({"$not": c})),
+    max_leaves=5,
+)
+#: filters that parsed and were run on the engine, checked at the end of the sweep
+FILTERS_RUN = {"n": 0}
+
+
 @SETTINGS
-@given(obj=st.one_of(filter_json, st.text(max_size=30), odd, filter_json.map(json.dumps)))
-def test_filters(edge, obj):
+@given(obj=st.one_of(filter_json, st.text(max_size=30), odd, filter_json.map(json.dumps), valid_filter_json,
+                     valid_filter_json.map(json.dumps)))
+def _filter_sweep(edge, obj):
     out = typed_or_ok(lambda: Filter.from_json(obj), f"Filter.from_json({obj!r})")
-    if out.error is None and out.value is not None:
-        typed_or_ok(lambda: edge.count("c", out.value), f"count(filter={obj!r})")
-        typed_or_ok(lambda: edge.delete_where("c", out.value) if False else edge.list_ids("c", out.value),
-                    f"list_ids(filter={obj!r})")
+    if out.error is not None or out.value is None:
+        return
+    flt = out.value
+    counted = typed_or_ok(lambda: edge.count("c", flt), f"count(filter={obj!r})")
+    listed = typed_or_ok(lambda: list(edge.iter_ids("c", filter=flt, page=3)), f"iter_ids(filter={obj!r})")
+    found = typed_or_ok(lambda: edge.candidates("c", np.ones(DIM, np.float32), limit=1000, filter=flt),
+                        f"candidates(filter={obj!r})")
+    typed_or_ok(lambda: edge.delete_where("empty", flt), f"delete_where(filter={obj!r})")
+    # a filter that parses is run by the engine as the reference semantics say
+    expected = {p.id for p in edge.fetch("c", list(edge.iter_ids("c"))).passages if filter_matches(flt, p)}
+    assert counted.error is listed.error is found.error is None, obj
+    assert counted.value == len(listed.value) == len(expected) and set(listed.value) == expected, obj
+    assert {c.id for c in found.value} == expected, obj
+    FILTERS_RUN["n"] += 1
+
+
+def test_filters(edge):
+    """Bad filters are refused with a typed error; those that parse match what the reference matches."""
+    rng = np.random.default_rng(3)
+    edge.upsert("c", [StoredPassage.create(f"filter-{i}", i % 3, rng.standard_normal((2, DIM)).astype(np.float32),
+                                           metadata={"lang": ["en", "fr", "x\n", ""][i % 4], "year": 1995 + 3 * i})
+                      for i in range(6)])
+    edge.create_collection(CollectionSchema("empty", dim=DIM))
+    FILTERS_RUN["n"] = 0
+    _filter_sweep(edge)
+    assert FILTERS_RUN["n"] >= EXAMPLES // 4, f"only {FILTERS_RUN['n']} of {EXAMPLES} filters reached the engine"
 
 
 # ------------------------------------------------------------------ queries
