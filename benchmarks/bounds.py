@@ -5,7 +5,7 @@ peak RSS (``resource.getrusage``) is its own; ``+rss`` is the peak less the RSS 
 child had before the measured call (model and data loaded).
 
 - ``query``: one query of ``--query-mb`` MB of SciFact text encoded as search does
-  (``planner.encode_queries``, ``[Q]`` and ``[Q']``);
+  (``encoder.encode_queries``, ``[Q]`` and ``[Q']``);
 - ``chunk``: one document of 1, 2, 5 and 10 MB (``--chunk-mb``) of SciFact
   abstracts cut by :class:`~agrame_vdb.chunking.Chunker` (tokenizer only);
 - ``cite``: an answer of ``--cite-sentences`` SciFact sentences cited against 5
@@ -68,7 +68,7 @@ def child(case: str, size: float) -> dict[str, float | str]:
     torch.set_num_threads(1)
     if case == "query":
         from agrame_vdb.encoder import MultiVectorEncoder
-        from agrame_vdb.planner import encode_queries
+        from agrame_vdb.encoder import encode_queries
 
         enc = MultiVectorEncoder.load(device="cpu")
         text = text_of(int(size * 2**20))

@@ -209,7 +209,8 @@ class _Run:
 
     def span(self, encoder: Any, collection: str, configs: Sequence[str], what: str) -> list[ConfigurationResult]:
         """Passages encoded whole by ``encoder``; units ranked inside them in each of ``configs``."""
-        from ..planner import PASSAGE, encode_queries
+        from ..encoder import encode_queries
+        from ..planner import PASSAGE
 
         started = time.perf_counter()
         data = self.dataset
@@ -239,7 +240,8 @@ class _Run:
 
     def unit_encoding(self, encoder: Any, collection: str) -> ConfigurationResult:
         """Every unit encoded as a passage of its own; a passage ranks where its best unit does."""
-        from ..planner import PASSAGE, encode_queries
+        from ..encoder import encode_queries
+        from ..planner import PASSAGE
 
         started = time.perf_counter()
         data = self.dataset

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -105,17 +104,11 @@ def _unit_source(units: UnitSource | str | Path | Mapping[str, Any] | None, kind
         table = {str(k): list(v) for k, v in units.items()}
     else:
         path = Path(units)
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
-            raise InvalidInputError(f"cannot read the units file {path}: {exc}") from exc
+        from ..documents import read_json_lines
         from ..units import passage_id
 
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
+        for n, rec in read_json_lines(path, what="the units file"):
             try:
-                rec = json.loads(line)
                 pid = rec["id"] if "id" in rec else passage_id(rec["doc_id"], int(rec["passage_index"]))
                 table[str(pid)] = list(rec["units"])
             except (ValueError, KeyError, TypeError) as exc:

@@ -108,15 +108,12 @@ class _StateFile:
     def history(self) -> list[dict[str, Any]]:
         if self.history_path is None:
             return list(_MEMORY_HISTORY.get(self.collection, []))
-        try:
-            lines = self.history_path.read_text(encoding="utf-8").splitlines()
+        from ..documents import iter_json_lines
+
+        try:  # a torn last line (a crash while appending) is skipped
+            return [item.value for item in iter_json_lines(self.history_path) if item.error is None]
         except FileNotFoundError:
             return []
-        out = []
-        for line in lines:
-            with contextlib.suppress(ValueError):
-                out.append(json.loads(line))
-        return out
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:

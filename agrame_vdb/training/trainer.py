@@ -106,7 +106,7 @@ def build_examples(source: DataSource, data_root: Path, config: TrainConfig, see
     path = resolve_path(source.path, data_root)
     if source.dataset == "jsonl":
         return read_training_file(path, limit=source.limit)
-    from ..evaluation import read_dataset
+    from ..evaluation.datasets import read_dataset
 
     options = dict(source.options)
     if source.dataset == "scifact":
