@@ -29,18 +29,14 @@ from agrame_vdb.migrations import (
     upgrade,
 )
 from agrame_vdb.repository import CollectionSchema, StoredPassage
+from agrame_vdb.testing.data import DIM, make_passages
 
-from ..conformance._data import DIM, make_passages
 from ..test_migration_targets import ENGINES
 from . import report
 from .harness import typed_or_ok
 
 runner = CliRunner()
 
-
-
-def _url(engine: str, d: Path) -> str:
-    return {"memory": "memory://", "qdrant-edge": f"qdrant-edge://{d}/edge", "milvus-lite": f"milvus-lite://{d}/m.db"}[engine]
 
 
 def _populate(repo) -> dict[str, list[StoredPassage]]:
@@ -79,7 +75,7 @@ TARGETS = ["arch", "live", "other", "docs", "../other", "", "a b", "x" * 65, "do
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_alias_and_collection_names_as_targets(engine, tmp_path):
-    repo = connect(_url(engine, tmp_path))
+    repo = connect(engine.url(tmp_path))
     try:
         written = _populate(repo)
         states = tmp_path / "states"

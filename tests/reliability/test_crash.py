@@ -25,13 +25,11 @@ from agrame_vdb import connect
 from agrame_vdb.chunking import ChunkingOptions
 from agrame_vdb.indexer import index_documents
 
+from .. import engines
 from ..indexing_helpers import make_docs, snapshot, write_jsonl
 from . import report
 
-ENGINES = {
-    "qdrant-edge": lambda p: f"qdrant-edge://{p / 'edge'}",
-    "milvus-lite": lambda p: f"milvus-lite://{p / 'milvus.db'}",
-}
+ENGINES = {case.id: case.url for case in engines.pick("qdrant-edge", "milvus-lite")}
 # (engine, seed, kills, documents): CI kills once on Edge; full: 12 kills over both engines
 # The kill comes within a few checkpoints of the start, so the corpus is large enough that a
 # fast, quiet machine cannot finish the job inside that window.
