@@ -25,7 +25,16 @@ from agrame_vdb.repository import And, CollectionSchema, Eq, Filter, In, Not, Or
 
 
 @pytest.mark.parametrize(
-    "module", ["agrame_vdb.repository", "agrame_vdb.repositories", "agrame_vdb.repositories._codec"]
+    "module",
+    [
+        "agrame_vdb.repository",
+        "agrame_vdb.validation",
+        "agrame_vdb.schema",
+        "agrame_vdb.filters",
+        "agrame_vdb.records",
+        "agrame_vdb.repositories",
+        "agrame_vdb.repositories._codec",
+    ],
 )
 def test_doctests(module):
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
@@ -89,6 +98,24 @@ def test_edge_default_and_relative_paths(tmp_path, monkeypatch):
 def test_public_names_are_reexported():
     for name in ("connect", "CollectionSchema", "StoredPassage", "Eq", "In", "Range", "And", "Or", "Not", "Filter"):
         assert hasattr(agrame_vdb, name) and name in agrame_vdb.__all__
+
+
+def test_repository_module_keeps_every_name():
+    """agrame_vdb.repository gathers the seam's modules: every name they export, and
+    every name it exported when it held them all, is importable from it."""
+    from agrame_vdb import filters, protocol, records, repository, schema, validation
+    from agrame_vdb.repositories import base
+
+    for module in (validation, schema, filters, records, protocol, base):
+        for name in module.__all__:
+            assert getattr(repository, name) is getattr(module, name), (module.__name__, name)
+    earlier = """SCHEMA_VERSION DTYPES FIELD_TYPES BUILTIN_FIELDS DType CollectionSchema StoredPassage Candidate
+    FetchResult TokenBatch IdPage Capabilities Filter Eq In Range And Or Not Repository RepositoryBase pool_tokens
+    upgrade_hint newer_hint validate_ids validate_metadata MAX_EXACT_INT MAX_FILTER_DEPTH MAX_METADATA_BYTES
+    MAX_STRING_BYTES""".split()
+    assert set(earlier) <= set(repository.__all__)
+    for name in (*repository.__all__, "check_name", "ALIAS_TTL_S", "Scalar"):
+        assert hasattr(repository, name), name
 
 
 # --------------------------------------------------------------------------- filters

@@ -84,16 +84,16 @@ from ..errors import (
     RepositoryError,
     SchemaMismatchError,
 )
-from ..repository import (
+from ..filters import Filter
+from ..schema import CollectionSchema
+from ..validation import check_name
+from .base import RepositoryBase
+from ..records import (
     Candidate,
     Capabilities,
-    CollectionSchema,
-    Filter,
     IdPage,
-    RepositoryBase,
     StoredPassage,
     TokenBatch,
-    check_name,
 )
 from . import DEFAULT_EDGE_PATH, StoreURL, _option_bool
 from . import _qdrant_common as qc
