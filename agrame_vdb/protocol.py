@@ -1,4 +1,5 @@
-"""The repository protocol: :class:`Repository`, the seam every engine implements.
+"""The repository protocols: :class:`Repository`, the seam every engine implements,
+and :class:`MigratableRepository`, what migrations need of one besides.
 
 Everything above (indexer, planner, CLI, migrations) types a store with these;
 engines implement them by subclassing
@@ -7,7 +8,7 @@ engines implement them by subclassing
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -16,7 +17,7 @@ from .filters import Filter
 from .records import Candidate, Capabilities, FetchResult, IdPage, StoredPassage, TokenBatch
 from .schema import CollectionSchema
 
-__all__ = ["Repository"]
+__all__ = ["Repository", "MigratableRepository"]
 
 
 @runtime_checkable
@@ -156,3 +157,35 @@ class Repository(Protocol):
         """Release files, locks and connections; the repository is unusable after."""
         ...
 
+
+@runtime_checkable
+class MigratableRepository(Repository, Protocol):
+    """A :class:`Repository` that migrations can drive: it rewrites a collection's
+    schema record, writes passages at the version a migration moves to, and walks
+    every id. Every engine's repository is one:
+    :class:`~agrame_vdb.repositories.base.RepositoryBase` has these methods."""
+
+    def update_schema(self, schema: CollectionSchema) -> CollectionSchema:
+        """Store a new schema record for an existing collection (its own name, not an
+        alias): only ``schema_version``, ``indexed_fields`` (new ones get indexes) and
+        ``model`` may change. Returns the stored schema."""
+        ...
+
+    def upsert_at_version(
+        self, collection: str, passages: Sequence[StoredPassage], versions: Sequence[int], *, batch_size: int | None = None
+    ) -> int:
+        """Upsert passages whose schema version is one of ``versions`` (a migration
+        writes at the version it migrates to before the collection's record says
+        so); every other check of :meth:`Repository.upsert` applies."""
+        ...
+
+    def iter_id_pages(
+        self, collection: str, *, filter: Filter | None = None, page: int = 1000, start: str | None = None
+    ) -> Iterator[IdPage]:
+        """Every page of ids (matching ``filter``) in id order, from ``start`` (inclusive)
+        on: each page's ``next_offset`` is where the next one starts (None on the last)."""
+        ...
+
+    def iter_ids(self, collection: str, *, filter: Filter | None = None, page: int = 1000) -> Iterator[str]:
+        """Every id (matching ``filter``) in id order, read ``page`` at a time."""
+        ...

@@ -15,7 +15,7 @@ reaches them all: :mod:`agrame_vdb.validation` (the checks and their limits),
 :mod:`agrame_vdb.schema` (:class:`CollectionSchema`, the layout version),
 :mod:`agrame_vdb.filters` (the filters and their JSON form),
 :mod:`agrame_vdb.records` (:class:`StoredPassage` and the other records),
-:mod:`agrame_vdb.protocol` (:class:`Repository`)
+:mod:`agrame_vdb.protocol` (:class:`Repository`, :class:`MigratableRepository`)
 and :mod:`agrame_vdb.repositories.base` (:class:`RepositoryBase`).
 
 >>> import numpy as np
@@ -35,7 +35,7 @@ And(filters=(In(field='lang', values=('en', 'fr')), Range(field='year', gt=None,
 from __future__ import annotations
 
 from .filters import MAX_FILTER_DEPTH, And, Eq, Filter, In, Not, Or, Range, Scalar
-from .protocol import Repository
+from .protocol import MigratableRepository, Repository
 from .records import Candidate, Capabilities, FetchResult, IdPage, StoredPassage, TokenBatch, pool_tokens
 from .repositories._aliases import ALIAS_TTL_S
 from .repositories.base import RepositoryBase
@@ -71,6 +71,7 @@ __all__ = [
     "Or",
     "Not",
     "Repository",
+    "MigratableRepository",
     "RepositoryBase",
     "pool_tokens",
     "upgrade_hint",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
@@ -509,15 +509,24 @@ class RepositoryBase(AliasMixin, abc.ABC):
         with self._engine("list ids", collection):
             return self._list_ids(schema, filter, int(limit), off)
 
+    def iter_id_pages(
+        self, collection: str, *, filter: Filter | None = None, page: int = 1000, start: str | None = None
+    ) -> Iterator[IdPage]:
+        """Every page of ids (matching ``filter``) in id order, from ``start`` (inclusive)
+        on, each read with :meth:`list_ids`: a page's ``next_offset`` is where the next
+        one starts (None on the last), so a caller can resume from it."""
+        return _pages(lambda offset: self.list_ids(collection, filter=filter, limit=page, offset=offset), start)
+
     def iter_ids(self, collection: str, *, filter: Filter | None = None, page: int = 1000) -> Iterator[str]:
         """Every id (matching ``filter``), page by page."""
-        offset = None
-        while True:
-            result = self.list_ids(collection, filter=filter, limit=page, offset=offset)
+        for result in self.iter_id_pages(collection, filter=filter, page=page):
             yield from result.ids
-            if result.next_offset is None:
-                return
-            offset = result.next_offset
+
+    def _iter_ids(self, schema: CollectionSchema, filter: Filter | None, page: int = 10_000) -> Iterator[str]:
+        """Every id (matching ``filter``) read with the engine's ``_list_ids``: for engine
+        code, whose inputs are checked already."""
+        for result in _pages(lambda offset: self._list_ids(schema, filter, page, offset)):
+            yield from result.ids
 
     def optimize(self, collection: str) -> None:
         schema = self._schema(collection)
@@ -532,6 +541,18 @@ class RepositoryBase(AliasMixin, abc.ABC):
             self._schemas.clear()
             with self._engine("close"):
                 self._close()
+
+
+def _pages(read: Callable[[str | None], IdPage], start: str | None = None) -> Iterator[IdPage]:
+    """The pages ``read(offset)`` gives from ``start`` on, each from the one before's
+    ``next_offset``, until a page has none: the one loop that pages through ids."""
+    offset = start
+    while True:
+        result = read(offset)
+        yield result
+        if result.next_offset is None:
+            return
+        offset = result.next_offset
 
 
 def _check_sizes(p: StoredPassage) -> None:

@@ -359,15 +359,6 @@ class QdrantEdgeRepository(RepositoryBase):
         if store is not None:
             store.delete(ids)
 
-    def _iter_ids(self, schema: CollectionSchema, filter: Filter | None) -> Any:
-        offset = None
-        while True:
-            page = self._list_ids(schema, filter, 10_000, offset)
-            yield from page.ids
-            if page.next_offset is None:
-                return
-            offset = page.next_offset
-
     def _count(self, schema: CollectionSchema, filter: Filter | None) -> int:
         f = qc.translate_filter(filter, _DIALECT)
         return self._shard(schema).count(qe.CountRequest(exact=True, filter=f))
