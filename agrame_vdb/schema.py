@@ -10,6 +10,7 @@ True
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -43,6 +44,9 @@ DType = Literal["float32", "float16", "int8"]
 DTYPES: tuple[str, ...] = ("float32", "float16", "int8")
 #: Types a metadata field can be indexed as (payload indexes) for fast filtering.
 FIELD_TYPES: tuple[str, ...] = ("keyword", "integer", "float", "bool")
+#: fields a stored schema record must have (the others default as in the class)
+_REQUIRED_IN_RECORD = frozenset(("name", "dim", "schema_version"))
+
 
 @dataclass(frozen=True, slots=True)
 class CollectionSchema:
@@ -108,27 +112,19 @@ class CollectionSchema:
         return {**BUILTIN_FIELDS, **dict(self.indexed_fields)}  # type: ignore[arg-type]
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "dim": self.dim,
-            "dtype": self.dtype,
-            "on_disk": self.on_disk,
-            "schema_version": self.schema_version,
-            "indexed_fields": dict(self.indexed_fields),  # type: ignore[arg-type]
-            "model": self.model,
-        }
+        """The schema record engines store: every field, ``indexed_fields`` as an object."""
+        return dataclasses.asdict(self) | {"indexed_fields": dict(self.indexed_fields)}  # type: ignore[arg-type]
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> CollectionSchema:
+        """The schema a stored record describes (SchemaMismatchError when it is unreadable);
+        fields the record leaves out take their defaults, keys it adds are ignored."""
         try:
             return cls(
-                name=data["name"],
-                dim=data["dim"],
-                dtype=data.get("dtype", "float32"),
-                on_disk=data.get("on_disk", False),
-                schema_version=data["schema_version"],
-                indexed_fields=data.get("indexed_fields", {}),
-                model=data.get("model"),
+                **{
+                    f.name: data[f.name] if f.name in _REQUIRED_IN_RECORD else data.get(f.name, f.default)
+                    for f in dataclasses.fields(cls)
+                }
             )
         except (KeyError, TypeError, AttributeError) as exc:
             raise SchemaMismatchError(f"stored collection schema is unreadable: {data!r}") from exc
