@@ -34,55 +34,24 @@ And(filters=(In(field='lang', values=('en', 'fr')), Range(field='year', gt=None,
 
 from __future__ import annotations
 
-from .filters import MAX_FILTER_DEPTH, And, Eq, Filter, In, Not, Or, Range, Scalar
-from .protocol import MigratableRepository, Repository
-from .records import Candidate, Capabilities, FetchResult, IdPage, StoredPassage, TokenBatch, pool_tokens
-from .repositories._aliases import ALIAS_TTL_S
-from .repositories.base import RepositoryBase
-from .schema import DTYPES, FIELD_TYPES, SCHEMA_VERSION, CollectionSchema, DType, newer_hint, upgrade_hint
-from .validation import (
-    BUILTIN_FIELDS,
-    MAX_EXACT_INT,
-    MAX_METADATA_BYTES,
-    MAX_STRING_BYTES,
-    check_name,
-    validate_ids,
-    validate_metadata,
-)
+from . import filters as _filters
+from . import protocol as _protocol
+from . import records as _records
+from . import schema as _schema
+from . import validation as _validation
+from .filters import *  # noqa: F403
+from .protocol import *  # noqa: F403
+from .records import *  # noqa: F403
+from .repositories import base as _base
+from .repositories._aliases import ALIAS_TTL_S  # noqa: F401
+from .repositories.base import *  # noqa: F403
+from .schema import *  # noqa: F403
+from .validation import *  # noqa: F403
 
-__all__ = [
-    "SCHEMA_VERSION",
-    "DTYPES",
-    "FIELD_TYPES",
-    "BUILTIN_FIELDS",
-    "DType",
-    "CollectionSchema",
-    "StoredPassage",
-    "Candidate",
-    "FetchResult",
-    "TokenBatch",
-    "IdPage",
-    "Capabilities",
-    "Filter",
-    "Eq",
-    "In",
-    "Range",
-    "And",
-    "Or",
-    "Not",
-    "Repository",
-    "MigratableRepository",
-    "RepositoryBase",
-    "pool_tokens",
-    "upgrade_hint",
-    "newer_hint",
-    "check_name",
-    "validate_ids",
-    "validate_metadata",
-    "MAX_EXACT_INT",
-    "MAX_FILTER_DEPTH",
-    "MAX_METADATA_BYTES",
-    "MAX_STRING_BYTES",
-    "ALIAS_TTL_S",
-    "Scalar",
-]
+__all__ = ["ALIAS_TTL_S"]
+__all__ += _schema.__all__
+__all__ += _records.__all__
+__all__ += _filters.__all__
+__all__ += _protocol.__all__
+__all__ += _base.__all__
+__all__ += _validation.__all__

@@ -22,7 +22,6 @@ __all__ = [
     "SCHEMA_VERSION",
     "DTYPES",
     "FIELD_TYPES",
-    "BUILTIN_FIELDS",
     "DType",
     "CollectionSchema",
     "upgrade_hint",
