@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import doctest
 import importlib
+import json
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from agrame_vdb.errors import (
     InvalidInputError,
     InvalidSchemaError,
     RepositoryError,
+    SchemaMismatchError,
     StoreUnavailableError,
     TransientRepositoryError,
     UnknownStoreError,
@@ -25,7 +27,16 @@ from agrame_vdb.repository import And, CollectionSchema, Eq, Filter, In, Not, Or
 
 
 @pytest.mark.parametrize(
-    "module", ["agrame_vdb.repository", "agrame_vdb.repositories", "agrame_vdb.repositories._codec"]
+    "module",
+    [
+        "agrame_vdb.repository",
+        "agrame_vdb.validation",
+        "agrame_vdb.schema",
+        "agrame_vdb.filters",
+        "agrame_vdb.records",
+        "agrame_vdb.repositories",
+        "agrame_vdb.repositories._codec",
+    ],
 )
 def test_doctests(module):
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
@@ -89,6 +100,24 @@ def test_edge_default_and_relative_paths(tmp_path, monkeypatch):
 def test_public_names_are_reexported():
     for name in ("connect", "CollectionSchema", "StoredPassage", "Eq", "In", "Range", "And", "Or", "Not", "Filter"):
         assert hasattr(agrame_vdb, name) and name in agrame_vdb.__all__
+
+
+def test_repository_module_keeps_every_name():
+    """agrame_vdb.repository gathers the seam's modules: every name they export, and
+    every name it exported when it held them all, is importable from it."""
+    from agrame_vdb import filters, protocol, records, repository, schema, validation
+    from agrame_vdb.repositories import base
+
+    for module in (validation, schema, filters, records, protocol, base):
+        for name in module.__all__:
+            assert getattr(repository, name) is getattr(module, name), (module.__name__, name)
+    earlier = """SCHEMA_VERSION DTYPES FIELD_TYPES BUILTIN_FIELDS DType CollectionSchema StoredPassage Candidate
+    FetchResult TokenBatch IdPage Capabilities Filter Eq In Range And Or Not Repository RepositoryBase pool_tokens
+    upgrade_hint newer_hint validate_ids validate_metadata MAX_EXACT_INT MAX_FILTER_DEPTH MAX_METADATA_BYTES
+    MAX_STRING_BYTES""".split()
+    assert set(earlier) <= set(repository.__all__)
+    for name in (*repository.__all__, "check_name", "ALIAS_TTL_S", "Scalar"):
+        assert hasattr(repository, name), name
 
 
 # --------------------------------------------------------------------------- filters
@@ -170,6 +199,43 @@ def test_schema_validation():
     ):
         with pytest.raises(InvalidSchemaError):
             CollectionSchema(**kwargs)
+
+
+def test_schema_json_is_the_stored_record():
+    """The record engines store (Edge's collection.json, Qdrant's and Milvus's collection
+    metadata): these exact keys, in this order, as every earlier version wrote them."""
+    s = CollectionSchema("docs", 4, "float16", True, 2, {"z.b": "integer", "a": "keyword"}, "plain-base")
+    assert json.dumps(s.to_json(), indent=1) == (
+        '{\n "name": "docs",\n "dim": 4,\n "dtype": "float16",\n "on_disk": true,\n "schema_version": 2,\n'
+        ' "indexed_fields": {\n  "a": "keyword",\n  "z.b": "integer"\n },\n "model": "plain-base"\n}'
+    )
+    assert CollectionSchema("c", 8, schema_version=1).to_json() == {
+        "name": "c",
+        "dim": 8,
+        "dtype": "float32",
+        "on_disk": False,
+        "schema_version": 1,
+        "indexed_fields": {},
+        "model": None,
+    }
+    for schema in (s, CollectionSchema("c", 8, schema_version=1), CollectionSchema("_x", 65536, "int8", model="/m")):
+        assert CollectionSchema.from_json(json.loads(json.dumps(schema.to_json()))) == schema
+
+
+def test_schema_from_json_defaults_and_refusals():
+    # a version 1 record has no model; optional fields default, unknown keys are ignored
+    old = CollectionSchema.from_json({"name": "c", "dim": 8, "schema_version": 1, "format": 3})
+    assert old == CollectionSchema("c", 8, schema_version=1)
+    for record in ({"dim": 8, "schema_version": 1}, {"name": "c", "schema_version": 1}, {"name": "c", "dim": 8}, [], "c", None):
+        with pytest.raises(SchemaMismatchError, match="unreadable"):
+            CollectionSchema.from_json(record)  # type: ignore[arg-type]
+    for record in (
+        {"name": "c", "dim": "8", "schema_version": 1},
+        {"name": "c", "dim": 8, "schema_version": 1, "indexed_fields": 5},
+        {"name": "c", "dim": 8, "schema_version": 1, "dtype": None},
+    ):
+        with pytest.raises(InvalidSchemaError):
+            CollectionSchema.from_json(record)
 
 
 def test_stored_passage_defaults():

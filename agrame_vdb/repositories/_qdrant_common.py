@@ -32,18 +32,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..repository import (
-    BUILTIN_FIELDS,
-    And,
-    CollectionSchema,
-    Eq,
-    Filter,
-    In,
-    Not,
-    Or,
-    Range,
-    StoredPassage,
-)
+from ..filters import And, Eq, Filter, In, Not, Or, Range
+from ..records import StoredPassage
+from ..schema import CollectionSchema
+from ..validation import BUILTIN_FIELDS
 from ._codec import copy_dtype, decode_tokens, encode_tokens, units_from_json, units_to_json
 
 TOKENS = "tokens"

@@ -2,7 +2,7 @@
 
 First stage: exact cosine of pooled vectors. Rerank: exact MaxSim
 ``sum_i max_j q_i . d_j`` over the stored token vectors. Filters follow Qdrant's
-payload semantics (see :class:`~agrame_vdb.repository.Filter`). float16
+payload semantics (see :class:`~agrame_vdb.filters.Filter`). float16
 collections store float16-rounded token vectors; int8 ones keep float32 (as the
 engines keep their originals for rescoring). Aliases are a dict, replaced whole
 on each change. Nothing persists.
@@ -17,23 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from ..repository import (
-    And,
-    Candidate,
-    Capabilities,
-    CollectionSchema,
-    Eq,
-    Filter,
-    IdPage,
-    In,
-    Not,
-    Or,
-    Range,
-    RepositoryBase,
-    StoredPassage,
-    TokenBatch,
-)
+from ..filters import And, Eq, Filter, In, Not, Or, Range
+from ..records import Candidate, Capabilities, IdPage, StoredPassage, TokenBatch
+from ..schema import CollectionSchema
 from . import StoreURL
+from .base import RepositoryBase
 
 __all__ = ["MemoryRepository", "from_url", "matches"]
 

@@ -36,16 +36,10 @@ from ..errors import (
     SchemaMismatchError,
     TransientRepositoryError,
 )
-from ..repository import (
-    Candidate,
-    Capabilities,
-    CollectionSchema,
-    Filter,
-    IdPage,
-    RepositoryBase,
-    StoredPassage,
-    TokenBatch,
-)
+from ..filters import Filter
+from ..records import Candidate, Capabilities, IdPage, StoredPassage, TokenBatch
+from ..schema import CollectionSchema
+from .base import RepositoryBase
 from ..redact import redact_url, secret_parts, url_secrets
 from . import StoreURL, _grpc_transient
 from . import _qdrant_common as qc

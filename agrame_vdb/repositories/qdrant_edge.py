@@ -16,10 +16,9 @@ comes out as RepositoryError. A shard is locked by its WAL: a second process
 opening it gets ConcurrentAccessError.
 
 Edge has no aliases either: they live in ``<root>/aliases.json``, replaced
-atomically (temporary file, fsync, ``os.replace``) under an exclusive ``flock`` of
-``<root>/.aliases.lock``, so a reader in any process sees the old table or the
-new one, and two processes changing aliases do not lose each other's change.
-Readers re-read the file only when its size or modification time changed.
+atomically under a file lock, so a reader in any process sees the old table or the
+new one, and two processes changing aliases do not lose each other's change
+(``_alias_file``).
 
 Fetch path (``benchmarks/repositories.py``: 200 passages x 130 tokens x 128-d):
 Edge hands multivectors back as nested Python lists, ~200 ms to build plus ~150 ms
@@ -73,39 +72,30 @@ from typing import Any
 import numpy as np
 import qdrant_edge as qe
 
-from ..atomic import atomic_write_text, file_lock
+from ..atomic import atomic_write_text
 from ..errors import (
     AgrameError,
     CollectionNotFoundError,
     ConcurrentAccessError,
     InvalidInputError,
-    InvalidSchemaError,
     RepositoryError,
     SchemaMismatchError,
 )
-from ..repository import (
-    Candidate,
-    Capabilities,
-    CollectionSchema,
-    Filter,
-    IdPage,
-    RepositoryBase,
-    StoredPassage,
-    TokenBatch,
-    check_name,
-)
-from . import DEFAULT_EDGE_PATH, StoreURL
-from ._options import TokenCopyOptions, parse_options
-from . import _qdrant_common as qc
+from ..filters import Filter
+from ..records import Candidate, Capabilities, IdPage, StoredPassage, TokenBatch
+from ..schema import CollectionSchema
 from ..unit_table import UnitTable
+from . import DEFAULT_EDGE_PATH, StoreURL
+from . import _qdrant_common as qc
+from ._alias_file import AliasFile
 from ._codec import copy_dtype, units_from_json, units_from_text
+from ._options import TokenCopyOptions, parse_options
 from ._token_store import TokenStore, new_version
+from .base import RepositoryBase
 
 __all__ = ["QdrantEdgeRepository", "from_url"]
 
 SCHEMA_FILE = "collection.json"
-ALIAS_FILE = "aliases.json"
-_ALIAS_LOCK = ".aliases.lock"
 SHARD_DIR = "shard"
 TOKEN_FILE = "tokens.sqlite"
 
@@ -174,11 +164,11 @@ class QdrantEdgeRepository(RepositoryBase):
         self._shards: dict[str, Any] = {}
         self._token_stores: dict[str, TokenStore] = {}
         self._shard_lock = threading.RLock()
-        self._alias_seen: tuple[tuple[int, int, int], dict[str, str]] | None = None
         try:
             self._root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise RepositoryError(f"cannot create the Qdrant Edge directory {self._root}: {exc}") from exc
+        self._alias_file = AliasFile(self._root)
 
     @property
     def root(self) -> Path:
@@ -352,15 +342,6 @@ class QdrantEdgeRepository(RepositoryBase):
         self._shard(schema).update(qe.UpdateOperation.delete_points_by_filter(f))
         if store is not None:
             store.delete(ids)
-
-    def _iter_ids(self, schema: CollectionSchema, filter: Filter | None) -> Any:
-        offset = None
-        while True:
-            page = self._list_ids(schema, filter, 10_000, offset)
-            yield from page.ids
-            if page.next_offset is None:
-                return
-            offset = page.next_offset
 
     def _count(self, schema: CollectionSchema, filter: Filter | None) -> int:
         f = qc.translate_filter(filter, _DIALECT)
@@ -564,56 +545,16 @@ class QdrantEdgeRepository(RepositoryBase):
         with self._shard_lock:
             return {"token_copy_fallbacks": sum(store.damaged for store in self._token_stores.values())}
 
-    # ----- aliases (emulated: a JSON file under the root)
+    # ----- aliases (emulated: a JSON file under the root, see ``_alias_file``)
 
     def _aliases(self) -> dict[str, str]:
-        f = self._root / ALIAS_FILE
-        try:
-            st = f.stat()
-        except FileNotFoundError:
-            return {}
-        key = (st.st_ino, st.st_size, st.st_mtime_ns)
-        seen = self._alias_seen
-        if seen is not None and seen[0] == key:
-            return seen[1]
-        table = self._read_aliases(f)
-        self._alias_seen = (key, table)
-        return table
-
-    @staticmethod
-    def _read_aliases(f: Path) -> dict[str, str]:
-        try:
-            data = json.loads(f.read_text())
-        except FileNotFoundError:
-            return {}
-        except (OSError, ValueError) as exc:
-            raise RepositoryError(f"the Qdrant Edge alias file {f} is unreadable: {exc}; fix or remove it") from exc
-        table = data.get("aliases") if isinstance(data, dict) else None
-        if not isinstance(table, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in table.items()):
-            raise RepositoryError(f"the Qdrant Edge alias file {f} is not an alias table; fix or remove it")
-        for alias, collection in table.items():  # a target becomes a path under the root: never let one escape it
-            try:
-                check_name(alias, "alias")
-                check_name(collection)
-            except InvalidSchemaError as exc:
-                raise RepositoryError(
-                    f"the Qdrant Edge alias file {f} has a bad entry {alias!r} -> {collection!r} ({exc}); "
-                    "fix or remove it"
-                ) from None
-        return dict(table)
-
-    def _change_aliases(self, change: Any) -> None:
-        with file_lock(self._root / _ALIAS_LOCK):
-            f = self._root / ALIAS_FILE
-            table = change(self._read_aliases(f))
-            atomic_write_text(f, json.dumps({"format": 1, "aliases": dict(sorted(table.items()))}, indent=1), private=False)
-            self._alias_seen = None
+        return self._alias_file.read()
 
     def _set_alias(self, alias: str, collection: str, previous: str | None) -> None:
-        self._change_aliases(lambda table: {**table, alias: collection})
+        self._alias_file.change(lambda table: {**table, alias: collection})
 
     def _delete_alias(self, alias: str) -> None:
-        self._change_aliases(lambda table: {a: c for a, c in table.items() if a != alias})
+        self._alias_file.change(lambda table: {a: c for a, c in table.items() if a != alias})
 
     def _close(self) -> None:
         with self._shard_lock:
