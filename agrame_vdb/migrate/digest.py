@@ -6,10 +6,10 @@ import hashlib
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
+from ..protocol import MigratableRepository
 from ..repository import StoredPassage
 
 __all__ = ["Digest", "digest", "digest_passages"]
@@ -49,7 +49,7 @@ def digest_passages(passages: Sequence[StoredPassage]) -> Digest:
     return Digest(len(by_id), ids.hexdigest(), vec.hexdigest(), rec.hexdigest())
 
 
-def digest(repository: Any, collection: str, *, page: int = 500) -> Digest:
+def digest(repository: MigratableRepository, collection: str, *, page: int = 500) -> Digest:
     """The :class:`Digest` of a collection (or alias), read page by page."""
     ids, vec, rec = hashlib.sha256(), hashlib.sha256(), hashlib.sha256()
     n = 0
@@ -63,13 +63,7 @@ def digest(repository: Any, collection: str, *, page: int = 500) -> Digest:
     return Digest(n, ids.hexdigest(), vec.hexdigest(), rec.hexdigest())
 
 
-def _id_pages(repository: Any, collection: str, page: int, start: str | None = None) -> Iterator[list[str]]:
-    offset = start
-    while True:
-        result = repository.list_ids(collection, limit=page, offset=offset)
+def _id_pages(repository: MigratableRepository, collection: str, page: int, start: str | None = None) -> Iterator[list[str]]:
+    for result in repository.iter_id_pages(collection, page=page, start=start):
         if result.ids:
             yield list(result.ids)
-        if result.next_offset is None:
-            return
-        offset = result.next_offset
-

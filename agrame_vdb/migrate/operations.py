@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..protocol import MigratableRepository
 from ..errors import InvalidInputError, MigrationError
 from ..repository import DTYPES, SCHEMA_VERSION, CollectionSchema, StoredPassage, check_name
 from ..units import SENTENCE, Span, Unit, align_units, split_sentences, units_from_char_spans
@@ -127,7 +128,7 @@ def _as_units(found: Iterable[Any], p: StoredPassage, kind: str) -> list[Unit]:
 
 
 def add_units(
-    repository: Any,
+    repository: MigratableRepository,
     collection: str,
     *,
     kind: str = SENTENCE,
@@ -207,7 +208,7 @@ def add_units(
 # --------------------------------------------------------------------------- blue/green
 
 
-def next_generation(repository: Any, current: str) -> str:
+def next_generation(repository: MigratableRepository, current: str) -> str:
     """The next free ``<base>__g<N>`` name after collection ``current`` (no collection's
     and no alias's)."""
     m = _GEN_RE.fullmatch(current)
@@ -221,7 +222,7 @@ def next_generation(repository: Any, current: str) -> str:
     raise MigrationError(f"no free generation name after {current!r}")
 
 
-def _alias_of(repository: Any, alias: str) -> str:
+def _alias_of(repository: MigratableRepository, alias: str) -> str:
     aliases = repository.list_aliases()
     if alias not in aliases:
         schema = _open(repository, alias)
@@ -233,7 +234,7 @@ def _alias_of(repository: Any, alias: str) -> str:
     return aliases[alias]
 
 
-def _check_target(repository: Any, target: str, *, new: bool) -> None:
+def _check_target(repository: MigratableRepository, target: str, *, new: bool) -> None:
     """A blue/green migration writes into ``target`` and deletes what the source lacks
     from it, so it must be a collection of its own: never an alias (that would write
     into, and empty, the collection the alias points at), and not one that exists
@@ -252,7 +253,7 @@ Transform = Callable[[list[StoredPassage]], list[StoredPassage]]
 
 
 def _blue_green(
-    repository: Any,
+    repository: MigratableRepository,
     alias: str,
     operation: str,
     params: dict[str, Any],
@@ -321,7 +322,7 @@ def _blue_green(
         return result
 
 
-def _copy(repository: Any, source: str, target: str, ids: list[str], transform: Transform | None, run: _Run) -> None:
+def _copy(repository: MigratableRepository, source: str, target: str, ids: list[str], transform: Transform | None, run: _Run) -> None:
     passages = list(repository.fetch(source, ids).passages)
     if not passages:
         return
@@ -331,7 +332,7 @@ def _copy(repository: Any, source: str, target: str, ids: list[str], transform: 
     run.count("copied", len(out))
 
 
-def _catch_up(repository: Any, source: str, target: str, transform: Transform | None, run: _Run) -> None:
+def _catch_up(repository: MigratableRepository, source: str, target: str, transform: Transform | None, run: _Run) -> None:
     """Copy ids the source has and the target lacks; delete ids the source no longer has."""
     src = set(repository.iter_ids(source))
     dst = set(repository.iter_ids(target))
@@ -357,7 +358,7 @@ def _derived(src: CollectionSchema, target: str, **changes: Any) -> CollectionSc
 
 
 def convert_storage(
-    repository: Any,
+    repository: MigratableRepository,
     alias: str,
     *,
     dtype: str | None = None,
@@ -384,7 +385,7 @@ def convert_storage(
 
 
 def reindex(
-    repository: Any,
+    repository: MigratableRepository,
     alias: str,
     *,
     model: str | None = None,
@@ -485,7 +486,7 @@ def _reencode(encoder: Any, passages: list[StoredPassage], batch_size: int) -> l
     ]
 
 
-def rollback(repository: Any, alias: str, *, state_dir: str | Path | None = None) -> MigrationResult:
+def rollback(repository: MigratableRepository, alias: str, *, state_dir: str | Path | None = None) -> MigrationResult:
     """Switch ``alias`` back to the collection it pointed at before its last blue/green
     migration (kept unless that migration dropped it)."""
     file = _state_file(repository, alias, state_dir)

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from ..protocol import MigratableRepository
 from ..errors import AgrameError, CollectionNotFoundError, MigrationError
 from ..repository import SCHEMA_VERSION, CollectionSchema
 from .reports import MigrationResult, MigrationStatus
@@ -32,7 +33,7 @@ class _Run:
 
     def __init__(
         self,
-        repository: Any,
+        repository: MigratableRepository,
         collection: str,
         operation: str,
         params: dict[str, Any],
@@ -98,9 +99,7 @@ class _Run:
         has handled a page, the cursor moves past it and the state is saved."""
         state = self.state
         assert state is not None
-        offset = state.cursor
-        while True:
-            result = self.repo.list_ids(collection, limit=self.page, offset=offset)
+        for result in self.repo.iter_id_pages(collection, page=self.page, start=state.cursor):
             if result.ids:
                 yield list(result.ids)
                 state.done += len(result.ids)
@@ -108,9 +107,6 @@ class _Run:
             self.save()
             if result.ids and self.on_page is not None:
                 self.on_page(state)
-            if result.next_offset is None:
-                return
-            offset = result.next_offset
 
     def count(self, key: str, n: int) -> None:
         assert self.state is not None
@@ -125,20 +121,20 @@ class _Run:
         self.file.clear()
 
 
-def _open(repository: Any, collection: str) -> CollectionSchema:
+def _open(repository: MigratableRepository, collection: str) -> CollectionSchema:
     try:
         return repository.open_collection(collection)
     except CollectionNotFoundError as exc:
         raise MigrationError(f"cannot migrate: {exc}") from exc
 
 
-def pending(repository: Any, collection: str) -> tuple[Migration, ...]:
+def pending(repository: MigratableRepository, collection: str) -> tuple[Migration, ...]:
     """The migrations :func:`upgrade` would apply to a collection, in order."""
     version = _open(repository, collection).schema_version
     return tuple(m for m in load_migrations() if m.version > version)
 
 
-def status(repository: Any, collection: str, *, state_dir: str | Path | None = None) -> MigrationStatus:
+def status(repository: MigratableRepository, collection: str, *, state_dir: str | Path | None = None) -> MigrationStatus:
     """Where a collection (or alias) stands; see :class:`MigrationStatus`."""
     schema = _open(repository, collection)
     file = _state_file(repository, collection, state_dir)
@@ -157,7 +153,7 @@ def status(repository: Any, collection: str, *, state_dir: str | Path | None = N
 
 
 def upgrade(
-    repository: Any,
+    repository: MigratableRepository,
     collection: str,
     *,
     to: int | None = None,
@@ -176,7 +172,7 @@ def upgrade(
 
 
 def downgrade(
-    repository: Any,
+    repository: MigratableRepository,
     collection: str,
     *,
     to: int,
@@ -189,7 +185,7 @@ def downgrade(
 
 
 def _run_schema(
-    repository: Any,
+    repository: MigratableRepository,
     collection: str,
     direction: str,
     to: int | None,
@@ -290,7 +286,7 @@ def _do_step(run: _Run, step: Step, ctx: MigrationContext, name: str) -> None:
 
 
 def abort(
-    repository: Any, collection: str, *, state_dir: str | Path | None = None, drop_target: bool = True
+    repository: MigratableRepository, collection: str, *, state_dir: str | Path | None = None, drop_target: bool = True
 ) -> MigrationState | None:
     """Forget an unfinished migration of ``collection``; a blue/green one's half-built
     new collection is dropped (``drop_target``) unless an alias points at it. An

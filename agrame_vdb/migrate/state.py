@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..protocol import MigratableRepository
 from ..atomic import Timeout, atomic_write_text, file_lock, private_opener
 from ..errors import MigrationError
 from ..repository import check_name
@@ -140,7 +141,7 @@ class _StateFile:
 _MEMORY_HISTORY: dict[str, list[dict[str, Any]]] = {}
 
 
-def default_state_dir(repository: Any) -> Path | None:
+def default_state_dir(repository: MigratableRepository) -> Path | None:
     """Where migration states go: ``<edge root>/.agrame-migrations`` for Qdrant Edge,
     ``./.agrame-migrations/<engine>-<hash of the location>`` for other persistent
     stores, nowhere (kept in memory) for stores that do not persist."""
@@ -157,7 +158,7 @@ def default_state_dir(repository: Any) -> Path | None:
     return Path(".agrame-migrations") / f"{caps.engine}-{slug}"
 
 
-def _state_file(repository: Any, collection: str, state_dir: str | Path | None) -> _StateFile:
+def _state_file(repository: MigratableRepository, collection: str, state_dir: str | Path | None) -> _StateFile:
     directory = Path(state_dir) if state_dir is not None else default_state_dir(repository)
     return _StateFile(directory, collection)
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from ..protocol import MigratableRepository
 from ..errors import MigrationError
 from ..repository import SCHEMA_VERSION, CollectionSchema, StoredPassage
 
@@ -31,7 +32,7 @@ class MigrationContext:
     """What a step sees: the repository, the concrete collection, the versions it
     goes between and the options given to the run (``model=`` ...)."""
 
-    repository: Any
+    repository: MigratableRepository
     collection: str
     from_version: int
     to_version: int

@@ -45,7 +45,7 @@ from ..errors import InvalidInputError, StoreUnavailableError, UnknownStoreError
 from ..redact import redact_url, split_userinfo
 
 if TYPE_CHECKING:
-    from ..repository import RepositoryBase
+    from .base import RepositoryBase
 
 __all__ = ["connect", "StoreURL", "register_scheme", "known_schemes", "DEFAULT_EDGE_PATH"]
 

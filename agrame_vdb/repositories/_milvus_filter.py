@@ -42,7 +42,8 @@ import struct
 from collections.abc import Mapping
 from typing import Any
 
-from ..repository import BUILTIN_FIELDS, And, Eq, Filter, In, Not, Or, Range
+from ..filters import And, Eq, Filter, In, Not, Or, Range
+from ..validation import BUILTIN_FIELDS
 
 __all__ = ["FX", "filter_document", "to_expr", "string_literal", "TRUE", "FALSE"]
 

@@ -21,7 +21,9 @@ from ...errors import (
     TransientRepositoryError,
 )
 from ...redact import redact_url, secret_parts, url_secrets
-from ...repository import Capabilities, CollectionSchema, RepositoryBase
+from ...records import Capabilities
+from ..base import RepositoryBase
+from ...schema import CollectionSchema
 from .calls import _IN_CALL, _message, _not_loaded, _quiet_pymilvus, call_with_retries, is_transient
 from .layout import MAX_TOPK, TOKENS_SUFFIX, MilvusCapabilities, _parse_version, _state_name
 from .lite import _lite_close, _lite_open

@@ -9,7 +9,7 @@ from typing import Any
 from pymilvus import DataType, MilvusClient
 
 from ...errors import InvalidSchemaError, SchemaMismatchError, UnsupportedOperationError
-from ...repository import CollectionSchema
+from ...schema import CollectionSchema
 from .base import MilvusBase
 from .layout import (
     F,

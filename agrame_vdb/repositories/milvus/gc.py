@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ...repository import CollectionSchema
+from ...schema import CollectionSchema
 from .layout import _BLOCK_BITS, F, TOK, TOKENS_SUFFIX, _chunks
 from .write import Writes
 

@@ -14,7 +14,8 @@ import numpy as np
 from pymilvus import DataType
 
 from ...errors import InvalidInputError, InvalidMetadataError, InvalidVectorError
-from ...repository import MAX_STRING_BYTES, Capabilities, StoredPassage
+from ...records import Capabilities, StoredPassage
+from ...validation import MAX_STRING_BYTES
 from .._codec import units_to_json
 from .._milvus_filter import filter_document
 

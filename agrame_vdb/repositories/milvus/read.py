@@ -10,7 +10,9 @@ from typing import Any
 import numpy as np
 
 from ...errors import InvalidInputError, RepositoryError
-from ...repository import Candidate, CollectionSchema, Filter, IdPage, StoredPassage
+from ...filters import Filter
+from ...records import Candidate, IdPage, StoredPassage
+from ...schema import CollectionSchema
 from .._codec import units_from_json
 from .._milvus_filter import TRUE, to_expr
 from .base import MilvusBase

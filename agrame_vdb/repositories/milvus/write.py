@@ -11,7 +11,10 @@ from typing import Any
 import numpy as np
 
 from ...errors import RepositoryError
-from ...repository import CollectionSchema, Filter, RepositoryBase, StoredPassage
+from ...filters import Filter
+from ...records import StoredPassage
+from ..base import RepositoryBase
+from ...schema import CollectionSchema
 from .._milvus_filter import filter_document, to_expr
 from .layout import (
     _BLOCK_BITS,
