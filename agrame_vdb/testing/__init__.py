@@ -30,7 +30,7 @@ cases]`` and return ``request.param``.
 
 The parts can also be taken alone: :class:`RepositoryTests` (collections, writes,
 filters, candidates, fetch, persistence, concurrency), :class:`BadInputTests`,
-:class:`AliasTests`, :class:`ValueTests` (values at the limits) and
+:class:`AliasTests`, :class:`ProtocolTests` (the protocols, id paging), :class:`ValueTests` (values at the limits) and
 :class:`EngineMaxSimTests` (an engine-side MaxSim equals the library's).
 References are independent of the engines: Python predicates for filters, numpy
 cosine for the first stage, numpy MaxSim for the rerank, the written arrays for
@@ -47,6 +47,7 @@ pytest.register_assert_rewrite(
     "agrame_vdb.testing.bad_input",
     "agrame_vdb.testing.engine_maxsim",
     "agrame_vdb.testing.engines",
+    "agrame_vdb.testing.protocol",
     "agrame_vdb.testing.repository",
     "agrame_vdb.testing.values",
 )
@@ -55,6 +56,7 @@ from .aliases import AliasTests  # noqa: E402
 from .bad_input import BadInputTests  # noqa: E402
 from .engine_maxsim import EngineMaxSimTests  # noqa: E402
 from .engines import EngineCase, EngineFixtures, Store  # noqa: E402
+from .protocol import ProtocolTests  # noqa: E402
 from .repository import RepositoryTests  # noqa: E402
 from .values import ValueTests  # noqa: E402
 
@@ -65,11 +67,12 @@ __all__ = [
     "EngineCase",
     "EngineFixtures",
     "EngineMaxSimTests",
+    "ProtocolTests",
     "RepositoryTests",
     "Store",
     "ValueTests",
 ]
 
 
-class ConformanceTests(RepositoryTests, BadInputTests, AliasTests, ValueTests, EngineMaxSimTests):
+class ConformanceTests(RepositoryTests, ProtocolTests, BadInputTests, AliasTests, ValueTests, EngineMaxSimTests):
     """The whole conformance suite. Subclass it and override the fixture ``engine``."""
