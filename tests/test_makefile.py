@@ -28,6 +28,7 @@ def test_demo_installs_only_the_package_and_pinned_torch(tmp_path):
 def test_tests_install_the_test_extras_under_the_torch_pin(tmp_path):
     lines = _dry_run("test", tmp_path / "venv")
     installs = [line for line in lines if " pip install " in line]
-    assert installs.index(next(line for line in installs if "torch==2.13.0" in line)) == 0
-    assert any('-e ".[test,milvus]"' in line and "-c constraints.txt" in line for line in installs)
+    torch = next(i for i, line in enumerate(installs) if "torch==2.13.0" in line)
+    package = next(i for i, line in enumerate(installs) if '-e ".[test,milvus]"' in line)
+    assert torch < package and "-c constraints.txt" in installs[package]
     assert any("pytest" in line for line in lines)
