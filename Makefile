@@ -7,17 +7,24 @@ STORE  ?= qdrant-edge://./agrame-data
 
 .PHONY: setup demo test reliability bench clean
 
-# Pin torch first (the CPU wheel), then the package with its test extras under the same pin.
-$(BIN)/agrame-vdb: pyproject.toml constraints.txt
+# Pin torch first (the CPU wheel); the demo gets the package alone, the tests its test
+# extras too, both under the same pin.
+$(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -c constraints.txt torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e ".[test,milvus]"
+
+$(VENV)/.package: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) install -q -c constraints.txt -e .
 	touch $@
 
-setup: $(BIN)/agrame-vdb
+$(VENV)/.test-extras: pyproject.toml constraints.txt | $(BIN)/python
+	$(PIP) install -q -c constraints.txt -e ".[test,milvus]"
+	touch $(VENV)/.package $@
 
-demo: setup
+setup: $(VENV)/.test-extras
+
+demo: $(VENV)/.package
 	HF_HUB_OFFLINE=1 $(BIN)/agrame-vdb demo --store $(STORE)
 
 test: setup

@@ -41,6 +41,7 @@ __all__ = [
     "AlignedUnits",
     "passage_id",
     "split_sentences",
+    "sentence_spans",
     "units_from_char_spans",
     "word_spans",
     "proposition_from_word_indices",
@@ -253,6 +254,42 @@ def _sentence_splitter() -> Any:
     return nupunkt.sent_spans
 
 
+#: Words (lower case, no full stop) that end in a full stop without ending a sentence;
+#: after them a capitalised word does not start a new one.
+ABBREVIATIONS = frozenset(
+    "al approx apr art aug avg ca cf chap col corp dec dept ed eds eq eqs est etc feb fig figs "
+    "gen ibid inc incl jan jul jun ltd mar max min mrs nos nov oct op para pp prof ref refs "
+    "resp rev sec sep sept spp subsp univ var viz vol vs".split()
+)
+
+#: A whole lower-case word of three or more letters, its full stop, white space, then a
+#: capitalised word. Punkt's model takes some such words for abbreviations ("cancer.",
+#: "found.", "sleep." in SciFact abstracts) and misses the boundary; this finds it again.
+_MISSED_BOUNDARY = re.compile(r"(?<![^\W\d_])([a-z]{3,})\.(?=\s+[A-Z][a-z])")
+
+
+def sentence_spans(text: str) -> list[Span]:
+    """``[start, end)`` character spans of the sentences of ``text``: Punkt's sentences
+    (nupunkt), each cut again after a full stop Punkt took for an abbreviation's
+    (:data:`_MISSED_BOUNDARY`, unless the word is in :data:`ABBREVIATIONS`). Spans
+    exclude surrounding white space; white-space-only pieces are skipped.
+
+    Boundary precision / recall against the sentences SciFact's corpus and WikiQA give
+    (``benchmarks/splitter.py``): SciFact 0.995 / 0.963 (Punkt alone 0.995 / 0.959),
+    WikiQA 0.994 / 0.948 (0.994 / 0.943).
+    """
+    if not isinstance(text, str):
+        raise InvalidInputError(f"text must be a string, got {type(text).__name__}")
+    spans: list[Span] = []
+    for start, end in _sentence_splitter()(text):
+        cuts = [m.end() for m in _MISSED_BOUNDARY.finditer(text, start, end) if m.group(1) not in ABBREVIATIONS]
+        for a, b in zip([start, *cuts], [*cuts, end]):
+            span = _trimmed(text, a, b)
+            if span is not None:
+                spans.append(span)
+    return spans
+
+
 def _trimmed(text: str, start: int, end: int) -> Span | None:
     while start < end and text[start].isspace():
         start += 1
@@ -262,18 +299,11 @@ def _trimmed(text: str, start: int, end: int) -> Span | None:
 
 
 def split_sentences(text: str, kind: str = SENTENCE) -> list[Unit]:
-    """Sentence units of ``text``, found by the Punkt splitter nupunkt ships.
+    """Sentence units of ``text`` (see :func:`sentence_spans`).
 
     Spans exclude surrounding whitespace; whitespace-only pieces are skipped.
     """
-    if not isinstance(text, str):
-        raise InvalidInputError(f"text must be a string, got {type(text).__name__}")
-    units: list[Unit] = []
-    for start, end in _sentence_splitter()(text):
-        span = _trimmed(text, start, end)
-        if span is not None:
-            units.append(Unit(kind, len(units), (span,)))
-    return units
+    return [Unit(kind, i, (span,)) for i, span in enumerate(sentence_spans(text))]
 
 
 def units_from_char_spans(
