@@ -447,16 +447,27 @@ _DTYPES = {
 }
 
 
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """``float32``/``fp32``, ``bfloat16``/``bf16`` or ``float16``/``fp16``."""
+def resolve_dtype(dtype: str | torch.dtype, device: str | torch.device | None = None) -> torch.dtype:
+    """``float32``/``fp32``, ``bfloat16``/``bf16`` or ``float16``/``fp16``; ``auto`` is
+    bfloat16 where ``device`` (default: the CPU) does it fast (``hardware.fast_bfloat16``:
+    AMX or AVX-512 BF16, a GPU with bfloat16), float32 elsewhere."""
     if isinstance(dtype, torch.dtype):
         if dtype not in _DTYPES.values():
             raise InvalidInputError(f"dtype {dtype} is not supported; use float32, bfloat16 or float16")
         return dtype
+    if str(dtype).lower() == "auto":
+        from .hardware import fast_bfloat16
+
+        return torch.bfloat16 if fast_bfloat16(str(device) if device is not None else "cpu") else torch.float32
     try:
         return _DTYPES[str(dtype).lower()]
     except KeyError:
-        raise InvalidInputError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}") from None
+        raise InvalidInputError(f"unknown dtype {dtype!r}; use auto or one of {sorted(_DTYPES)}") from None
+
+
+def dtype_name(dtype: str | torch.dtype, device: str | torch.device | None = None) -> str:
+    """The name of what ``dtype`` resolves to on ``device`` (``auto`` made concrete)."""
+    return str(resolve_dtype(dtype, device)).removeprefix("torch.")
 
 
 def model_identity(encoder: Any = None, model: str | Path | None = None, dtype: str = "float32") -> dict[str, Any]:

@@ -37,7 +37,7 @@ def run_demo(
     questions: Sequence[str] = QUESTIONS,
     k: int = 3,
     device: str = "auto",
-    dtype: str = "float32",
+    dtype: str = "auto",
     on_progress: Callable[[Any], None] | None = None,
 ) -> DemoRun:
     """Index ``sample`` (SciFact-form JSON Lines) into ``store`` and search it; returns what was done."""

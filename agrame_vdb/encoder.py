@@ -123,7 +123,7 @@ class MultiVectorEncoder:
         dtype: str | torch.dtype = "float32",
     ) -> None:
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype)
+        self.dtype = resolve_dtype(dtype, self.device)
         self.tokenizer = checkpoint.tokenizer
         self.transformer = self._placed(checkpoint.transformer)
         self.projection: Projection | None = (

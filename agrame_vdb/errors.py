@@ -86,7 +86,13 @@ class RepositoryError(AgrameError):
 
 
 class CollectionNotFoundError(RepositoryError):
-    """The named collection does not exist in the store."""
+    """The named collection does not exist in the store. ``collection`` is the name asked
+    for and ``existing`` the collections the store has (None when it was not asked)."""
+
+    def __init__(self, message: str, *, collection: str | None = None, existing: tuple[str, ...] | None = None) -> None:
+        super().__init__(message)
+        self.collection = collection
+        self.existing = None if existing is None else tuple(existing)
 
 
 class SchemaMismatchError(RepositoryError):

@@ -231,6 +231,11 @@ class IndexJob:
         self.encoder = encoder
         self.model = model
         self.device = device
+        if str(dtype).lower() == "auto":  # made concrete: the job's checkpoint names what it encodes in
+            from .checkpoints import dtype_name
+            from .encoder import resolve_device
+
+            dtype = dtype_name("auto", resolve_device(device))
         self.dtype = dtype
         self.format = format
         self.chunking = chunking or ChunkingOptions()

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from agrame_vdb.cli import app
@@ -82,3 +83,24 @@ def test_an_error_in_a_command_exits_2_and_names_it_without_a_traceback(tmp_path
     assert 'q.jsonl:3: each line must be an object with a non-empty "text"' in result.output
     neither = runner.invoke(app, ["search", "-c", "docs", "--store", "memory://"])
     assert neither.exit_code == 2 and "give either a QUERY or --queries FILE" in neither.output
+
+
+def test_searching_a_missing_collection_names_the_collections_and_the_command_that_makes_one(tmp_path):
+    from agrame_vdb import CollectionSchema, connect
+    from agrame_vdb.errors import CollectionNotFoundError
+
+    store = f"qdrant-edge://{tmp_path}/store"
+    with connect(store) as repo:
+        repo.create_collection(CollectionSchema("papers", dim=4))
+        repo.create_collection(CollectionSchema("notes", dim=4))
+        with pytest.raises(CollectionNotFoundError) as raised:  # the library: the Python call, and what exists
+            repo.open_collection("demo")
+        assert raised.value.collection == "demo" and raised.value.existing == ("notes", "papers")
+        assert "the collections 'notes', 'papers'" in str(raised.value)
+        assert "create_collection(CollectionSchema('demo'" in str(raised.value)
+    result = runner.invoke(app, ["search", "a question", "--collection", "demo", "--store", store, "--device", "cpu"])
+    assert result.exit_code == 2
+    said = " ".join(result.output.split())
+    assert "collection 'demo' does not exist in this store (its collections: notes, papers)" in said
+    assert "agrame-vdb index DOCUMENTS.jsonl --collection demo" in said
+    assert "create_collection" not in said  # no Python call to a command-line user

@@ -742,6 +742,27 @@ def test_cli_search_json(edge_store):
     assert rows[0]["doc_id"] == "landmarks-0"
 
 
+def test_cli_search_shows_snippets_and_writes_an_html_page_of_the_results_spans(edge_store, tmp_path):
+    from .test_display import _Segments
+
+    page = tmp_path / "results.html"
+    common = [QUERIES[0], "--collection", COLLECTION, "--store", edge_store, "--granularity", "sentence", "-k", "3",
+              "--candidates", "20", "--device", "cpu", "--model", "minilm-frozen-128", "--matches"]
+    shown = runner.invoke(app_cli(), ["search", *common, "--html", str(page)], env={"COLUMNS": "400"})
+    assert shown.exit_code == 0, shown.output
+    rows = json.loads(runner.invoke(app_cli(), ["search", *common, "--json"]).stdout)
+    parser = _Segments()
+    parser.feed(page.read_text(encoding="utf-8"))
+    for row in rows:  # the shaded segments of each result are exactly its char_spans
+        assert sorted(parser.covered[row["rank"]]) == sorted(i for s, e in row["char_spans"] for i in range(s, e))
+        assert row["text"] in shown.stdout  # the unit, highlighted inside its snippet
+    marked: dict[str, set[int]] = {}
+    for row in rows:  # matched tokens underlined: per passage, the union of its results' matches
+        marked.setdefault(row["passage_id"], set()).update(
+            i for m in row["matches"] if m["char_span"] for i in range(*m["char_span"]))
+    assert parser.marked == {k: v for k, v in marked.items() if v} and parser.marked
+
+
 def test_cli_search_queries_file_and_explain(edge_store, tmp_path):
     path = tmp_path / "q.jsonl"
     path.write_text("\n".join(json.dumps({"id": f"q{i}", "text": t}) for i, t in enumerate(QUERIES[:3])) + "\n")

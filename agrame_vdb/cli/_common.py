@@ -34,7 +34,7 @@ ModelOption = Annotated[
     typer.Option("--model", help="Model directory (agrame, PyLate/sentence-transformers, Stanford ColBERT or plain encoder) or a packaged model's name (plain-base, minilm-plain-qprime, minilm-frozen-128); default: plain-base."),
 ]
 DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")]
-DtypeOption = Annotated[str, typer.Option("--dtype", help="float32, bfloat16 or float16.")]
+DtypeOption = Annotated[str, typer.Option("--dtype", help="auto (bfloat16 where the CPU or GPU does it fast: AMX, AVX-512 BF16; else float32), float32, bfloat16 or float16.")]
 
 
 @app.callback()
@@ -52,7 +52,7 @@ def failures(interrupted: str | None = None) -> Iterator[contextlib.ExitStack]:
     try:
         yield opened
     except AgrameError as exc:
-        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        typer.secho(f"error: {_in_cli_words(exc)}", err=True, fg=typer.colors.RED)
         raise typer.Exit(code=2) from exc
     except KeyboardInterrupt:
         if interrupted is None:
@@ -61,6 +61,19 @@ def failures(interrupted: str | None = None) -> Iterator[contextlib.ExitStack]:
         raise typer.Exit(code=130) from None
     finally:
         opened.close()
+
+
+def _in_cli_words(exc: AgrameError) -> str:
+    """The error as a command-line user should read it: a missing collection names the
+    store's collections and the command that creates one, not a Python call."""
+    from ..errors import CollectionNotFoundError
+
+    if isinstance(exc, CollectionNotFoundError) and exc.collection is not None:
+        have = "" if exc.existing is None else f" (its collections: {', '.join(exc.existing) or 'none'})"
+        return (f"collection {exc.collection!r} does not exist in this store{have}; "
+                f"create it with: agrame-vdb index DOCUMENTS.jsonl --collection {exc.collection} "
+                "--store <the same --store>")
+    return str(exc)
 
 
 def connect_store(opened: contextlib.ExitStack, store: str) -> Repository:

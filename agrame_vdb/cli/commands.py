@@ -14,8 +14,9 @@ from ._common import DEFAULT_STORE, DeviceOption, DtypeOption, ModelOption, Stor
 
 if TYPE_CHECKING:
     from rich.console import Console, JustifyMethod
+    from rich.text import Text
 
-    from ..planner import SearchResponse, Timings
+    from ..planner import SearchResponse, SearchResult, Timings
     from ..repository import StoredPassage
 
 
@@ -27,7 +28,7 @@ def index(
     format: Annotated[str, typer.Option("--format", help="auto, jsonl, parquet, scifact or beir.")] = "auto",
     model: ModelOption = None,
     device: DeviceOption = "auto",
-    dtype: DtypeOption = "float32",
+    dtype: DtypeOption = "auto",
     max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", help="Text tokens per passage; default: all the model takes (doc_maxlen - 3).")] = None,
     overlap: Annotated[int, typer.Option("--overlap", help="Tokens of whole sentences repeated from one passage in the next.")] = 0,
     sentences: Annotated[bool, typer.Option("--sentences/--no-sentences", help="Store the sentences found automatically as units.")] = True,
@@ -98,15 +99,18 @@ def search(
     explain: Annotated[bool, typer.Option("--explain", help="Print the time of each step (encode, candidates, fetch, rerank).")] = False,
     matches: Annotated[bool, typer.Option("--matches", help="Add matched token positions and their character spans.")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Queries of a --queries file searched together.")] = 16,
+    html: Annotated[Optional[Path], typer.Option("--html", help="Also write the results as a self-contained HTML page: units shaded by score, matched tokens (--matches) underlined.")] = None,
     model: ModelOption = None,
     device: DeviceOption = "auto",
-    dtype: DtypeOption = "float32",
+    dtype: DtypeOption = "auto",
 ) -> None:
     """Search a collection at any granularity: passages, sentences, propositions.
 
-    With --json, prints one JSON array of results, each with passage_id, doc_id,
-    granularity, unit_index, score (and its parts), text and char_spans ([start, end)
-    offsets into passage_text). --explain adds the timings (to stderr with --json).
+    In the terminal, a unit result shows its passage cut around it with the unit
+    highlighted; a passage result the whole passage. With --json, prints one JSON
+    array of results, each with passage_id, doc_id, granularity, unit_index, score (and
+    its parts), text and char_spans ([start, end) offsets into passage_text).
+    --explain adds the timings (to stderr with --json).
     """
     from ..encoder import MultiVectorEncoder
     from ..planner import Planner
@@ -125,11 +129,13 @@ def search(
             repository, collection, encoder, candidates=candidates, alpha=alpha, first_stage=first_stage,
             prefetch=prefetch, device=device,
         )
+        pages: list[dict[str, Any]] = []
         for start in range(0, len(batch), batch_size):
             chunk = batch[start : start + batch_size]
             responses = planner.search_batch(
                 [text for _, text in chunk], granularity, k, parsed_filter, matches=matches
             )
+            pages.extend(r.to_json(timings=False) for r in responses)
             for (qid, _), response in zip(chunk, responses, strict=True):
                 results = [r.to_json() for r in response.results]
                 if queries is not None and json_output:
@@ -143,6 +149,15 @@ def search(
                         _print_timings(response.timings)
                 else:
                     _print_results(response, explain)
+        if html is not None:
+            from ..display import render_html
+
+            try:
+                html.write_text(render_html(pages), encoding="utf-8")
+            except OSError as exc:
+                raise AgrameError(f"cannot write the HTML page {html}: {exc}") from exc
+            if not json_output:
+                typer.echo(f"wrote {html}", err=True)
 
 
 def _read_queries(path: Path) -> list[tuple[Any, str]]:
@@ -165,6 +180,20 @@ _COLUMNS: tuple[tuple[str, JustifyMethod], ...] = (
 )
 
 
+def _shown_text(res: SearchResult) -> Text:
+    """A passage result's whole passage; a unit result's passage cut around the unit,
+    the unit highlighted (a search engine's snippet)."""
+    from rich.text import Text
+
+    from ..display import snippet
+
+    if res.unit_index is None:
+        return Text(res.passage_text)
+    s = snippet(res.passage_text, res.char_spans, width=120)
+    return Text.assemble(("…" if s.cut_start else "") + s.before, (s.unit, "bold black on yellow"),
+                         s.after + ("…" if s.cut_end else ""))
+
+
 def _print_results(response: SearchResponse, explain: bool) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -177,7 +206,7 @@ def _print_results(response: SearchResponse, explain: bool) -> None:
     for res in r.results:
         unit = "" if res.unit_index is None else f"{res.unit_kind} {res.unit_index}"
         parts = f"{res.score:.3f}" if res.unit_score is None else f"{res.score:.3f}\n({res.unit_score:.2f}+{res.alpha:g}*{res.passage_score:.2f})"
-        table.add_row(str(res.rank), parts, f"{res.doc_id}#{res.passage_index}", unit, res.text)
+        table.add_row(str(res.rank), parts, f"{res.doc_id}#{res.passage_index}", unit, _shown_text(res))
     console.print(table)
     if explain:
         _print_timings(r.timings, console)
@@ -209,7 +238,7 @@ def cite(
     json_output: Annotated[bool, typer.Option("--json", help="Print the cited answer as JSON.")] = False,
     model: ModelOption = None,
     device: DeviceOption = "auto",
-    dtype: DtypeOption = "float32",
+    dtype: DtypeOption = "auto",
 ) -> None:
     """Add citations to an answer from the passages it was generated from.
 
@@ -244,7 +273,7 @@ def encode(
     subpassage: Annotated[bool, typer.Option("--subpassage", help="Encode as queries with [Q'].")] = False,
     model: ModelOption = None,
     device: DeviceOption = "auto",
-    dtype: DtypeOption = "float32",
+    dtype: DtypeOption = "auto",
 ) -> None:
     """Encode texts and print, per text, its token count and units (JSON lines)."""
     from ..encoder import MultiVectorEncoder
@@ -269,7 +298,7 @@ def encode(
 
 
 @app.command()
-def info(model: ModelOption = None, device: DeviceOption = "auto", dtype: DtypeOption = "float32") -> None:
+def info(model: ModelOption = None, device: DeviceOption = "auto", dtype: DtypeOption = "auto") -> None:
     """Describe a model: its format, dim, markers and lengths."""
     from ..encoder import MultiVectorEncoder
 
@@ -290,7 +319,7 @@ def demo(
     store: StoreOption = DEFAULT_STORE,
     k: Annotated[int, typer.Option("-k", "--top-k", help="Results per question.")] = 3,
     device: DeviceOption = "auto",
-    dtype: DtypeOption = "float32",
+    dtype: DtypeOption = "auto",
     explain: Annotated[bool, typer.Option("--explain", help="Print the time of each step of every search.")] = False,
 ) -> None:
     """The main job on the bundled sample: index 200 SciFact abstracts, then search them

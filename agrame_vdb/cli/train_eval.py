@@ -59,7 +59,7 @@ def eval_command(
     limit: Annotated[Optional[int], typer.Option("--limit", help="Evaluate only the first N queries.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="One JSON object per configuration and model.")] = False,
     device: DeviceOption = "auto",
-    dtype: DtypeOption = "float32",
+    dtype: DtypeOption = "auto",
 ) -> None:
     """Evaluate models side by side at unit and passage level (P@1, R@5, MRR@10, nDCG@10).
 
@@ -102,6 +102,7 @@ def eval_command(
             if json_output:
                 for r in found:
                     typer.echo(json.dumps({**r.to_json(), "queries": len(data.queries), "passages": len(data.passages),
-                                           "units": sum(len(u) for u in data.units), "dtype": dtype}))
+                                           "units": sum(len(u) for u in data.units),
+                                           "dtype": str(encoder.dtype).removeprefix("torch.")}))
     if not json_output:
         typer.echo(results_table(results, ("P@1", "R@5", "MRR@10", "nDCG@10")))

@@ -206,10 +206,13 @@ class RepositoryBase(AliasMixin, abc.ABC):
             with self._lock, self._engine("open collection", target):
                 schema = self._load_schema(target)
         if schema is None:
+            existing = self._existing_collections()
             raise CollectionNotFoundError(
                 f"collection {name!r} does not exist in this {self.engine} store"
                 + (f" (alias {name!r} points at {target!r}, which is gone)" if target != name else "")
-                + f"; create it with create_collection(CollectionSchema({name!r}, dim=...))"
+                + (f"; it has {_named(existing)}" if existing is not None else "")
+                + f"; create it with create_collection(CollectionSchema({name!r}, dim=...))",
+                collection=name, existing=existing,
             )
         # under the collection's own name: an engine that resolved an alias itself
         # (a look-up older than the alias) must not pin the alias to its target
@@ -307,6 +310,13 @@ class RepositoryBase(AliasMixin, abc.ABC):
 
     def open_collection(self, name: str) -> CollectionSchema:
         return self._schema(name)
+
+    def _existing_collections(self) -> tuple[str, ...] | None:
+        """The store's collections for an error message, or None when it cannot say."""
+        try:
+            return tuple(sorted(self.list_collections()))
+        except AgrameError:
+            return None
 
     def list_collections(self) -> list[str]:
         self._check_open()
@@ -575,3 +585,11 @@ def _check_filter(filter: Any) -> None:
             f"filter must be a Filter (Eq, In, Range, And, Or, Not) or None, got {_short(filter)}; "
             "parse JSON with Filter.from_json()"
         )
+
+
+def _named(collections: tuple[str, ...], most: int = 10) -> str:
+    """"no collections", "the collection 'a'", "the collections 'a', 'b'" (the first ``most``)."""
+    if not collections:
+        return "no collections"
+    shown = ", ".join(repr(c) for c in collections[:most]) + (f" and {len(collections) - most} more" if len(collections) > most else "")
+    return f"the collection {shown}" if len(collections) == 1 else f"the collections {shown}"

@@ -193,14 +193,14 @@ class QdrantRepository(RepositoryBase):
 
     def _translate_error(self, exc: BaseException, op: str, collection: str | None) -> AgrameError | None:
         if isinstance(exc, UnexpectedResponse) and exc.status_code == 404 and collection:
-            return CollectionNotFoundError(f"collection {collection!r} does not exist on {self._where}")
+            return CollectionNotFoundError(f"collection {collection!r} does not exist on {self._where}", collection=collection)
         if isinstance(exc, RuntimeError) and "already accessed by another instance" in str(exc):
             return ConcurrentAccessError(
                 f"the Qdrant local store at {self._where} is open in another process or client; "
                 "close it there, or use a Qdrant server for concurrent access"
             )
         if isinstance(exc, ValueError) and collection and "not found" in str(exc).lower():
-            return CollectionNotFoundError(f"collection {collection!r} does not exist in {self._where}")
+            return CollectionNotFoundError(f"collection {collection!r} does not exist in {self._where}", collection=collection)
         if is_transient(exc):
             return TransientRepositoryError(f"{self.engine} at {self._where} failed to {op}: {_short(exc)}")
         return super()._translate_error(exc, op, collection)

@@ -185,7 +185,7 @@ class QdrantEdgeRepository(RepositoryBase):
         if "incompatible" in msg.lower():
             return SchemaMismatchError(f"Qdrant Edge refused {where}: {msg}")
         if "does not exist" in msg and collection:
-            return CollectionNotFoundError(f"Qdrant Edge collection {collection!r} has no shard at {where}: {msg}")
+            return CollectionNotFoundError(f"Qdrant Edge collection {collection!r} has no shard at {where}: {msg}", collection=collection)
         if _is_panic(exc):
             return RepositoryError(
                 f"Qdrant Edge panicked during {op} on {where} (an engine bug the input checks did not "

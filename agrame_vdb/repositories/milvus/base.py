@@ -152,7 +152,7 @@ class MilvusBase(RepositoryBase):
         msg = _message(exc)
         low = msg.lower()
         if collection and "collection" in low and ("not exist" in low or "not found" in low):
-            return CollectionNotFoundError(f"collection {collection!r} does not exist in {self._where}")
+            return CollectionNotFoundError(f"collection {collection!r} does not exist in {self._where}", collection=collection)
         if type(exc).__name__ == "ConnectionConfigException" and self._lite:
             return ConcurrentAccessError(
                 f"the Milvus Lite store at {self._where} could not be opened ({msg}); "
