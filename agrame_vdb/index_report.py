@@ -14,8 +14,10 @@ class IndexProgress:
 
     Counts are the job's (a resumed job includes what was done before it):
     ``documents`` and ``passages`` written, ``encoded`` passages (written, and
-    encoded in the batch being written); ``fraction`` is how much of the input was
-    read (None for iterables).
+    encoded in the batch being written); ``fraction`` is how much of the input is done:
+    the share whose passages are written, plus the encoded part of the batch in flight
+    (None for iterables). Reading runs a batch ahead of writing, so this is what an ETA
+    can rest on.
     """
 
     records: int

@@ -262,6 +262,8 @@ class IndexJob:
         self._times = {"setup": 0.0, "read": 0.0, "encode": 0.0, "write": 0.0, "checkpoint": 0.0, "optimize": 0.0}
         self._started = 0.0
         self._position = 0
+        self._committed = 0  # input position of the last batch written
+        self._batch_passages = 0  # passages in the batch being encoded
         self._line = 0
         self._total: int | None = None
         self._last_id: str | None = None
@@ -340,7 +342,13 @@ class IndexJob:
         if self.on_progress is None:
             return
         c = self._counts
-        fraction = min(1.0, self._position / self._total) if self._total else None
+        fraction = None
+        if self._total:  # input written, plus the encoded share of the batch in flight
+            done = self._committed / self._total
+            flight = (self._position - self._committed) / self._total
+            if self._batch_passages:
+                done += flight * min(1.0, self._encoded_pending / self._batch_passages)
+            fraction = min(1.0, done)
         self.on_progress(
             IndexProgress(c.records, c.documents, c.passages, c.passages + self._encoded_pending, c.rejected,
                           c.skipped, self._run.tokens,
@@ -388,6 +396,7 @@ class IndexJob:
         if previous is not None:
             self._counts = JobCounts(**{k: int(previous.counts.get(k, 0)) for k in asdict(JobCounts())})
             self._position, self._line = previous.position, previous.line
+            self._committed = previous.position
             self._last_id = previous.last_passage_id
             self._resumed_after = self._checkpointed_line = previous.line
             if previous.done:
@@ -503,6 +512,7 @@ class IndexJob:
                 c.tokens += sum(ch.n_tokens + self._special_tokens for d in pending for ch in d.chunks)
         if pending and not self.dry_run:
             chunks = [c for d in pending for c in d.chunks]
+            self._batch_passages = len(chunks)
             t = time.perf_counter()
             encoded, failed = encode_chunks(self.encoder, chunks, self.encode_batch_size, self._encoded)
             self._times["encode"] += time.perf_counter() - t
@@ -526,7 +536,8 @@ class IndexJob:
             self._counts.truncated_units += batch.truncated
             if batch.stored:
                 self._last_id = batch.stored[-1].id
-        self._encoded_pending = 0
+        self._encoded_pending = self._batch_passages = 0
+        self._committed = self._position
         self._save_checkpoint(rejects, done=False)
         self._progress()
 

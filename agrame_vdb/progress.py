@@ -17,9 +17,9 @@ __all__ = ["BarProgress", "LogProgress", "progress_reporter", "counter_bar"]
 
 
 def _line(p: Any) -> str:
-    done = f"{p.fraction:.0%} of input, " if p.fraction is not None else ""
+    done = f"{p.fraction:.0%} done, " if p.fraction is not None else ""
     return (
-        f"{done}{p.documents:,} documents, {p.passages:,} passages written ({p.encoded:,} encoded), "
+        f"{done}{p.passages:,} passages written ({p.encoded:,} encoded), {p.documents:,} documents, "
         f"{p.rejected:,} rejected, "
         f"{p.skipped:,} skipped; {p.tokens_per_second:,.0f} tokens/s, {p.elapsed:,.0f} s"
     )
@@ -48,7 +48,8 @@ class LogProgress(AbstractContextManager["LogProgress"]):
 
 
 class BarProgress(AbstractContextManager["BarProgress"]):
-    """A rich progress bar on stderr: share of input read, documents, passages, tokens/s."""
+    """A rich progress bar on stderr: share of the input done (written, and the encoded
+    part of the batch in flight), with its ETA; passages written and encoded, tokens/s."""
 
     def __init__(self, description: str = "indexing") -> None:
         from rich.console import Console
@@ -58,8 +59,8 @@ class BarProgress(AbstractContextManager["BarProgress"]):
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             TaskProgressColumn(),
-            TextColumn("{task.fields[documents]} docs · {task.fields[passages]} passages "
-                       "({task.fields[encoded]} encoded) · {task.fields[rejected]} rejected · {task.fields[tps]} tok/s"),
+            TextColumn("{task.fields[passages]} passages written ({task.fields[encoded]} encoded) · "
+                       "{task.fields[documents]} docs · {task.fields[rejected]} rejected · {task.fields[tps]} tok/s"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=Console(stderr=True),

@@ -445,3 +445,32 @@ def test_cli_dry_run_and_errors(tmp_path):
     assert bad.exit_code == 2 and "0 <= i < N" in bad.output
     missing = runner.invoke(app, ["index", str(tmp_path / "none.jsonl"), "-c", "docs", "--dry-run"])
     assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+def test_progress_tracks_what_is_written_not_what_is_read(tmp_path, fake):
+    """The share done is the input whose passages are written (plus the encoded part of
+    the batch in flight), checked against the byte offsets of the documents written."""
+    docs = make_docs(40)
+    src = write_jsonl(tmp_path / "docs.jsonl", docs)
+    ends, pos = [], 0
+    for line in src.read_bytes().splitlines(keepends=True):
+        pos += len(line)
+        ends.append(pos)  # byte offset after each document
+    total = ends[-1]
+    seen = []
+    with edge(tmp_path / "store") as repo:
+        index_documents(src, repo, "docs", encoder=fake, batch_size=8, encode_batch_size=2,
+                        chunking=ChunkingOptions(max_tokens=256), on_progress=seen.append)
+    assert seen and seen[-1].fraction == pytest.approx(1.0) and seen[-1].documents == 40
+    fractions = [p.fraction for p in seen]
+    assert fractions == sorted(fractions)  # never runs back
+    for p in seen:
+        written = ends[p.documents - 1] / total if p.documents else 0.0
+        in_flight = ends[min(p.documents + 8, 40) - 1] / total  # at most one batch of 8 beyond
+        assert written - 1e-9 <= p.fraction <= in_flight + 1e-9, (p.documents, p.fraction)
+    # a batch in flight counts only its encoded part (reading has already reached its end)
+    flight = [p for p in seen if p.encoded > p.passages and p.encoded - p.passages < 8]
+    assert flight and all(
+        ends[p.documents - 1 if p.documents else 0] / total * (p.documents > 0) < p.fraction
+        < ends[min(p.documents + 8, 40) - 1] / total for p in flight
+    )
