@@ -10,7 +10,9 @@ document no longer has: those at or past its new passage count.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+import logging
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,23 +21,40 @@ from .errors import InvalidInputError
 from .repository import And, Filter, In, Range, StoredPassage
 from .units import Passage
 
-__all__ = ["EncodedBatch", "encode_chunks", "build_records", "stale_passages"]
+__all__ = ["EncodedBatch", "encode_chunks", "build_records", "stale_passages", "HandedOver", "BatchWriter", "GPU_TOKEN_BUDGET"]
+
+
+def _batches(lengths: Sequence[int], order: Sequence[int], batch_size: int, token_budget: int | None) -> Iterator[list[int]]:
+    """``order`` (longest first) cut into batches of at most ``batch_size``, and, with
+    ``token_budget``, of at most that many padded tokens (a batch's count times its
+    longest length; a passage longer than the budget goes alone)."""
+    batch: list[int] = []
+    for i in order:
+        if batch and (len(batch) == batch_size or (token_budget is not None and (len(batch) + 1) * lengths[batch[0]] > token_budget)):
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
 
 
 def encode_chunks(
-    encoder: Any, chunks: Sequence[Chunk], batch_size: int, on_batch: Callable[[int, int], None] | None = None
+    encoder: Any, chunks: Sequence[Chunk], batch_size: int, on_batch: Callable[[int, int], None] | None = None,
+    *, token_budget: int | None = None,
 ) -> tuple[list[Any], dict[str, str]]:
     """Encodings of ``chunks`` (None for failed ones) and the failed documents' reasons.
 
-    ``on_batch(passages, tokens)`` is called after each encoded batch with how many
-    passages it held and how many token vectors came out.
+    Chunks are encoded longest first, ``batch_size`` at a time or, with ``token_budget``,
+    as many as fit that many padded tokens. ``on_batch(passages, tokens)`` is called
+    after each encoded batch with how many passages it held and how many token vectors
+    came out.
     """
     out: list[Any] = [None] * len(chunks)
     failed: dict[str, str] = {}
-    order = sorted(range(len(chunks)), key=lambda i: chunks[i].n_tokens, reverse=True)
-    step = batch_size
-    for start in range(0, len(order), step):
-        picked = order[start : start + step]
+    lengths = [c.n_tokens for c in chunks]
+    order = sorted(range(len(chunks)), key=lambda i: lengths[i], reverse=True)
+    for picked in _batches(lengths, order, batch_size, token_budget):
+        step = len(picked)
         passages = [Passage.create(chunks[i].doc_id, chunks[i].index, chunks[i].text) for i in picked]
         units = [chunks[i].units for i in picked]
         try:
@@ -110,3 +129,69 @@ def stale_passages(counts: Mapping[str, int]) -> list[Filter]:
     for doc_id, n in counts.items():
         by_count.setdefault(n, []).append(doc_id)
     return [And(In("doc_id", tuple(ids)), Range("passage_index", gte=n)) for n, ids in sorted(by_count.items())]
+
+
+#: padded tokens an encoding batch holds on a GPU when no ``encode_token_budget`` is given
+GPU_TOKEN_BUDGET = 16384
+
+log = logging.getLogger("agrame_vdb.indexer")
+
+
+@dataclass(slots=True)
+class HandedOver:
+    """A batch handed to the writer, and what its checkpoint will say once it is
+    written: the job's counts, input position and rejects size when it was handed over
+    (nothing past it read yet). ``stale``: passages the write deleted."""
+
+    batch: EncodedBatch | None
+    counts: Any
+    position: int
+    line: int
+    rejects_bytes: int
+    stale: int = 0
+
+
+class BatchWriter:
+    """Writes a batch with ``write(batch) -> stale deleted``: at once, or with
+    ``overlap`` on one writer thread while the next batch is encoded (one in flight)."""
+
+    def __init__(self, write: Callable[[EncodedBatch], int], *, overlap: bool) -> None:
+        self._write = write
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agrame-index-writer") if overlap else None
+        self._in_flight: tuple[Future[int], HandedOver] | None = None
+
+    def hand_over(self, handed: HandedOver) -> HandedOver | None:
+        """Write ``handed.batch``: returns it written (no overlap), or None (it is on the
+        writer thread: :meth:`finish` gives it back). Call :meth:`finish` first."""
+        assert handed.batch is not None and self._in_flight is None
+        if self._pool is None:
+            handed.stale = self._write(handed.batch)
+            return handed
+        self._in_flight = (self._pool.submit(self._write, handed.batch), handed)
+        return None
+
+    def finish(self, *, quietly: bool = False) -> HandedOver | None:
+        """The batch on the writer thread once it is written (None when there is none).
+        A failed write raises, or with ``quietly`` is logged and dropped."""
+        if self._in_flight is None:
+            return None
+        (future, handed), self._in_flight = self._in_flight, None
+        try:
+            handed.stale = future.result()
+        except BaseException as exc:
+            if not quietly:
+                raise
+            log.warning("the batch being written when the job stopped was not written: %s", exc)
+            return None
+        return handed
+
+    def writing(self) -> int:
+        """Passages on the writer thread, encoded and not written yet."""
+        if self._in_flight is None or self._in_flight[1].batch is None:
+            return 0
+        return len(self._in_flight[1].batch.stored)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None

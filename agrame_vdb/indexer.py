@@ -44,16 +44,19 @@ records are :mod:`agrame_vdb.index_batch`, the shards and default paths
   otherwise mid-job, the job stops with
   :class:`~agrame_vdb.errors.JobInterruptedError`, whose message says how to
   resume; the checkpoint stays valid.
+- **Overlapped on a GPU.** With ``overlap`` (default on a GPU) a batch is written on
+  one writer thread while the next is encoded (``index_batch.BatchWriter``); its
+  checkpoint is saved once it is written, with the counts, position and rejects size
+  of when it was handed over, so the guarantees above hold unchanged.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,11 +73,12 @@ from .errors import (
     TransientRepositoryError,
 )
 from .checkpoints import load_tokenizer, model_identity as _model_identity
-from .jobstate import JobCheckpoint, file_fingerprint, job_differences, private_opener
+from .jobstate import JobCheckpoint, file_fingerprint, job_differences
 from .layout import special_tokens
 from .redact import redact_url
+from .rejects import RejectsFile as _Rejects
 from .repository import CollectionSchema, validate_metadata
-from .index_batch import build_records, encode_chunks, stale_passages
+from .index_batch import GPU_TOKEN_BUDGET, BatchWriter, EncodedBatch, HandedOver, build_records, encode_chunks, stale_passages
 from .index_report import IndexProgress, IndexSummary, JobCounts
 from .shards import default_job_paths, parse_shard, shard_of
 
@@ -112,50 +116,6 @@ class RetryPolicy:
             raise InvalidInputError(f"retry waits need 0 <= initial <= maximum, got {self.initial}, {self.maximum}")
 
 
-class _Rejects:
-    """The rejects file (JSON Lines), cut back to a checkpoint's size on resume."""
-
-    SAMPLE = 20
-
-    def __init__(self, path: Path | None, keep_bytes: int | None) -> None:
-        self.path = path
-        self.sample: list[dict[str, Any]] = []
-        self._file = None
-        if path is None:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if keep_bytes is not None and path.exists() and path.stat().st_size < keep_bytes:
-            log.warning("the rejects file %s is shorter than its checkpoint says; appending to it", path)
-            self._file = path.open("ab")
-        elif keep_bytes is not None and path.exists():
-            self._file = path.open("r+b")
-            self._file.truncate(keep_bytes)
-            self._file.seek(keep_bytes)
-        else:
-            self._file = open(path, "wb", opener=private_opener)  # noqa: SIM115 - closed by close()
-        if keep_bytes is not None:
-            os.fchmod(self._file.fileno(), 0o600)  # one an older version created readable by all
-
-    def add(self, line: int, doc_id: str | None, reason: str) -> None:
-        row = {"line": line, "id": doc_id, "reason": reason}
-        if len(self.sample) < self.SAMPLE:
-            self.sample.append(row)
-        if self._file is not None:
-            self._file.write((json.dumps(row, ensure_ascii=False) + "\n").encode("utf-8"))
-
-    def sync(self) -> int:
-        if self._file is None:
-            return 0
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        return self._file.tell()
-
-    def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-
-
 @dataclass(slots=True)
 class _PendingDoc:
     line: int
@@ -173,7 +133,11 @@ class IndexJob:
     ``model`` (default: the shipped model) on ``device`` in ``dtype``.
 
     ``batch_size`` passages are written, then checkpointed, at a time;
-    ``encode_batch_size`` are encoded at a time (sorted by length). ``checkpoint``:
+    ``encode_batch_size`` are encoded at a time (sorted by length), or, with
+    ``encode_token_budget``, as many as fit that many padded tokens (at most
+    ``encode_batch_size``; on a GPU :data:`GPU_TOKEN_BUDGET` by default). ``overlap`` (default: when the encoder is on a GPU) writes
+    a batch on a second thread while the next one is encoded; a batch's checkpoint is
+    still saved only once its passages are written. ``checkpoint``:
     the checkpoint file (None: none is kept); ``rejects``: the rejects file (None:
     only a sample is kept in the summary). ``restart`` ignores an existing
     checkpoint. ``dry_run`` reads, checks and chunks every record, writes nothing,
@@ -198,6 +162,8 @@ class IndexJob:
         chunking: ChunkingOptions | None = None,
         batch_size: int = 256,
         encode_batch_size: int = 32,
+        encode_token_budget: int | None = None,
+        overlap: bool | None = None,
         shard: str | tuple[int, int] = (0, 1),
         checkpoint: str | Path | None = None,
         rejects: str | Path | None = None,
@@ -221,6 +187,9 @@ class IndexJob:
             raise InvalidInputError("a checkpoint needs a file source (an iterable cannot be read again from a position)")
         if repository is None and not dry_run:
             raise InvalidInputError("a repository is needed unless dry_run=True")
+        if encode_token_budget is not None and (not isinstance(encode_token_budget, int) or isinstance(encode_token_budget, bool)
+                                                or encode_token_budget < 1):
+            raise InvalidInputError(f"encode_token_budget must be an int >= 1 or None, got {encode_token_budget!r}")
         for name, value in (("batch_size", batch_size), ("encode_batch_size", encode_batch_size)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InvalidInputError(f"{name} must be an int >= 1, got {value!r}")
@@ -241,6 +210,8 @@ class IndexJob:
         self.chunking = chunking or ChunkingOptions()
         self.batch_size = batch_size
         self.encode_batch_size = encode_batch_size
+        self.encode_token_budget = encode_token_budget
+        self.overlap = overlap
         self.shard = parse_shard(shard)
         self.checkpoint_path = Path(checkpoint) if checkpoint is not None and not dry_run else None
         self.rejects_path = Path(rejects) if rejects is not None else None
@@ -270,6 +241,8 @@ class IndexJob:
         self._resumed_after = 0
         self._encoded_pending = 0
         self._checkpointed_line = 0
+        self._writer = BatchWriter(self._write, overlap=False)
+        self._token_budget: int | None = None
         self._rejects_sample: tuple[dict[str, Any], ...] = ()
 
     # ----------------------------------------------------------------- helpers
@@ -350,7 +323,7 @@ class IndexJob:
                 done += flight * min(1.0, self._encoded_pending / self._batch_passages)
             fraction = min(1.0, done)
         self.on_progress(
-            IndexProgress(c.records, c.documents, c.passages, c.passages + self._encoded_pending, c.rejected,
+            IndexProgress(c.records, c.documents, c.passages, c.passages + self._writer.writing() + self._encoded_pending, c.rejected,
                           c.skipped, self._run.tokens,
                           time.perf_counter() - self._started, fraction)
         )
@@ -423,8 +396,21 @@ class IndexJob:
         same_rejects = previous is not None and previous.rejects_path == (str(self.rejects_path) if self.rejects_path else None)
         rejects = _Rejects(self.rejects_path, previous.rejects_bytes if same_rejects and previous is not None else None)
         self._state = JobCheckpoint(job or {}, rejects_path=str(self.rejects_path) if self.rejects_path else None)
+        on_gpu = getattr(getattr(self.encoder, "device", None), "type", "cpu") == "cuda"
+        overlap = on_gpu if self.overlap is None else self.overlap  # a GPU encodes faster than most stores write
+        self._token_budget = self.encode_token_budget
+        if self._token_budget is None and on_gpu:  # a GPU wants full batches of similar lengths
+            self._token_budget = GPU_TOKEN_BUDGET
+        self._writer = BatchWriter(self._write, overlap=overlap and not self.dry_run)
         try:
-            self._loop(self._records(), chunker, rejects)
+            try:
+                self._loop(self._records(), chunker, rejects)
+                self._finish_write(rejects)
+            except BaseException:
+                self._finish_write(rejects, quietly=True)  # what is written by now keeps its checkpoint
+                raise
+            finally:
+                self._writer.close()
             if not self.dry_run and self.optimize:
                 t = time.perf_counter()
                 try:
@@ -505,6 +491,9 @@ class IndexJob:
         self._progress()
 
     def _flush(self, pending: list[_PendingDoc], rejects: _Rejects) -> None:
+        """Encode ``pending`` and hand its records to the writer (this thread, or the
+        writer thread with ``overlap``: then the batch before is written meanwhile)."""
+        batch: EncodedBatch | None = None
         if pending and self.dry_run:  # what would be written
             for c in (self._counts, self._run):
                 c.documents += len(pending)
@@ -514,45 +503,75 @@ class IndexJob:
             chunks = [c for d in pending for c in d.chunks]
             self._batch_passages = len(chunks)
             t = time.perf_counter()
-            encoded, failed = encode_chunks(self.encoder, chunks, self.encode_batch_size, self._encoded)
+            encoded, failed = encode_chunks(self.encoder, chunks, self.encode_batch_size, self._encoded,
+                                            token_budget=self._token_budget)
             self._times["encode"] += time.perf_counter() - t
             for d in pending:
                 if d.doc_id in failed:
                     self._reject(rejects, d.line, d.doc_id, failed[d.doc_id])
             batch = build_records([(d.doc_id, d.chunks) for d in pending], encoded, failed)
-            t = time.perf_counter()
-            if batch.stored:
-                self._call("write passages", self.repository.upsert, self.collection, batch.stored)
-            stale = 0
-            for where in stale_passages(batch.counts):
-                stale += self._call("delete stale passages", self.repository.delete_where, self.collection, where)
-            self._times["write"] += time.perf_counter() - t
-            written_docs = len(batch.counts)
-            for c in (self._counts, self._run):
-                c.documents += written_docs
+        self._finish_write(rejects)  # the batch before this one: written, then its checkpoint
+        # what the checkpoint of this batch will say, taken before anything past it is read
+        handed = HandedOver(batch, replace(self._counts), self._position, self._line, rejects.sync())
+        self._encoded_pending = self._batch_passages = 0
+        if batch is None or not batch.stored and not batch.counts:
+            self._commit(handed, rejects)
+        elif (written := self._writer.hand_over(handed)) is not None:
+            self._commit(written, rejects)
+        else:
+            self._progress()
+
+    def _write(self, batch: EncodedBatch) -> int:
+        """Write a batch's passages and delete its documents' stale ones; returns how many were deleted."""
+        t = time.perf_counter()
+        if batch.stored:
+            self._call("write passages", self.repository.upsert, self.collection, batch.stored)
+        stale = 0
+        for where in stale_passages(batch.counts):
+            stale += self._call("delete stale passages", self.repository.delete_where, self.collection, where)
+        self._times["write"] += time.perf_counter() - t
+        return stale
+
+    def _finish_write(self, rejects: _Rejects, *, quietly: bool = False) -> None:
+        """The batch on the writer thread, once written: counted and checkpointed.
+        ``quietly`` (the job is failing already): a write that failed is logged, not raised."""
+        written = self._writer.finish(quietly=quietly)
+        if written is not None:
+            self._commit(written, rejects)
+
+    def _commit(self, handed: HandedOver, rejects: _Rejects) -> None:
+        """A written batch (or none): its counts into the job's and into its checkpoint's."""
+        batch = handed.batch
+        if batch is not None and not self.dry_run:
+            for c in (self._counts, self._run, handed.counts):
+                c.documents += len(batch.counts)
                 c.passages += len(batch.stored)
-            self._counts.tokens += batch.tokens
-            self._counts.stale_deleted += stale
-            self._counts.truncated_units += batch.truncated
+            for c in (self._counts, handed.counts):
+                c.tokens += batch.tokens
+                c.stale_deleted += handed.stale
+                c.truncated_units += batch.truncated
             if batch.stored:
                 self._last_id = batch.stored[-1].id
-        self._encoded_pending = self._batch_passages = 0
-        self._committed = self._position
-        self._save_checkpoint(rejects, done=False)
+        self._committed = handed.position
+        self._save_checkpoint(rejects, done=False, handed=handed)
         self._progress()
 
-    def _save_checkpoint(self, rejects: _Rejects, *, done: bool) -> None:
+    def _save_checkpoint(self, rejects: _Rejects, *, done: bool, handed: HandedOver | None = None) -> None:
+        """Save the checkpoint: of ``handed`` (a written batch: its position, counts and
+        rejects size as they were when it was handed over), else of the job as it is."""
         t = time.perf_counter()
-        size = rejects.sync()
+        size = rejects.sync() if handed is None else handed.rejects_bytes
+        position, line = (self._position, self._line) if handed is None else (handed.position, handed.line)
+        counts = self._counts if handed is None else handed.counts
         if self.checkpoint_path is not None:
             state = self._state
-            state.position, state.line = self._position, self._line
-            state.counts = asdict(self._counts)
+            state.position, state.line = position, line
+            state.counts = asdict(counts)
             state.rejects_bytes = size
             state.last_passage_id = self._last_id
             state.done = done
             state.save(self.checkpoint_path)
-            self._checkpointed_line = self._line
+            self._checkpointed_line = line
         self._times["checkpoint"] += time.perf_counter() - t
 
     def _summary(self, *, already_done: bool = False, rejects: str | None = None) -> IndexSummary:

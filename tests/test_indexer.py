@@ -94,7 +94,8 @@ def test_kill_9_mid_job_then_resume_equals_a_clean_run(tmp_path, encoder):
     records.insert(28, {"id": "late-bad", "text": ""})
     src = write_jsonl(tmp_path / "docs.jsonl", records)
     common = ["index", str(src), "-c", "docs", "--device", "cpu", "--batch-size", "2", "--encode-batch-size", "2",
-              "--max-tokens", "24", "--no-progress", "--json", "--model", "minilm-frozen-128"]
+              "--max-tokens", "24", "--no-progress", "--json", "--model", "minilm-frozen-128",
+              "--dtype", "float32"]  # bit-identical vectors across a resume (bfloat16 rounds by batch shape)
     killed_store, clean_store = tmp_path / "killed", tmp_path / "clean"
     ck = tmp_path / "killed.ck.json"
     args = [*common, "--store", f"qdrant-edge://{killed_store}", "--checkpoint", str(ck),
@@ -474,3 +475,94 @@ def test_progress_tracks_what_is_written_not_what_is_read(tmp_path, fake):
         ends[p.documents - 1 if p.documents else 0] / total * (p.documents > 0) < p.fraction
         < ends[min(p.documents + 8, 40) - 1] / total for p in flight
     )
+
+
+def test_encode_batches_by_token_budget():
+    from agrame_vdb.index_batch import _batches
+
+    lengths = [5, 300, 40, 40, 41, 7, 120, 1, 1, 1]
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+    batches = list(_batches(lengths, order, batch_size=4, token_budget=130))
+    assert [i for b in batches for i in b] == order  # every chunk once, longest first
+    for b in batches:
+        assert len(b) <= 4
+        assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 130  # a long one goes alone
+    assert batches[0] == [1]  # 300 tokens: over the budget, alone
+    assert list(_batches(lengths, order, batch_size=3, token_budget=None)) == [order[:3], order[3:6], order[6:9], order[9:]]
+
+
+class _SlowWrites:
+    """A repository whose upserts take a while and note when and on which thread they ran."""
+
+    def __init__(self, inner, seconds=0.05):
+        self.inner, self.seconds, self.spans = inner, seconds, []
+
+    def upsert(self, collection, passages, **kwargs):
+        import threading
+
+        start = time.monotonic()
+        time.sleep(self.seconds)
+        out = self.inner.upsert(collection, passages, **kwargs)
+        self.spans.append((start, time.monotonic(), threading.current_thread().name))
+        return out
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+class _NotedEncoder:
+    """The fake encoder, noting when each batch's encoding started."""
+
+    def __init__(self, inner):
+        self.inner, self.starts = inner, []
+
+    def encode_passages(self, *args, **kwargs):
+        self.starts.append(time.monotonic())
+        return self.inner.encode_passages(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+@pytest.mark.parametrize("budget", [None, 40])
+def test_overlapped_writes_give_the_same_collection_and_checkpoint(tmp_path, fake, budget):
+    src = write_jsonl(tmp_path / "docs.jsonl", [*make_docs(24), "{oops"])
+    opts = dict(batch_size=4, encode_batch_size=2, encode_token_budget=budget, chunking=ChunkingOptions(max_tokens=16))
+    results = {}
+    for overlap in (False, True):
+        slow = _SlowWrites(connect("memory://"))
+        encoder = _NotedEncoder(fake)
+        seen = []
+        summary = index_documents(src, slow, "docs", encoder=encoder, overlap=overlap, on_progress=seen.append,
+                                  checkpoint=tmp_path / f"ck-{overlap}.json", rejects=tmp_path / f"rj-{overlap}.jsonl", **opts)
+        ck = json.loads((tmp_path / f"ck-{overlap}.json").read_text())
+        results[overlap] = (snapshot(slow.inner, "docs"), summary, ck, slow, encoder, seen)
+    (a, sa, ca, _, _, _), (b, sb, cb, slow, encoder, seen) = results[False], results[True]
+    assert_same_collection(a, b)
+    assert (sa.documents, sa.passages, sa.rejected, sa.tokens) == (sb.documents, sb.passages, sb.rejected, sb.tokens)
+    assert {k: ca[k] for k in ("position", "line", "counts", "rejects_bytes", "done")} == \
+        {k: cb[k] for k in ("position", "line", "counts", "rejects_bytes", "done")}
+    assert (tmp_path / "rj-False.jsonl").read_text() == (tmp_path / "rj-True.jsonl").read_text()
+    assert all(name.startswith("agrame-index-writer") for _, _, name in slow.spans)
+    # a batch was encoded while the one before it was being written
+    assert any(s < t < e for s, e, _ in slow.spans for t in encoder.starts)
+    assert all(p.passages <= p.encoded for p in seen) and seen[-1].passages == sb.passages
+
+
+def test_an_overlapped_job_stopped_by_its_store_resumes_to_a_clean_runs_collection(tmp_path, fake):
+    src = write_jsonl(tmp_path / "docs.jsonl", make_docs(20))
+    inner = connect("memory://")
+    ck = tmp_path / "ck.json"
+    opts = dict(encoder=fake, batch_size=4, checkpoint=ck, retry=FAST_RETRY, chunking=ChunkingOptions(max_tokens=16),
+                overlap=True)
+    with pytest.raises(JobInterruptedError):
+        index_documents(src, FlakyRepository(inner, down_after=2), "docs", **opts)
+    state = json.loads(ck.read_text())
+    written = {p.doc_id for p in snapshot(inner, "docs").values()}
+    # the checkpoint counts only what was written: every document before its line is in the store
+    assert state["counts"]["documents"] == len(written) == state["line"]
+    resumed = index_documents(src, inner, "docs", **opts)
+    assert resumed.documents == 20 and resumed.resumed_after == state["line"]
+    clean = connect("memory://")
+    index_documents(src, clean, "docs", **{**opts, "checkpoint": tmp_path / "clean.json"})
+    assert_same_collection(snapshot(inner, "docs"), snapshot(clean, "docs"))

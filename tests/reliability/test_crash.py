@@ -37,7 +37,8 @@ CASES = [pytest.param("qdrant-edge", 0, 1, 48, id="edge-ci")] + [
     pytest.param(e, s, 3, 60, id=f"{e}-full-{s}", marks=pytest.mark.reliability_full)
     for e in ENGINES for s in (1, 2)
 ]
-COMMON = ["--device", "cpu", "--batch-size", "2", "--encode-batch-size", "2", "--max-tokens", "24",
+# float32: a resumed job's vectors equal a clean run's bit for bit (bfloat16 rounds by batch shape)
+COMMON = ["--device", "cpu", "--dtype", "float32", "--batch-size", "2", "--encode-batch-size", "2", "--max-tokens", "24",
           "--no-progress", "--json", "--no-optimize"]
 
 
