@@ -14,8 +14,9 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModel, AutoTokenizer
 
 from agrame_vdb import ModelLoadError, Passage
-from agrame_vdb.checkpoints import resolve_base
+from agrame_vdb.checkpoints import PACKAGED_MODELS, resolve_base
 from agrame_vdb.encoder import MultiVectorEncoder
+from agrame_vdb.model_settings import read_settings, tensor_shapes
 
 QUERY = "how do bacteria resist antibiotics?"
 DOC = "Bacteria resist antibiotics. Efflux pumps remove the drug."
@@ -50,6 +51,22 @@ def _doc_ids(tok, marker_id: int) -> list[int]:
     return [tok.cls_token_id, marker_id, *tok(DOC, add_special_tokens=False)["input_ids"], tok.sep_token_id]
 
 
+def _same_settings(encoder: MultiVectorEncoder, model, projection=None) -> None:
+    """The settings read from the files (torch.load barred: no weights loaded) are the loaded encoder's."""
+    real_load = torch.load
+    torch.load = _no_weights
+    try:
+        settings = read_settings(model, projection=projection)
+    finally:
+        torch.load = real_load
+    assert settings.config == encoder.config and settings.format == encoder.checkpoint.format
+    assert settings.has_projection == (encoder.projection is not None) and settings.path == encoder.checkpoint.path
+
+
+def _no_weights(*args, **kwargs):
+    raise AssertionError("reading a model's settings loaded its weights")
+
+
 def _check(encoder: MultiVectorEncoder, model_dir: Path, weight, q_marker: int, d_marker: int, bias=None, qlen=32):
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     ids, attention = _query_ids(tok, q_marker, qlen)
@@ -78,6 +95,7 @@ def test_stanford_colbert_checkpoint(tmp_path, minilm, weights_name):
 
     enc = MultiVectorEncoder.load(tmp_path, device="cpu")
     assert enc.checkpoint.format == "stanford-colbert"
+    _same_settings(enc, tmp_path)
     assert (enc.dim, enc.config.query_maxlen, enc.config.doc_maxlen) == (128, 24, 180)
     ref_dir = tmp_path / "reference"
     bert.save_pretrained(str(ref_dir))
@@ -110,6 +128,7 @@ def test_sentence_transformers_colbert_directory(tmp_path, minilm, pylate_tokens
 
     enc = MultiVectorEncoder.load(tmp_path, device="cpu")
     assert enc.checkpoint.format == "sentence-transformers" and enc.dim == 128
+    _same_settings(enc, tmp_path)
     state = load_file(str(tmp_path / "1_Dense" / "model.safetensors"))
     tok = AutoTokenizer.from_pretrained(str(tmp_path))
     q_marker, d_marker = (tok.convert_tokens_to_ids(p) for p in prefixes)
@@ -127,12 +146,14 @@ def test_plain_encoder_with_projection_file(tmp_path, minilm, suffix):
         save_file({"weight": weight}, str(path))
     enc = MultiVectorEncoder.load(minilm, projection=path, device="cpu")
     assert enc.checkpoint.format == "transformer" and enc.dim == 128
+    _same_settings(enc, minilm, projection=path)
     _check(enc, minilm, weight, q_marker=1, d_marker=2)
 
 
 def test_plain_encoder_without_projection_keeps_hidden_size(minilm):
     enc = MultiVectorEncoder.load(minilm, device="cpu")
     assert enc.dim == 384 and enc.projection is None
+    _same_settings(enc, minilm)
     _check(enc, minilm, torch.eye(384), q_marker=1, d_marker=2)
 
 
@@ -145,9 +166,33 @@ def test_agrame_format_round_trips(tmp_path):
     p = [Passage.create("d", 0, DOC)]
     for directory in (full, small):
         again = MultiVectorEncoder.load(directory, device="cpu")
+        _same_settings(again, directory)
         assert again.config == enc.config or directory == full
         np.testing.assert_array_equal(again.encode_queries([QUERY]), enc.encode_queries([QUERY]))
         np.testing.assert_array_equal(again.encode_passages(p)[0].token_vectors, enc.encode_passages(p)[0].token_vectors)
+
+
+@pytest.mark.parametrize("name", sorted(PACKAGED_MODELS))
+def test_a_packaged_models_settings_read_without_weights_are_the_loaded_ones(name):
+    _same_settings(MultiVectorEncoder.load(name, device="cpu"), name)
+
+
+def test_tensor_shapes_of_every_kind_of_torch_file(tmp_path):
+    state = {"linear.weight": torch.zeros(3, 4), "scale": torch.nn.Parameter(torch.zeros(2, dtype=torch.bfloat16)), "step": 7}
+    torch.save(state, tmp_path / "zip.bin")
+    torch.save(state, tmp_path / "legacy.bin", _use_new_zipfile_serialization=False)  # read by torch itself
+    torch.save(torch.zeros(5, 6), tmp_path / "one.pt")
+    save_file({"weight": torch.zeros(2, 8)}, str(tmp_path / "w.safetensors"))
+    expected = {"linear.weight": (3, 4), "scale": (2,), "step": None}
+    assert tensor_shapes(tmp_path / "zip.bin") == tensor_shapes(tmp_path / "legacy.bin") == expected
+    assert tensor_shapes(tmp_path / "one.pt") == {"weight": (5, 6)}
+    assert tensor_shapes(tmp_path / "w.safetensors") == {"weight": (2, 8)}
+    (tmp_path / "bad.safetensors").write_bytes(b"not safetensors at all")
+    with pytest.raises(ModelLoadError, match="cannot read weights .*bad.safetensors"):
+        tensor_shapes(tmp_path / "bad.safetensors")
+    torch.save({"weight": torch.zeros(1), "odd": Path("x")}, tmp_path / "odd.bin")  # a global no state dict holds
+    with pytest.raises(ModelLoadError, match="cannot read weights .*odd.bin"):  # torch's weights_only refuses it too
+        tensor_shapes(tmp_path / "odd.bin")
 
 
 def test_missing_or_unreadable_models_name_the_path_and_formats(tmp_path, minilm):

@@ -29,6 +29,19 @@ def test_info_describes_the_default_model():
     assert info["format"] == "agrame" and info["dim"] == 384  # the plain base: its own token states
     assert info["markers"] == {"query": None, "document": None, "subpassage": None}
     assert info["query_augmentation"] is False and info["projection"] is False
+    assert info["device"] == "cpu" and info["dtype"] in ("float32", "bfloat16")  # auto, resolved for this CPU
+
+
+def test_info_reads_a_trained_model_and_shows_device_and_dtype_as_asked():
+    result = runner.invoke(app, ["info", "--model", "minilm-frozen-128", "--dtype", "bf16"])
+    assert result.exit_code == 0, result.output
+    info = json.loads(result.output)
+    assert (info["format"], info["dim"], info["projection"], info["query_augmentation"]) == ("agrame", 128, True, True)
+    assert info["markers"] == {"query": "[unused0]", "document": "[unused1]", "subpassage": "[unused2]"}
+    assert (info["device"], info["dtype"]) == ("auto", "bfloat16")
+    assert json.loads(runner.invoke(app, ["info", "--device", "cuda"]).output)["dtype"] == "auto"  # the GPU decides
+    bad = runner.invoke(app, ["info", "--dtype", "float8"])
+    assert bad.exit_code == 2 and "unknown dtype 'float8'" in bad.output
 
 
 def test_encode_prints_units_per_passage():

@@ -1,5 +1,6 @@
 """The light commands start without the heavy libraries: importing torch alone takes
-seconds, so ``--help``, ``version``, ``migrate status`` and ``migrate alias`` must not."""
+seconds, so ``--help``, ``version``, ``migrate status``, ``migrate alias`` and ``info`` (a
+model's settings, read from its files) must not."""
 
 from __future__ import annotations
 
@@ -45,8 +46,8 @@ def store(tmp_path_factory):
 @pytest.mark.parametrize(
     "args",
     [("version",), ("--help",), ("migrate", "--help"), ("migrate", "status", "--collection", "docs", "--json"),
-     ("migrate", "alias", "live")],
-    ids=["version", "help", "migrate-help", "migrate-status", "migrate-alias"],
+     ("migrate", "alias", "live"), ("info",), ("info", "--model", "minilm-frozen-128")],
+    ids=["version", "help", "migrate-help", "migrate-status", "migrate-alias", "info", "info-trained-model"],
 )
 def test_light_commands_import_no_torch_or_transformers(store, args):
     if args[0] == "migrate" and args[1] != "--help":

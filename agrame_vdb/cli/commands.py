@@ -302,18 +302,25 @@ def encode(
 
 @app.command()
 def info(model: ModelOption = None, device: DeviceOption = "auto", dtype: DtypeOption = "auto") -> None:
-    """Describe a model: its format, dim, markers and lengths."""
-    from ..encoder import MultiVectorEncoder
+    """Describe a model: its format, dim, markers and lengths, read from its files.
+
+    Loads no weights (nor torch): "device" is printed as asked, and "dtype" made
+    concrete where that needs no GPU (auto for --device cpu, an alias such as bf16);
+    with --device auto or cuda, dtype auto stays "auto" (what it becomes depends on
+    the GPU torch finds when the model is loaded).
+    """
+    from ..model_settings import compute_dtype_name, read_settings
 
     with failures():
-        enc = MultiVectorEncoder.load(model, device=device, dtype=dtype)
-    cfg = enc.config
+        settings = read_settings(model)
+        shown_dtype = dtype if dtype.lower() == "auto" and device != "cpu" else compute_dtype_name(dtype, device)
+    cfg = settings.config
     typer.echo(json.dumps({
-        "path": str(enc.checkpoint.path), "format": enc.checkpoint.format, "dim": cfg.dim,
+        "path": str(settings.path), "format": settings.format, "dim": cfg.dim,
         "query_maxlen": cfg.query_maxlen, "doc_maxlen": cfg.doc_maxlen,
         "markers": {"query": cfg.query_marker, "document": cfg.doc_marker, "subpassage": cfg.subpassage_marker},
-        "query_augmentation": cfg.query_augmentation, "projection": enc.projection is not None,
-        "device": str(enc.device), "dtype": str(enc.dtype).removeprefix("torch."),
+        "query_augmentation": cfg.query_augmentation, "projection": settings.has_projection,
+        "device": device, "dtype": shown_dtype,
     }, indent=2))
 
 
