@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import numpy as np
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
+from tenacity import wait_exponential, wait_random
 
 from ..errors import (
     AgrameError,
@@ -43,6 +43,7 @@ from .base import RepositoryBase
 from ..redact import redact_url, secret_parts, url_secrets
 from . import StoreURL, _grpc_transient
 from . import _qdrant_common as qc
+from ._retry import call_with_retries
 from ._options import Bool, Float, Int, TokenCopyOptions, parse_options
 from ._codec import copy_dtype, decode_tokens, join_tokens, units_from_json
 from ._token_store import new_version
@@ -174,22 +175,9 @@ class QdrantRepository(RepositoryBase):
     def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         if not self._server:
             return fn(*args, **kwargs)
-        retrying = Retrying(
-            stop=stop_after_attempt(self._retries),
-            wait=wait_exponential(multiplier=0.2, max=self._retry_wait_max)
-            + wait_random(0, min(0.2, self._retry_wait_max)),
-            retry=retry_if_exception(is_transient),
-            reraise=True,
-        )
-        try:
-            return retrying(fn, *args, **kwargs)
-        except Exception as exc:
-            if is_transient(exc):
-                raise TransientRepositoryError(
-                    f"Qdrant server at {self._where} still failing after {self._retries} attempts: "
-                    f"{type(exc).__name__}: {_short(exc)}; check that it is running and reachable"
-                ) from exc
-            raise
+        wait = wait_exponential(multiplier=0.2, max=self._retry_wait_max) + wait_random(0, min(0.2, self._retry_wait_max))
+        return call_with_retries(fn, args, kwargs, attempts=self._retries, wait=wait, transient=is_transient,
+                                 server=f"Qdrant server at {self._where}", short=_short)
 
     def _translate_error(self, exc: BaseException, op: str, collection: str | None) -> AgrameError | None:
         if isinstance(exc, UnexpectedResponse) and exc.status_code == 404 and collection:

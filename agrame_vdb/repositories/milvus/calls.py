@@ -10,9 +10,9 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from pymilvus.exceptions import MilvusException
-from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+from tenacity import wait_exponential
 
-from ...errors import TransientRepositoryError
+from .._retry import call_with_retries as _retried
 from .. import _grpc_transient
 
 T = TypeVar("T")
@@ -79,15 +79,5 @@ def call_with_retries(
 ) -> T:
     """``fn(*args, **kwargs)``, tried up to ``retries`` times while it fails transiently;
     TransientRepositoryError when the last attempt fails so, any other error at once."""
-    retrying = Retrying(
-        stop=stop_after_attempt(retries), wait=RETRY_WAIT, retry=retry_if_exception(is_transient), reraise=True
-    )
-    try:
-        return retrying(fn, *args, **kwargs)
-    except Exception as exc:
-        if is_transient(exc):
-            raise TransientRepositoryError(
-                f"Milvus at {where} still failing after {retries} attempts: "
-                f"{type(exc).__name__}: {_message(exc)}; check that it is running and reachable"
-            ) from exc
-        raise
+    return _retried(fn, args, kwargs, attempts=retries, wait=RETRY_WAIT, transient=is_transient,
+                    server=f"Milvus at {where}", short=_message)
