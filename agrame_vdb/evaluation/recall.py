@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInputError
+from ..planner.plan import MAX_CANDIDATES
 from .datasets import EvalQuery
 
 __all__ = ["RECALL_AT", "FirstStageRecall", "first_stage_recall", "check_recall_at", "recall_table"]
@@ -43,8 +44,8 @@ def check_recall_at(values: Iterable[Any]) -> tuple[int, ...]:
     """Distinct positive ints, ascending."""
     out = set()
     for v in values:
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v <= 100_000:
-            raise InvalidInputError(f"recall@N takes ints N in [1, 100000], got {v!r}")
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or not 1 <= v <= MAX_CANDIDATES:
+            raise InvalidInputError(f"recall@N takes ints N in [1, {MAX_CANDIDATES}], got {v!r}")
         out.add(int(v))
     return tuple(sorted(out))
 
@@ -115,7 +116,7 @@ def _candidates(repository: Any, collection: str, stage: str, q: np.ndarray, que
 
     kwargs: dict[str, Any] = {"limit": n, "filter": query.filter}
     if stage == "maxsim":  # the planner's default prefetch for n candidates
-        kwargs.update(tokens=q, prefetch=min(100_000, max(4 * n, 400)))
+        kwargs.update(tokens=q, prefetch=min(MAX_CANDIDATES, max(4 * n, 400)))
     return [c.id for c in repository.candidates(collection, pool_query(q), **kwargs)]
 
 
