@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from agrame_vdb import connect
+from agrame_vdb.errors import InvalidInputError
 from agrame_vdb.evaluation import (
     CONFIGURATIONS,
     EvalDataset,
@@ -319,5 +320,125 @@ def test_eval_command_prints_one_json_object_per_configuration(tmp_path):
     for o in objects:
         assert o["dataset"] == "wikiqa-tiny" and o["queries"] == 2 and o["unit"]["n"] == 2 and o["passage"]["n"] == 2
         assert set(o["unit"]) == {"P@1", "R@5", "MRR@10", "nDCG@10", "n"}
+        assert o["first_stage_used"] == "pooled"
+        if o["configuration"] != "sentence-encoding":  # qdrant-edge: both first stages, and the ceiling
+            recall = o["first_stage"]
+            assert recall["n"] == 2 and set(recall) == {"encoding", "n", "pooled", "maxsim", "exhaustive"}
+            assert list(recall["exhaustive"]) == [f"{k}@{n}" for k in ("recall", "fraction") for n in (50, 200, 1000)]
+            assert recall["exhaustive"]["recall@50"] == 1.0  # 3 passages: every one is among 50
+    table = CliRunner().invoke(app, ["eval", "--dataset", "wikiqa", "--path", str(path), "--device", "cpu",
+                                     "--configuration", "passage-span-q", "--recall-at", "1,2", "--first-stage", "maxsim"])
+    assert table.exit_code == 0, table.output
+    assert "First-stage recall" in table.output and "| recall@1 | recall@2 | fraction@1 | fraction@2 | n |" in table.output
+    assert table.output.count("| wikiqa-tiny | default | passage encoding |") == 3
+    for bad_option in (["--recall-at", "fifty"], ["--recall-at", "0"], ["--first-stage", "bm25"]):
+        bad = CliRunner().invoke(app, ["eval", "--dataset", "wikiqa", "--path", str(path), "--device", "cpu", *bad_option])
+        assert bad.exit_code == 2 and "Traceback" not in bad.output, bad.output
     bad = CliRunner().invoke(app, ["eval", "--dataset", "msmarco", "--path", str(path)])
     assert bad.exit_code == 2 and "unknown data set" in bad.output
+
+
+# --------------------------------------------------------------------------- first-stage recall
+
+
+def _random_collection(n_passages=60, n_queries=9, dim=8, seed=3):
+    """A memory collection of random token vectors and queries with random relevant
+    passages (the last query's filter leaves out the first ten documents)."""
+    from agrame_vdb import CollectionSchema, StoredPassage
+    from agrame_vdb.repository import Eq, Not, Or
+
+    rng = np.random.default_rng(seed)
+    repo = connect("memory://")
+    repo.create_collection(CollectionSchema("fs", dim=dim))
+    tokens = [rng.standard_normal((int(rng.integers(2, 7)), dim)).astype(np.float32) for _ in range(n_passages)]
+    stored = [StoredPassage.create(f"d{i:02d}", 0, t) for i, t in enumerate(tokens)]
+    repo.upsert("fs", stored)
+    q_all = rng.standard_normal((n_queries, 4, dim)).astype(np.float32)
+    out = Not(Or(*[Eq("doc_id", f"d{i:02d}") for i in range(10)]))
+    queries = []
+    for i in range(n_queries):
+        last = i == n_queries - 1
+        relevant = rng.choice(np.arange(10 if last else 0, n_passages), size=int(rng.integers(1, 4)), replace=False)
+        qrels = {stored[j].id: int(rng.integers(1, 3)) for j in relevant}
+        queries.append(EvalQuery(f"q{i}", "", qrels, {}, out if last else None))
+    queries.append(EvalQuery("none", "", {stored[0].id: 0}, {}))  # no relevant passage: not counted
+    return repo, stored, tokens, np.concatenate([q_all, q_all[:1]]), queries
+
+
+def _reference_recall(rankings, queries, at):
+    """recall@N (any relevant in the top N) and fraction@N, written out plainly."""
+    out = {}
+    counted = [(r, q) for r, q in zip(rankings, queries) if any(g >= 1 for g in q.passage_qrels.values())]
+    for n in at:
+        out[f"recall@{n}"] = np.mean([any(p in r[:n] and q.passage_qrels[p] >= 1 for p in q.passage_qrels) for r, q in counted])
+    for n in at:
+        out[f"fraction@{n}"] = np.mean([
+            sum(1 for p, g in q.passage_qrels.items() if g >= 1 and p in r[:n]) / sum(1 for g in q.passage_qrels.values() if g >= 1)
+            for r, q in counted
+        ])
+    return out
+
+
+def test_first_stage_recall_equals_numpy_pooled_cosine_and_brute_force_maxsim():
+    from agrame_vdb.evaluation import RECALL_AT, first_stage_recall, recall_table
+
+    repo, stored, tokens, q_all, queries = _random_collection()
+    at = (1, 5, 20, 100)  # 100 > 60 passages: every passage the filter allows
+    found = first_stage_recall(repo, "fs", q_all, queries, len(stored), at)
+    assert found.n == len(queries) - 1 and list(found.stages) == ["pooled", "maxsim", "exhaustive"]
+
+    def allowed(query):
+        return [j for j in range(len(stored)) if query.filter is None or j >= 10]
+
+    pooled = np.stack([t.mean(axis=0) / np.linalg.norm(t.mean(axis=0)) for t in tokens])
+    maxsim = np.array([[(q @ t.T).max(axis=1).sum() for t in tokens] for q in q_all])
+    cosine = []
+    for i, q in enumerate(q_all):
+        pq = q.mean(axis=0) / np.linalg.norm(q.mean(axis=0))
+        keep = allowed(queries[i])
+        cosine.append([stored[keep[j]].id for j in np.argsort(-(pooled[keep] @ pq), kind="stable")])
+    exhaustive = [[stored[allowed(queries[i])[j]].id for j in np.argsort(-maxsim[i, allowed(queries[i])], kind="stable")]
+                  for i in range(len(q_all))]
+    assert found.stages["pooled"] == pytest.approx(_reference_recall(cosine, queries, at), abs=1e-12)
+    assert found.stages["exhaustive"] == pytest.approx(_reference_recall(exhaustive, queries, at), abs=1e-12)
+    # the engine's MaxSim over a pooled prefetch (max(4N, 400) >= 60: every passage here) is the exhaustive ranking
+    assert found.stages["maxsim"] == pytest.approx(found.stages["exhaustive"], abs=1e-12)
+    for stage in found.stages.values():  # monotone in N; every relevant passage is found at N >= the collection
+        for kind in ("recall", "fraction"):
+            values = [stage[f"{kind}@{n}"] for n in at]
+            assert values == sorted(values) and values[-1] == 1.0
+    table = recall_table([type("R", (), {"dataset": "rand", "model": "m", "recall": found})()])
+    assert table.count("\n") == 1 + 3 and "| rand | m | passage encoding | exhaustive |" in table
+    assert RECALL_AT == (50, 200, 1000)
+    with pytest.raises(InvalidInputError, match="recall@N"):
+        first_stage_recall(repo, "fs", q_all, queries, len(stored), (0,))
+
+
+def test_evaluate_reports_first_stage_recall_once_per_collection_and_keeps_its_figures(plain_encoder):
+    from agrame_vdb.encoder import encode_queries
+    from agrame_vdb.evaluation import first_stage_recall, recall_table
+
+    ds = _tiny_dataset()
+    repo = connect("memory://")
+    configs = ["plain-base", "sentence-encoding", "passage-span-q"]
+    kw = {"configurations": configs, "candidates": 2, "plain_encoder": plain_encoder}
+    results = evaluate(ds, plain_encoder, repo, recall_at=(1, 2, 3), keep=True, **kw)
+    by_name = {r.configuration: r for r in results}
+    assert by_name["sentence-encoding"].recall is None
+    assert by_name["plain-base"].recall.encoding == "plain base" and by_name["passage-span-q"].recall.encoding == "passage encoding"
+    q, _ = encode_queries(plain_encoder, [x.text for x in ds.queries], both=False)
+    again = first_stage_recall(repo, "agrame_eval_passages", q, ds.queries, len(ds.passages), (1, 2, 3))
+    assert by_name["passage-span-q"].recall == again
+    assert {r.first_stage for r in results} == {"pooled"}
+    as_json = by_name["passage-span-q"].to_json()
+    assert as_json["first_stage_used"] == "pooled" and set(as_json["first_stage"]) == {"encoding", "n", "pooled", "maxsim", "exhaustive"}
+    assert "first_stage" not in by_name["sentence-encoding"].to_json()
+    assert recall_table(results).count("\n") == 1 + 2 * 3  # two collections, three stages each
+    # the end-to-end figures do not depend on measuring the first stage, nor on which one
+    # when the engine's MaxSim prefetch already holds every passage
+    plain = evaluate(ds, plain_encoder, repo, recall_at=(), **kw)
+    maxsim = evaluate(ds, plain_encoder, repo, recall_at=(), first_stage="maxsim", **kw)
+    assert [r.recall for r in plain] == [None] * 3 and {r.first_stage for r in maxsim} == {"maxsim"}
+    for a, b in zip(results, plain):
+        assert (a.passage, a.unit) == (b.passage, b.unit)
+    assert by_name["passage-span-q"].candidates == 2 and [r.candidates for r in maxsim] == [2, 2, 2]

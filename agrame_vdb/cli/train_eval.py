@@ -52,7 +52,9 @@ def eval_command(
     model: Annotated[Optional[list[Path]], typer.Option("--model", help="Model directory; repeat to compare models (default: the shipped model).")] = None,
     store: Annotated[Optional[str], typer.Option("--store", help="Store URL, as connect() takes it; collections agrame_eval_* are replaced. Default: a temporary Qdrant Edge store, removed afterwards.")] = None,
     configuration: Annotated[Optional[list[str]], typer.Option("--configuration", help="Only these configurations (repeatable); default: all.")] = None,
-    candidates: Annotated[int, typer.Option("--candidates", "-n", help="First-stage candidates per query (the planner's default first stage); 0: every passage (exhaustive).")] = 200,
+    candidates: Annotated[int, typer.Option("--candidates", "-n", help="First-stage candidates per query; 0: every passage (exhaustive).")] = 200,
+    first_stage: Annotated[Optional[str], typer.Option("--first-stage", help="Where the candidates come from: pooled or maxsim (the engine's MaxSim over a pooled prefetch). Default: the planner's (pooled).")] = None,
+    recall_at: Annotated[str, typer.Option("--recall-at", help="N of the first-stage recall@N, comma-separated, measured for each first stage and the exhaustive MaxSim ranking; 'none': not measured.")] = "50,200,1000",
     alpha: Annotated[float, typer.Option("--alpha", help="Weight of S(q,p) in the alpha configuration.")] = 1.0,
     split: Annotated[str, typer.Option("--split", help="SciFact claims / PropSegmEnt document clusters: heldout, train or all.")] = "heldout",
     distractors: Annotated[int, typer.Option("--distractors", help="SciFact: abstracts added beside the cited ones.")] = 300,
@@ -68,12 +70,15 @@ def eval_command(
     ranked by span MaxSim with [Q], with [Q'], and with [Q'] plus alpha times the
     passage score. Everything runs through the planner over the store (a temporary
     Qdrant Edge store by default) with its default first stage (200 pooled candidates).
+    Beside them, once per model and encoding: the first-stage recall@N (any relevant
+    passage among a first stage's N candidates) and fraction@N (the share of the
+    relevant passages there), for each first stage and for every passage ranked by MaxSim.
     """
     import dataclasses
     import tempfile
 
     from ..encoder import MultiVectorEncoder
-    from ..evaluation import CONFIGURATIONS, ConfigurationResult, evaluate, read_dataset, results_table
+    from ..evaluation import CONFIGURATIONS, ConfigurationResult, evaluate, read_dataset, recall_table, results_table
 
     options: dict[str, Any] = (
         {"split": split, "distractors": distractors} if dataset == "scifact" else {"split": split} if dataset == "propsegment" else {}
@@ -82,6 +87,7 @@ def eval_command(
     with failures() as opened:
         if limit is not None and limit < 1:
             raise AgrameError(f"--limit must be >= 1, got {limit}")
+        at = _recall_at(recall_at)
         data = read_dataset(dataset, path, **options)
         if limit is not None:
             data = dataclasses.replace(data, queries=data.queries[:limit])
@@ -97,7 +103,7 @@ def eval_command(
             encoder = MultiVectorEncoder.load(directory, device=device, dtype=dtype)
             name = "default" if directory is None else str(directory)
             found = evaluate(data, encoder, repository, model_name=name, configurations=configs,
-                             candidates=candidates, alpha=alpha, store=label)
+                             candidates=candidates, alpha=alpha, store=label, first_stage=first_stage, recall_at=at)
             results.extend(found)
             if json_output:
                 for r in found:
@@ -106,3 +112,17 @@ def eval_command(
                                            "dtype": str(encoder.dtype).removeprefix("torch.")}))
     if not json_output:
         typer.echo(results_table(results, ("P@1", "R@5", "MRR@10", "nDCG@10")))
+        recall = recall_table(results)
+        if recall:
+            typer.echo("\nFirst-stage recall (recall@N: a relevant passage among the N candidates; fraction@N: the share found)")
+            typer.echo(recall)
+
+
+def _recall_at(text: str) -> tuple[int, ...]:
+    """``--recall-at``: comma-separated positive ints, or ``none``."""
+    if text.strip().lower() in ("none", ""):
+        return ()
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise AgrameError(f"--recall-at takes comma-separated ints (e.g. 50,200,1000) or 'none', got {text!r}") from None

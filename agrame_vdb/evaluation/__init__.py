@@ -8,6 +8,8 @@
 - :mod:`~agrame_vdb.evaluation.run`: :func:`evaluate` ranks a data set's queries
   through the planner in each of :data:`CONFIGURATIONS`, the plain base model
   (``plain-base``) as the baseline; :func:`results_table` prints them side by side.
+- :mod:`~agrame_vdb.evaluation.recall`: first-stage recall@N of each first stage and
+  of the exhaustive MaxSim ranking (:func:`first_stage_recall`, :func:`recall_table`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from .datasets import (
     scifact_split,
 )
 from .metrics import METRICS, mean_metrics, mrr_at_k, ndcg_at_k, precision_at_k, recall_at_k
+from .recall import RECALL_AT, FirstStageRecall, first_stage_recall, recall_table
 from .run import CONFIGURATIONS, ConfigurationResult, evaluate, plain_base_encoder, results_table
 
 __all__ = [
@@ -51,4 +54,8 @@ __all__ = [
     "ConfigurationResult",
     "evaluate",
     "results_table",
+    "RECALL_AT",
+    "FirstStageRecall",
+    "first_stage_recall",
+    "recall_table",
 ]

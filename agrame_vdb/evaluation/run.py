@@ -16,6 +16,7 @@ from ..documents import Document, PassageInput
 from ..errors import InvalidInputError
 from .datasets import EvalDataset, UnitKey
 from .metrics import mean_metrics
+from .recall import RECALL_AT, FirstStageRecall, check_recall_at, first_stage_recall
 
 __all__ = ["CONFIGURATIONS", "plain_base_encoder", "ConfigurationResult", "evaluate", "results_table"]
 
@@ -62,7 +63,10 @@ class ConfigurationResult:
     """The metrics of one configuration of one model on one data set.
 
     ``passage`` and ``unit`` map metric names (:data:`METRICS`) to means over the
-    queries with a relevant item at that level (``n``).
+    queries with a relevant item at that level (``n``). ``first_stage`` is the
+    planner's first stage the ``candidates`` came from; ``recall`` the first-stage
+    recall of the collection the configuration ranked (the same for every
+    configuration over it; None for ``sentence-encoding`` or when not measured).
     """
 
     dataset: str
@@ -74,6 +78,8 @@ class ConfigurationResult:
     candidates: int = 0
     store: str = "memory://"
     seconds: float = 0.0
+    first_stage: str = "pooled"
+    recall: FirstStageRecall | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -87,6 +93,8 @@ class ConfigurationResult:
             "passage": dict(self.passage),
             "unit": dict(self.unit),
             "seconds": round(self.seconds, 1),
+            "first_stage_used": self.first_stage,
+            **({"first_stage": self.recall.to_json()} if self.recall is not None else {}),
         }
 
 
@@ -142,6 +150,8 @@ def evaluate(
     keep: bool = False,
     on_query: Any = None,
     plain_encoder: Any = None,
+    first_stage: str | None = None,
+    recall_at: Sequence[int] = RECALL_AT,
 ) -> list[ConfigurationResult]:
     """Index ``dataset`` into ``repository`` and rank its queries in each configuration.
 
@@ -152,7 +162,11 @@ def evaluate(
     ranking goes through the :class:`~agrame_vdb.planner.Planner`: ``candidates``
     first-stage candidates per query (the planner's default first stage, 200
     pooled candidates; 0: every passage of the collection, an exhaustive rerank),
-    the top ``k`` results. Collections are dropped afterwards unless ``keep``.
+    the top ``k`` results; ``first_stage`` (``pooled``, ``maxsim``; None: the
+    planner's default) is the first stage they come from. ``recall_at``: the ``N``
+    of the first-stage recall measured once per whole-passage collection
+    (:func:`~agrame_vdb.evaluation.recall.first_stage_recall`; empty: none).
+    Collections are dropped afterwards unless ``keep``.
     """
     from ..redact import redact_url
 
@@ -162,7 +176,8 @@ def evaluate(
         raise InvalidInputError(f"unknown configuration {unknown[0]!r}; use one of {list(CONFIGURATIONS)}")
     if not dataset.queries:
         raise InvalidInputError(f"{dataset.name} has no queries to evaluate")
-    run = _Run(dataset, repository, candidates, alpha, k, store, batch_size, on_query, model_name)
+    run = _Run(dataset, repository, candidates, alpha, k, store, batch_size, on_query, model_name,
+               first_stage, check_recall_at(recall_at))
     names = [f"{collection_prefix}_{what}" for what in ("passages", "units", "plain")]
     results: list[ConfigurationResult] = []
     try:
@@ -196,12 +211,16 @@ class _Run:
     batch_size: int
     on_query: Any
     model_name: str
+    first_stage: str | None = None
+    recall_at: tuple[int, ...] = RECALL_AT
 
     def _planner(self, collection: str, encoder: Any, n_passages: int) -> tuple[Any, int]:
         from ..planner import Planner, TokenCache
 
         n = min(self.candidates, n_passages) if self.candidates else n_passages
-        return Planner(self.repository, collection, encoder, candidates=n, cache=TokenCache(2 << 30), device="cpu"), n
+        stage = {} if self.first_stage is None else {"first_stage": self.first_stage}
+        planner = Planner(self.repository, collection, encoder, candidates=n, cache=TokenCache(2 << 30), device="cpu", **stage)
+        return planner, n
 
     def _tick(self, what: str, i: int) -> None:
         if self.on_query is not None:
@@ -232,9 +251,13 @@ class _Run:
             self._tick(what, i)
         passage_metrics = mean_metrics(passage_runs)
         seconds = time.perf_counter() - started
+        recall = None  # measured apart from the rerank: its time is not in ``seconds``
+        if self.recall_at:
+            recall = first_stage_recall(self.repository, collection, q_all, data.queries, n_passages, self.recall_at, encoding=what)
         return [
             ConfigurationResult(data.name, self.model_name, config, passage_metrics, mean_metrics(runs[config]),
-                                self.alpha if config.endswith("+alpha") else None, n, self.store, seconds)
+                                self.alpha if config.endswith("+alpha") else None, n, self.store, seconds,
+                                planner.first_stage, recall)
             for config in configs
         ]
 
@@ -264,7 +287,8 @@ class _Run:
             passage_runs.append((best[: self.k], query.passage_qrels))
             self._tick("sentence encoding", i)
         return ConfigurationResult(data.name, self.model_name, "sentence-encoding", mean_metrics(passage_runs),
-                                   mean_metrics(unit_runs), None, n, self.store, time.perf_counter() - started)
+                                   mean_metrics(unit_runs), None, n, self.store, time.perf_counter() - started,
+                                   planner.first_stage)
 
 
 def results_table(results: Sequence[ConfigurationResult], metrics: Sequence[str] = ("P@1", "R@5")) -> str:
