@@ -187,6 +187,17 @@ class MultiVectorEncoder:
     def _tokenize_documents(self, texts: Sequence[str]) -> list[DocTokens]:
         return document_tokens(self.tokenizer, self.config, texts)
 
+    def padded(self, sequences: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token id lists as one batch: ids padded with the tokenizer's pad id to the
+        longest, and the attention mask (``[B, L]`` each, int64)."""
+        width = max(len(seq) for seq in sequences)
+        ids = torch.full((len(sequences), width), self._pad, dtype=torch.long)
+        mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        for row, seq in enumerate(sequences):
+            ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+        return ids, mask
+
     # ---------------------------------------------------------------- encoding
     def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Normalised token vectors ``[B, L, dim]`` (float32), with gradients if enabled."""
@@ -255,12 +266,7 @@ class MultiVectorEncoder:
         with torch.inference_mode():
             for start in range(0, len(order), batch_size):
                 chunk = order[start : start + batch_size]
-                width = max(len(docs[i].ids) for i in chunk)
-                ids = torch.full((len(chunk), width), self._pad, dtype=torch.long)
-                mask = torch.zeros((len(chunk), width), dtype=torch.long)
-                for row, i in enumerate(chunk):
-                    ids[row, : len(docs[i].ids)] = torch.tensor(docs[i].ids)
-                    mask[row, : len(docs[i].ids)] = 1
+                ids, mask = self.padded([docs[i].ids for i in chunk])
                 out = self.embed(ids, mask).cpu().numpy()
                 for row, i in enumerate(chunk):
                     vectors[i] = np.ascontiguousarray(out[row, : len(docs[i].ids)])

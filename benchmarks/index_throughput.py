@@ -53,13 +53,7 @@ def bare_forward(enc: MultiVectorEncoder, texts: list[str], batch_size: int, bud
     order = sorted(range(len(docs)), key=lambda i: lengths[i], reverse=True)
     batches = []
     for picked in _batches(lengths, order, batch_size, budget):
-        width = lengths[picked[0]]
-        ids = torch.full((len(picked), width), enc._pad, dtype=torch.long)
-        mask = torch.zeros((len(picked), width), dtype=torch.long)
-        for row, i in enumerate(picked):
-            ids[row, : lengths[i]] = torch.tensor(docs[i].ids)
-            mask[row, : lengths[i]] = 1
-        batches.append((ids, mask))
+        batches.append(enc.padded([docs[i].ids for i in picked]))
     if enc.device.type == "cuda":
         torch.cuda.synchronize()
     start = time.perf_counter()

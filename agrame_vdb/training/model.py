@@ -114,12 +114,7 @@ class PassageCache:
         with torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
                 chunk = order[start : start + self.batch_size]
-                width = max(len(docs[i].ids) for i in chunk)
-                ids = torch.full((len(chunk), width), enc._pad, dtype=torch.long)
-                mask = torch.zeros((len(chunk), width), dtype=torch.long)
-                for row, i in enumerate(chunk):
-                    ids[row, : len(docs[i].ids)] = torch.tensor(docs[i].ids)
-                    mask[row, : len(docs[i].ids)] = 1
+                ids, mask = enc.padded([docs[i].ids for i in chunk])
                 with torch.autocast(enc.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
                     states = enc.transformer(input_ids=ids.to(enc.device), attention_mask=mask.to(enc.device)).last_hidden_state
                 states = states.to(device="cpu", dtype=self.dtype)
