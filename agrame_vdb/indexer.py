@@ -542,7 +542,7 @@ class IndexJob:
     def _commit(self, handed: HandedOver, rejects: _Rejects) -> None:
         """A written batch (or none): its counts into the job's and into its checkpoint's."""
         batch = handed.batch
-        if batch is not None and not self.dry_run:
+        if batch is not None:  # (a dry run hands over none)
             for c in (self._counts, self._run, handed.counts):
                 c.documents += len(batch.counts)
                 c.passages += len(batch.stored)

@@ -38,7 +38,6 @@ from .harness import typed_or_ok
 runner = CliRunner()
 
 
-
 def _populate(repo) -> dict[str, list[StoredPassage]]:
     """``docs`` behind ``live``, ``other`` behind ``arch`` (ids of their own)."""
     written = {
