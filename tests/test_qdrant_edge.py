@@ -48,6 +48,18 @@ def _check(repo, passages):
         np.testing.assert_array_equal(read.tokens, written.tokens)
 
 
+def _edit_index(d, *statements):
+    """Run SQL statements (text, or (text, parameters)) on a collection's token-copy index
+    and commit: how these tests damage or age a store."""
+    con = sqlite3.connect(d / "tokens.sqlite")
+    try:
+        for statement in statements:
+            con.execute(*((statement,) if isinstance(statement, str) else statement))
+        con.commit()
+    finally:
+        con.close()
+
+
 def test_fetch_reads_the_side_store_not_engine_vectors(edge):
     repo, passages, spy, _ = edge
     _check(repo, passages)
@@ -56,11 +68,7 @@ def test_fetch_reads_the_side_store_not_engine_vectors(edge):
 
 def test_stale_rows_fall_back_to_engine_vectors(edge):
     repo, passages, spy, d = edge
-    con = sqlite3.connect(d / "tokens.sqlite")
-    con.execute("UPDATE tokens SET version = version + 1 WHERE rowid % 2 = 0")
-    con.execute("DELETE FROM tokens WHERE rowid = 3")
-    con.commit()
-    con.close()
+    _edit_index(d, "UPDATE tokens SET version = version + 1 WHERE rowid % 2 = 0", "DELETE FROM tokens WHERE rowid = 3")
     _check(repo, passages)
     assert spy.vector_requests[-1] == ["tokens"]  # the stale ones came from the engine
 
@@ -107,11 +115,8 @@ def test_fetch_tokens_reads_stamps_from_the_engine_and_the_rest_from_the_side_st
 def test_fetch_tokens_falls_back_to_engine_vectors_for_stale_rows(edge):
     repo, passages, spy, d = edge
     before = repo.fetch_tokens("c", [p.id for p in passages])
-    con = sqlite3.connect(d / "tokens.sqlite")
-    con.execute("UPDATE tokens SET version = version + 1, units = x'' WHERE rowid % 2 = 0")
-    con.execute("DELETE FROM tokens WHERE rowid = 3")
-    con.commit()
-    con.close()
+    _edit_index(d, "UPDATE tokens SET version = version + 1, units = x'' WHERE rowid % 2 = 0",
+                "DELETE FROM tokens WHERE rowid = 3")
     after = _check_batch(repo, passages)
     assert after.versions == before.versions  # the engine's stamps, whichever copy was read
     assert spy.vector_requests[-1] == ["tokens"]  # the stale ones came from the engine
@@ -120,11 +125,7 @@ def test_fetch_tokens_falls_back_to_engine_vectors_for_stale_rows(edge):
 def test_rows_from_before_the_units_column_take_the_payload_units_until_optimize(edge):
     repo, passages, spy, d = edge
     repo.close()  # an old store: the units column dropped (and the later checksum column)
-    con = sqlite3.connect(d / "tokens.sqlite")
-    con.execute("ALTER TABLE tokens DROP COLUMN units")
-    con.execute("ALTER TABLE tokens DROP COLUMN checksum")
-    con.commit()
-    con.close()
+    _edit_index(d, "ALTER TABLE tokens DROP COLUMN units", "ALTER TABLE tokens DROP COLUMN checksum")
     repo = connect(f"qdrant-edge://{d.parent}")
     try:
         _check_batch(repo, passages)
@@ -395,10 +396,7 @@ def _damage_units(d, pid, how):
     units = _row(d, pid)[2]
     # bytes 24..31: the first row's start (sentence 0's first character span)
     damaged = units[:-8] if how == "cut" else units[:24] + bytes([units[24] ^ 1]) + units[25:]
-    con = sqlite3.connect(d / "tokens.sqlite")
-    con.execute("UPDATE tokens SET units = ? WHERE id = ?", (damaged, pid))
-    con.commit()
-    con.close()
+    _edit_index(d, ("UPDATE tokens SET units = ? WHERE id = ?", (damaged, pid)))
 
 
 @pytest.mark.parametrize(
@@ -440,11 +438,8 @@ def test_rows_from_before_the_checksum_column_are_read_then_sealed_by_optimize(e
     repo._shards["c"] = spy._shard
     repo.close()
     reference = _engine_results(d)
-    con = sqlite3.connect(d / "tokens.sqlite")  # an old store: no checksum column
-    con.execute("ALTER TABLE tokens DROP COLUMN checksum")
-    con.execute("DELETE FROM meta WHERE key = 'kinds_sum'")
-    con.commit()
-    con.close()
+    # an old store: no checksum column
+    _edit_index(d, "ALTER TABLE tokens DROP COLUMN checksum", "DELETE FROM meta WHERE key = 'kinds_sum'")
     repo, spy = _open_spied(d)
     try:
         store = repo._token_stores["c"]
@@ -467,10 +462,7 @@ def test_rows_from_before_the_checksum_column_are_read_then_sealed_by_optimize(e
     try:  # reopened: no longer an old store, every row must have a checksum
         assert _results(repo) == reference
         store = repo._token_stores["c"]
-        con = sqlite3.connect(d / "tokens.sqlite")
-        con.execute("UPDATE tokens SET checksum = NULL WHERE id = ?", (passages[3].id,))
-        con.commit()
-        con.close()
+        _edit_index(d, ("UPDATE tokens SET checksum = NULL WHERE id = ?", (passages[3].id,)))
         assert _results(repo) == reference
         assert repo.diagnostics == {"token_copy_fallbacks": 1} and passages[3].id not in store.ids()
     finally:
@@ -482,10 +474,7 @@ def test_damaged_unit_kind_names_set_the_token_copy_aside(edge):
     repo._shards["c"] = spy._shard
     repo.close()
     reference = _engine_results(d)
-    con = sqlite3.connect(d / "tokens.sqlite")
-    con.execute("UPDATE kinds SET name = 'sentencf' WHERE name = 'sentence'")
-    con.commit()
-    con.close()
+    _edit_index(d, "UPDATE kinds SET name = 'sentencf' WHERE name = 'sentence'")
     repo = connect(f"qdrant-edge://{d.parent}")
     try:
         with pytest.warns(UserWarning, match="unreadable"):
@@ -502,10 +491,7 @@ def test_a_data_file_name_outside_the_store_is_never_opened(edge):
     repo.close()
     victim = d.parent / "unrelated.bin"
     victim.write_bytes(b"keep me" * 1000)
-    con = sqlite3.connect(d / "tokens.sqlite")
-    con.execute("UPDATE meta SET value = '../unrelated.bin' WHERE key = 'data_file'")
-    con.commit()
-    con.close()
+    _edit_index(d, "UPDATE meta SET value = '../unrelated.bin' WHERE key = 'data_file'")
     repo = connect(f"qdrant-edge://{d.parent}")
     try:
         with pytest.warns(UserWarning, match="unreadable"):
