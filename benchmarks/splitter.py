@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agrame_vdb.units import _sentence_splitter, _trimmed, sentence_spans  # noqa: E402
+from agrame_vdb.units import punkt_spans, sentence_spans  # noqa: E402
 
 
 def scifact(data: Path) -> Iterator[list[str]]:
@@ -59,10 +59,6 @@ def gold(sentences: list[str]) -> tuple[str, set[int]]:
         boundaries.add(pos)
         pos += 1
     return " ".join(sentences), boundaries
-
-
-def punkt_spans(text: str) -> list[tuple[int, int]]:
-    return [span for a, b in _sentence_splitter()(text) if (span := _trimmed(text, a, b)) is not None]
 
 
 def score(split: Callable[[str], list[tuple[int, int]]], docs: list[list[str]]) -> tuple[float, float, float]:

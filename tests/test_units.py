@@ -90,7 +90,7 @@ def test_sentence_spans_cuts_where_punkt_took_a_word_for_an_abbreviation():
 def test_sentence_spans_refine_punkt_and_recover_more_gold_boundaries():
     """Against SciFact's own sentence lists (an independent reference): every boundary
     Punkt finds is kept, and recall rises at no cost in precision."""
-    from agrame_vdb.units import _sentence_splitter, _trimmed
+    from agrame_vdb.units import punkt_spans
 
     path = data_file("scifact", "corpus.jsonl")
     counts = {"punkt": [0, 0], "spans": [0, 0]}  # [true boundaries found, boundaries found]
@@ -102,7 +102,7 @@ def test_sentence_spans_refine_punkt_and_recover_more_gold_boundaries():
             gold = set(itertools.accumulate(len(s) + 1 for s in sentences[:-1]))
             gold = {g - 1 for g in gold}
             gold_total += len(gold)
-            punkt = [sp for a, b in _sentence_splitter()(text) if (sp := _trimmed(text, a, b))]
+            punkt = punkt_spans(text)
             spans = sentence_spans(text)
             assert {e for _, e in punkt} <= {e for _, e in spans}
             for name, found in (("punkt", punkt), ("spans", spans)):
