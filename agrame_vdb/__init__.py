@@ -34,6 +34,8 @@ _HOMES: dict[str, str] = {
     "TransientRepositoryError": "errors",
     "UnknownStoreError": "errors",
     "UnsupportedOperationError": "errors",
+    "LexicalUnavailableError": "errors",
+    "LexicalSpec": "lexical",
     "AlignedUnits": "units",
     "CUSTOM": "units",
     "PROPOSITION": "units",
@@ -113,7 +115,8 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
-    from .errors import AgrameError, AliasError, CheckpointMismatchError, CollectionNotFoundError, ConcurrentAccessError, InvalidInputError, InvalidRecordError, InvalidUnitError, JobInterruptedError, MigrationError, MissingPassagesError, ModelLoadError, RepositoryError, SchemaMismatchError, StoreUnavailableError, TransientRepositoryError, UnknownStoreError, UnsupportedOperationError
+    from .errors import AgrameError, AliasError, CheckpointMismatchError, CollectionNotFoundError, ConcurrentAccessError, InvalidInputError, InvalidRecordError, InvalidUnitError, JobInterruptedError, MigrationError, MissingPassagesError, ModelLoadError, RepositoryError, SchemaMismatchError, StoreUnavailableError, TransientRepositoryError, UnknownStoreError, UnsupportedOperationError, LexicalUnavailableError
+    from .lexical import LexicalSpec
     from .units import AlignedUnits, CUSTOM, PROPOSITION, Passage, SENTENCE, TruncatedUnit, Unit, align_units, passage_id, proposition_from_word_indices, segment, split_sentences, units_from_char_spans, word_spans
     from .repository import And, Candidate, Capabilities, CollectionSchema, Eq, FetchResult, Filter, IdPage, In, Not, Or, Range, Repository, SCHEMA_VERSION, StoredPassage, TokenBatch
     from .repositories import connect

@@ -33,6 +33,7 @@ __all__ = [
     "MissingPassagesError",
     "StoreUnavailableError",
     "UnsupportedOperationError",
+    "LexicalUnavailableError",
     "InvalidRecordError",
     "CheckpointMismatchError",
     "JobInterruptedError",
@@ -134,6 +135,11 @@ class MigrationError(AgrameError):
 
 class UnsupportedOperationError(RepositoryError):
     """The engine cannot do what was asked (see the repository's capabilities)."""
+
+
+class LexicalUnavailableError(UnsupportedOperationError):
+    """The collection has no lexical vectors (made before them, or with ``lexical=None``);
+    the message names the migration that adds them."""
 
 
 class UnknownStoreError(AgrameError, ValueError):

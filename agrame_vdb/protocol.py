@@ -97,6 +97,45 @@ class Repository(Protocol):
         """
         ...
 
+    def lexical_candidates(
+        self,
+        collection: str,
+        text: str,
+        *,
+        limit: int = 100,
+        filter: Filter | None = None,
+        with_versions: bool = False,
+    ) -> list[Candidate]:
+        """Lexical first-stage candidates, best first: the ``limit`` passages with the
+        highest BM25 score for ``text``, tokenised as the collection's
+        :class:`~agrame_vdb.lexical.LexicalSpec` says (only passages sharing a word
+        with it; none when it has no word). IDF is over the whole collection, not the
+        filtered part. LexicalUnavailableError (naming the migration) when the
+        collection has no lexical vectors; UnsupportedOperationError when the engine
+        has none (``capabilities().lexical``)."""
+        ...
+
+    def hybrid_candidates(
+        self,
+        collection: str,
+        pooled: np.ndarray,
+        text: str,
+        *,
+        limit: int = 100,
+        dense_limit: int | None = None,
+        lexical_limit: int | None = None,
+        rrf_k: int = 60,
+        filter: Filter | None = None,
+        with_versions: bool = False,
+    ) -> list[Candidate]:
+        """Hybrid first-stage candidates: the pooled top ``dense_limit`` and the lexical
+        top ``lexical_limit`` (both default to ``limit``; ``filter`` applies to both)
+        fused by reciprocal rank fusion (:func:`agrame_vdb.fusion.rrf`, rank constant
+        ``rrf_k``), cut to ``limit``; ``stage`` ``"hybrid"``, the fused score. In the
+        engine where it fuses (``capabilities().hybrid_in_engine``), else in the library.
+        Errors as :meth:`lexical_candidates`."""
+        ...
+
     def fetch_tokens(
         self, collection: str, ids: Sequence[str], *, versions: Sequence[int | str | None] | None = None
     ) -> TokenBatch:

@@ -152,8 +152,10 @@ class StoredPassage:
 class Candidate:
     """A first-stage hit: a passage id and its score.
 
-    ``stage`` is ``"pooled"`` (cosine of pooled vectors) or ``"maxsim"`` (the
-    engine's own MaxSim over the token vectors, after a pooled prefetch).
+    ``stage`` is ``"pooled"`` (cosine of pooled vectors), ``"maxsim"`` (the
+    engine's own MaxSim over the token vectors, after a pooled prefetch),
+    ``"lexical"`` (BM25 of the text) or ``"hybrid"`` (the reciprocal rank fusion of a
+    pooled and a lexical list; the score is the fused one).
     ``version`` is the passage's write version (as :attr:`TokenBatch.versions`)
     when the engine reads it with the hit (``candidates(..., with_versions=True)``
     on an engine whose ``capabilities().versions`` is True), else None.
@@ -295,6 +297,11 @@ class Capabilities:
     - ``versions``: every write stamps the passage with a new version, which
       :meth:`~agrame_vdb.protocol.Repository.fetch_tokens` reports and ``candidates(with_versions=True)``
       puts on each hit; False where versions are None.
+    - ``lexical``: collections may have lexical vectors (``CollectionSchema.lexical``),
+      searched by :meth:`~agrame_vdb.protocol.Repository.lexical_candidates` and fused
+      with the pooled ones by ``hybrid_candidates``.
+    - ``hybrid_in_engine``: the engine fuses the two branches itself (one request);
+      elsewhere the library fuses them (the same reciprocal rank fusion).
     """
 
     engine: str
@@ -307,6 +314,8 @@ class Capabilities:
     fetch_atol: Mapping[str, float]
     approximate_first_stage: bool = False
     versions: bool = False
+    lexical: bool = False
+    hybrid_in_engine: bool = False
 
 
 def pool_tokens(tokens: Any) -> np.ndarray:

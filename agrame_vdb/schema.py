@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from .errors import InvalidSchemaError, SchemaMismatchError
+from .lexical import LexicalSpec
 from .validation import BUILTIN_FIELDS, _check_field_name, _is_int, _NAME_RE
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "CollectionSchema",
     "upgrade_hint",
     "newer_hint",
+    "no_lexical_hint",
 ]
 
 
@@ -59,7 +61,11 @@ class CollectionSchema:
     ``model`` (schema version 2 on) names the model that encoded the passages (a
     model directory or name, as ``MultiVectorEncoder.load`` takes it), or None when
     unknown; migrations use it to re-tokenize stored text. Opening a collection
-    does not compare it.
+    does not compare it. ``lexical`` (a :class:`~agrame_vdb.lexical.LexicalSpec`, or
+    None) gives every passage a BM25 sparse vector of its text, written with it, for
+    the lexical and hybrid first stages; the spec's tokenisation is the one queries
+    use. It is fixed at creation (a collection gains it by a copy:
+    ``agrame-vdb migrate convert --lexical``); a record without it has none.
     """
 
     name: str
@@ -69,6 +75,7 @@ class CollectionSchema:
     schema_version: int = SCHEMA_VERSION
     indexed_fields: tuple[tuple[str, str], ...] | Mapping[str, str] = ()
     model: str | None = None
+    lexical: LexicalSpec | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.fullmatch(self.name):
@@ -104,6 +111,8 @@ class CollectionSchema:
                 raise InvalidSchemaError(f"indexed field {fname!r} given twice with different types")
             fields[fname] = ftype
         object.__setattr__(self, "indexed_fields", tuple(sorted(fields.items())))
+        if self.lexical is not None:
+            object.__setattr__(self, "lexical", LexicalSpec.from_json(self.lexical))
 
     @property
     def indexes(self) -> dict[str, str]:
@@ -112,7 +121,10 @@ class CollectionSchema:
 
     def to_json(self) -> dict[str, Any]:
         """The schema record engines store: every field, ``indexed_fields`` as an object."""
-        return dataclasses.asdict(self) | {"indexed_fields": dict(self.indexed_fields)}  # type: ignore[arg-type]
+        record = dataclasses.asdict(self) | {"indexed_fields": dict(self.indexed_fields)}  # type: ignore[arg-type]
+        if self.lexical is None:  # the record of a collection without lexical vectors is as before them
+            del record["lexical"]
+        return record
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> CollectionSchema:
@@ -154,6 +166,16 @@ def upgrade_hint(collection: str, version: int) -> str:
         f"collection {collection!r} is at schema version {version}, older than this agrame-vdb's "
         f"{SCHEMA_VERSION}: upgrade it with `agrame-vdb migrate up --collection {collection} --store URL` "
         "(or agrame_vdb.migrations.upgrade)"
+    )
+
+
+def no_lexical_hint(collection: str) -> str:
+    """Why collection ``collection`` has no lexical first stage, and the migration that adds it."""
+    return (
+        f"collection {collection!r} has no lexical vectors (it was made without them), so the lexical and "
+        f"hybrid first stages cannot search it: add them without re-encoding with `agrame-vdb migrate convert "
+        f"--collection ALIAS --lexical --store URL` (a blue/green copy behind the alias; agrame_vdb.migrations."
+        f"convert_storage(repo, alias, lexical=LexicalSpec())), or search it with first_stage='pooled'"
     )
 
 

@@ -10,6 +10,7 @@ checked, canonical inputs and the collection's stored schema.
 from __future__ import annotations
 
 import abc
+import dataclasses
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -28,13 +29,16 @@ from ..errors import (
     InvalidVectorError,
     MissingPassagesError,
     RepositoryError,
+    LexicalUnavailableError,
     SchemaMismatchError,
     UnsupportedOperationError,
 )
 from ..filters import Eq, Filter, In
+from ..fusion import RRF_K, check_rrf_k, rrf
+from ..lexical import LexicalSpec, SparseVector, check_query_text, document_vector, query_vector
 from ..records import Candidate, Capabilities, FetchResult, IdPage, StoredPassage, TokenBatch
 from ..redact import scrub_exception
-from ..schema import SCHEMA_VERSION, CollectionSchema, newer_hint, upgrade_hint
+from ..schema import SCHEMA_VERSION, CollectionSchema, newer_hint, no_lexical_hint, upgrade_hint
 from ..validation import (
     MAX_STRING_BYTES,
     _as_matrix,
@@ -124,6 +128,44 @@ class RepositoryBase(AliasMixin, abc.ABC):
     ) -> list[Candidate]:
         """First-stage candidates; with ``versions``, engines that stamp writes fill
         ``Candidate.version`` (others leave it None)."""
+
+    def _lexical_candidates(
+        self, schema: CollectionSchema, query: SparseVector, limit: int, filter: Filter | None, *, versions: bool = False
+    ) -> list[Candidate]:
+        """The ``limit`` passages with the best BM25 score for ``query`` (its term
+        counts; the engine weighs them by IDF over the whole collection), best first;
+        only passages sharing a term with the query. Engines with
+        ``capabilities().lexical`` implement it."""
+        raise UnsupportedOperationError(f"{self.engine} has no lexical search")
+
+    def _hybrid_candidates(
+        self,
+        schema: CollectionSchema,
+        pooled: np.ndarray,
+        query: SparseVector,
+        limit: int,
+        dense_limit: int,
+        lexical_limit: int,
+        rrf_k: int,
+        filter: Filter | None,
+        *,
+        versions: bool = False,
+    ) -> list[Candidate]:
+        """Reciprocal rank fusion of the pooled top ``dense_limit`` and the lexical top
+        ``lexical_limit``, cut to ``limit``. This default fuses in the library; an
+        engine that fuses itself (``hybrid_in_engine``) overrides it with the same formula."""
+        dense = self._candidates(schema, pooled, None, dense_limit, dense_limit, filter, versions=versions)
+        lexical = self._lexical_candidates(schema, query, lexical_limit, filter, versions=versions)
+        return rrf([dense, lexical], limit=limit, k=rrf_k)
+
+    @staticmethod
+    def _lexical_vector(schema: CollectionSchema, p: StoredPassage) -> SparseVector | None:
+        """The lexical vector an engine writes with ``p`` (None: the collection has none,
+        or the text has no word, when the passage is written without one)."""
+        if schema.lexical is None:
+            return None
+        vector = document_vector(p.text, schema.lexical)
+        return vector if len(vector) else None
 
     @abc.abstractmethod
     def _fetch(self, schema: CollectionSchema, ids: list[str]) -> dict[str, StoredPassage]:
@@ -239,7 +281,7 @@ class RepositoryBase(AliasMixin, abc.ABC):
                 raise SchemaMismatchError(
                     f"this agrame-vdb knows schema versions up to {SCHEMA_VERSION}, not {schema.schema_version}"
                 )
-            fixed = [w for w in ("dim", "dtype", "on_disk") if getattr(stored, w) != getattr(schema, w)]
+            fixed = [w for w in ("dim", "dtype", "on_disk", "lexical") if getattr(stored, w) != getattr(schema, w)]
             if fixed:
                 raise InvalidSchemaError(
                     f"update_schema cannot change {', '.join(fixed)} of collection {schema.name!r}; "
@@ -277,6 +319,11 @@ class RepositoryBase(AliasMixin, abc.ABC):
                 f"cannot create collection {schema.name!r} at schema version {schema.schema_version}: "
                 f"this agrame-vdb writes versions up to {SCHEMA_VERSION}"
             )
+        if schema.lexical is not None and not self._capabilities().lexical:
+            raise UnsupportedOperationError(
+                f"{self.engine} has no sparse vectors for lexical search: create collection {schema.name!r} "
+                "with lexical=None (agrame-vdb index --no-lexical)"
+            )
         with self._lock:
             try:
                 stored = self._schema(schema.name)
@@ -294,15 +341,7 @@ class RepositoryBase(AliasMixin, abc.ABC):
                 )
             if new:
                 self._check_writable(stored)
-                merged = CollectionSchema(
-                    stored.name,
-                    stored.dim,
-                    stored.dtype,
-                    stored.on_disk,
-                    stored.schema_version,
-                    {**dict(stored.indexed_fields), **new},
-                    stored.model,
-                )
+                merged = dataclasses.replace(stored, indexed_fields={**dict(stored.indexed_fields), **new})
                 with self._engine("add payload indexes", stored.name):
                     self._add_indexes(merged, new)
                 self._schemas[stored.name] = stored = merged
@@ -471,6 +510,66 @@ class RepositoryBase(AliasMixin, abc.ABC):
         _check_filter(filter)
         with self._engine("query candidates", collection):
             return self._candidates(schema, q, qt, int(limit), int(prefetch), filter, versions=bool(with_versions))
+
+    def _lexical_query(self, schema: CollectionSchema, text: Any) -> SparseVector:
+        if not self._capabilities().lexical:
+            raise UnsupportedOperationError(f"{self.engine} has no lexical search; use the pooled first stage")
+        if schema.lexical is None:
+            raise LexicalUnavailableError(no_lexical_hint(schema.name))
+        return query_vector(check_query_text(text), schema.lexical)
+
+    @staticmethod
+    def _check_limit(value: Any, name: str) -> int:
+        if not _is_int(value) or not 1 <= value <= _MAX_LIMIT:
+            raise InvalidInputError(f"{name} must be an int in [1, {_MAX_LIMIT}], got {value!r}")
+        return int(value)
+
+    def lexical_candidates(
+        self,
+        collection: str,
+        text: str,
+        *,
+        limit: int = 100,
+        filter: Filter | None = None,
+        with_versions: bool = False,
+    ) -> list[Candidate]:
+        schema = self._schema(collection)
+        query = self._lexical_query(schema, text)
+        limit = self._check_limit(limit, "limit")
+        _check_filter(filter)
+        if not len(query):
+            return []
+        with self._engine("query lexical candidates", collection):
+            return self._lexical_candidates(schema, query, limit, filter, versions=bool(with_versions))
+
+    def hybrid_candidates(
+        self,
+        collection: str,
+        pooled: Any,
+        text: str,
+        *,
+        limit: int = 100,
+        dense_limit: int | None = None,
+        lexical_limit: int | None = None,
+        rrf_k: int = RRF_K,
+        filter: Filter | None = None,
+        with_versions: bool = False,
+    ) -> list[Candidate]:
+        schema = self._schema(collection)
+        q = _as_vector(pooled, schema.dim, "query pooled vector")
+        query = self._lexical_query(schema, text)
+        limit = self._check_limit(limit, "limit")
+        dense_limit = self._check_limit(limit if dense_limit is None else dense_limit, "dense_limit")
+        lexical_limit = self._check_limit(limit if lexical_limit is None else lexical_limit, "lexical_limit")
+        rrf_k = check_rrf_k(rrf_k)
+        _check_filter(filter)
+        with self._engine("query hybrid candidates", collection):
+            if not len(query):  # no word in the query: the pooled branch alone
+                dense = self._candidates(schema, q, None, dense_limit, dense_limit, filter, versions=bool(with_versions))
+                return rrf([dense], limit=limit, k=rrf_k)
+            return self._hybrid_candidates(
+                schema, q, query, limit, dense_limit, lexical_limit, rrf_k, filter, versions=bool(with_versions)
+            )
 
     def fetch_tokens(
         self, collection: str, ids: Sequence[str], *, versions: Sequence[int | str | None] | None = None

@@ -1,6 +1,8 @@
 """The exact, numpy-backed repository: the reference every engine is tested against.
 
-First stage: exact cosine of pooled vectors. Rerank: exact MaxSim
+First stage: exact cosine of pooled vectors; exact BM25 of the lexical vectors
+(:class:`~agrame_vdb.lexical.LexicalIndex`, IDF over the whole collection); hybrid
+fuses the two in the library. Rerank: exact MaxSim
 ``sum_i max_j q_i . d_j`` over the stored token vectors. Filters follow Qdrant's
 payload semantics (see :class:`~agrame_vdb.filters.Filter`). float16
 collections store float16-rounded token vectors; int8 ones keep float32 (as the
@@ -18,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..filters import And, Eq, Filter, In, Not, Or, Range
+from ..lexical import LexicalIndex, SparseVector
 from ..records import Candidate, Capabilities, IdPage, StoredPassage, TokenBatch
 from ..schema import CollectionSchema
 from . import StoreURL
@@ -41,6 +44,7 @@ class _Collection:
         self.schema = schema
         self.rows: dict[str, StoredPassage] = {}
         self.versions: dict[str, int] = {}  # a random stamp per write, as Qdrant's
+        self.lexical = LexicalIndex()
         self._matrix: tuple[list[str], np.ndarray] | None = None
 
     def changed(self) -> None:
@@ -79,6 +83,7 @@ class MemoryRepository(RepositoryBase):
             filter_ops=frozenset(("eq", "in", "range", "and", "or", "not")),
             fetch_atol={"float32": 0.0, "float16": 1e-3, "int8": 0.0},
             versions=True,
+            lexical=True,
         )
 
     def _load_schema(self, name: str) -> CollectionSchema | None:
@@ -116,6 +121,11 @@ class MemoryRepository(RepositoryBase):
                 p.schema_version,
             )
             c.versions[p.id] = secrets.randbits(63)
+            vector = self._lexical_vector(schema, p)
+            if vector is None:
+                c.lexical.remove(p.id)
+            else:
+                c.lexical.add(p.id, vector)
         c.changed()
 
     def _delete(self, schema: CollectionSchema, ids: list[str]) -> None:
@@ -123,6 +133,7 @@ class MemoryRepository(RepositoryBase):
         for i in ids:
             c.rows.pop(i, None)
             c.versions.pop(i, None)
+            c.lexical.remove(i)
         c.changed()
 
     def _delete_where(self, schema: CollectionSchema, filter: Filter) -> None:
@@ -130,6 +141,7 @@ class MemoryRepository(RepositoryBase):
         for i in [i for i, p in c.rows.items() if matches(filter, p)]:
             del c.rows[i]
             c.versions.pop(i, None)
+            c.lexical.remove(i)
         c.changed()
 
     def _count(self, schema: CollectionSchema, filter: Filter | None) -> int:
@@ -166,6 +178,15 @@ class MemoryRepository(RepositoryBase):
         reranked = [(float((qt @ c.rows[i].tokens.T.astype(np.float64)).max(axis=1).sum()), i) for i in first]
         reranked.sort(key=lambda t: (-t[0], t[1]))
         return [Candidate(i, s, "maxsim", c.versions.get(i)) for s, i in reranked[:limit]]
+
+    def _lexical_candidates(
+        self, schema: CollectionSchema, query: SparseVector, limit: int, filter: Filter | None, *, versions: bool = False
+    ) -> list[Candidate]:
+        c = self._collections[schema.name]
+        scores = c.lexical.scores(query)
+        keep = [i for i in scores if filter is None or matches(filter, c.rows[i])]
+        keep.sort(key=lambda i: (-scores[i], i))
+        return [Candidate(i, scores[i], "lexical", c.versions.get(i)) for i in keep[:limit]]
 
     def _fetch(self, schema: CollectionSchema, ids: list[str]) -> dict[str, StoredPassage]:
         rows = self._collections[schema.name].rows

@@ -31,7 +31,9 @@ cases]`` and return ``request.param``.
 The parts can also be taken alone: :class:`RepositoryTests` (collections, writes,
 filters, candidates, fetch, persistence, concurrency), :class:`BadInputTests`,
 :class:`AliasTests`, :class:`ProtocolTests` (the protocols, id paging), :class:`ValueTests` (values at the limits) and
-:class:`EngineMaxSimTests` (an engine-side MaxSim equals the library's).
+:class:`EngineMaxSimTests` (an engine-side MaxSim equals the library's) and
+:class:`LexicalTests` (lexical candidates equal a BM25 reference, hybrid fuses two
+filtered branches, a collection without lexical vectors names the migration).
 References are independent of the engines: Python predicates for filters, numpy
 cosine for the first stage, numpy MaxSim for the rerank, the written arrays for
 fetch (:mod:`agrame_vdb.testing.data`).
@@ -47,6 +49,7 @@ pytest.register_assert_rewrite(
     "agrame_vdb.testing.bad_input",
     "agrame_vdb.testing.engine_maxsim",
     "agrame_vdb.testing.engines",
+    "agrame_vdb.testing.lexical",
     "agrame_vdb.testing.protocol",
     "agrame_vdb.testing.repository",
     "agrame_vdb.testing.values",
@@ -56,6 +59,7 @@ from .aliases import AliasTests  # noqa: E402
 from .bad_input import BadInputTests  # noqa: E402
 from .engine_maxsim import EngineMaxSimTests  # noqa: E402
 from .engines import EngineCase, EngineFixtures, Store  # noqa: E402
+from .lexical import LexicalTests  # noqa: E402
 from .protocol import ProtocolTests  # noqa: E402
 from .repository import RepositoryTests  # noqa: E402
 from .values import ValueTests  # noqa: E402
@@ -67,6 +71,7 @@ __all__ = [
     "EngineCase",
     "EngineFixtures",
     "EngineMaxSimTests",
+    "LexicalTests",
     "ProtocolTests",
     "RepositoryTests",
     "Store",
@@ -74,5 +79,7 @@ __all__ = [
 ]
 
 
-class ConformanceTests(RepositoryTests, ProtocolTests, BadInputTests, AliasTests, ValueTests, EngineMaxSimTests):
+class ConformanceTests(
+    RepositoryTests, ProtocolTests, BadInputTests, AliasTests, ValueTests, EngineMaxSimTests, LexicalTests
+):
     """The whole conformance suite. Subclass it and override the fixture ``engine``."""
