@@ -75,6 +75,7 @@ from .errors import (
 from .checkpoints import load_tokenizer, model_identity as _model_identity
 from .jobstate import JobCheckpoint, file_fingerprint, job_differences
 from .layout import special_tokens
+from .lexical import LexicalSpec
 from .redact import redact_url
 from .rejects import RejectsFile as _Rejects
 from .repository import CollectionSchema, validate_metadata
@@ -173,10 +174,14 @@ class IndexJob:
         storage_dtype: str = "float32",
         on_disk: bool = False,
         indexed_fields: dict[str, str] | None = None,
+        lexical: bool | LexicalSpec = True,
         optimize: bool = True,
         store: str | None = None,
         on_progress: Callable[[IndexProgress], None] | None = None,
     ) -> None:
+        if not isinstance(lexical, (bool, LexicalSpec)):
+            raise InvalidInputError(f"lexical must be True, False or a LexicalSpec, got {lexical!r}")
+        self.lexical = lexical
         self.is_file = isinstance(source, (str, os.PathLike))
         self.source = Path(source) if self.is_file else source  # type: ignore[arg-type]
         if self.is_file:
@@ -329,6 +334,13 @@ class IndexJob:
         )
 
     # --------------------------------------------------------------------- run
+    def _lexical_spec(self) -> LexicalSpec | None:
+        """The new collection's lexical vectors: the given spec, the default one where the
+        engine has lexical search (``lexical=True``), or none."""
+        if isinstance(self.lexical, LexicalSpec):
+            return self.lexical
+        return LexicalSpec() if self.lexical and self.repository.capabilities().lexical else None
+
     def run(self) -> IndexSummary:
         """Do the job (resuming from its checkpoint when there is one); its summary."""
         self._reset()
@@ -387,7 +399,7 @@ class IndexJob:
             tokenizer, config = self.encoder.tokenizer, self.encoder.config
             schema = CollectionSchema(
                 self.collection, dim=int(self.encoder.dim), dtype=self.storage_dtype, on_disk=self.on_disk,
-                indexed_fields=self.indexed_fields,
+                indexed_fields=self.indexed_fields, lexical=self._lexical_spec(),
             )
             self._call("create the collection", self.repository.create_collection, schema, setup=True)
         chunker = Chunker(tokenizer, config.doc_maxlen, self.chunking, special_tokens=special_tokens(config))

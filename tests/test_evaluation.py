@@ -429,11 +429,13 @@ def test_evaluate_reports_first_stage_recall_once_per_collection_and_keeps_its_f
     q, _ = encode_queries(plain_encoder, [x.text for x in ds.queries], both=False)
     again = first_stage_recall(repo, "agrame_eval_passages", q, ds.queries, len(ds.passages), (1, 2, 3))
     assert by_name["passage-span-q"].recall == again
-    assert {r.first_stage for r in results} == {"pooled"}
+    # the indexer gave the collections lexical vectors: the planner's default (auto) is then hybrid
+    assert {r.first_stage for r in results} == {"hybrid"}
     as_json = by_name["passage-span-q"].to_json()
-    assert as_json["first_stage_used"] == "pooled" and set(as_json["first_stage"]) == {"encoding", "n", "pooled", "maxsim", "exhaustive"}
+    assert as_json["first_stage_used"] == "hybrid"
+    assert set(as_json["first_stage"]) == {"encoding", "n", "pooled", "lexical", "hybrid", "maxsim", "exhaustive"}
     assert "first_stage" not in by_name["sentence-encoding"].to_json()
-    assert recall_table(results).count("\n") == 1 + 2 * 3  # two collections, three stages each
+    assert recall_table(results).count("\n") == 1 + 2 * 5  # two collections, five stages each
     # the end-to-end figures do not depend on measuring the first stage, nor on which one
     # when the engine's MaxSim prefetch already holds every passage
     plain = evaluate(ds, plain_encoder, repo, recall_at=(), **kw)

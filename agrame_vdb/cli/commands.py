@@ -45,6 +45,7 @@ def index(
     storage: Annotated[str, typer.Option("--storage", help="Token-vector storage of a new collection: float32, float16 or int8.")] = "float32",
     on_disk: Annotated[bool, typer.Option("--on-disk", help="Keep a new collection's token vectors on disk.")] = False,
     index_field: Annotated[Optional[list[str]], typer.Option("--index-field", help="NAME:TYPE metadata field to index for filters (keyword, integer, float, bool); repeatable.")] = None,
+    lexical: Annotated[bool, typer.Option("--lexical/--no-lexical", help="Give a new collection BM25 lexical vectors of the text (for the lexical and hybrid first stages) where the engine has them.")] = True,
     retries: Annotated[int, typer.Option("--retries", help="Attempts per repository call when the store is unavailable.")] = 8,
     optimize: Annotated[bool, typer.Option("--optimize/--no-optimize", help="Build the engine's indexes at the end.")] = True,
     progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar; default: when stderr is a terminal, else log lines.")] = None,
@@ -76,7 +77,7 @@ def index(
             encode_token_budget=encode_token_budget, overlap=overlap_writes,
             checkpoint=checkpoint or default_checkpoint, rejects=rejects or (None if dry_run else default_rejects),
             restart=restart, dry_run=dry_run, retry=RetryPolicy(attempts=retries), storage_dtype=storage,
-            on_disk=on_disk, indexed_fields=fields, optimize=optimize, store=store,
+            on_disk=on_disk, indexed_fields=fields, lexical=lexical, optimize=optimize, store=store,
         )
         with progress_reporter(progress) as report:
             job.on_progress = report
@@ -95,7 +96,7 @@ def search(
     candidates: Annotated[int, typer.Option("--candidates", "-n", help="First-stage candidates scored per query.")] = 200,
     alpha: Annotated[float, typer.Option("--alpha", help="Weight of the passage score when ranking units.")] = 1.0,
     filter: Annotated[Optional[str], typer.Option("--filter", help='Metadata filter as JSON, e.g. \'{"lang": "en", "year": {"$gte": 2000}}\'.')] = None,
-    first_stage: Annotated[str, typer.Option("--first-stage", help="pooled, or maxsim (a pooled prefetch reranked by the engine).")] = "pooled",
+    first_stage: Annotated[str, typer.Option("--first-stage", help="auto (hybrid where the collection has lexical vectors, else pooled), pooled, lexical (BM25), hybrid (pooled + lexical, reciprocal rank fusion) or maxsim (a pooled prefetch reranked by the engine).")] = "auto",
     prefetch: Annotated[Optional[int], typer.Option("--prefetch", help="Pooled prefetch of the maxsim first stage.")] = None,
     queries: Annotated[Optional[Path], typer.Option("--queries", help='JSON Lines of {"id": ..., "text": ...}: one output line per query.')] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON: an array of results (one line per query with --queries).")] = False,

@@ -153,15 +153,16 @@ def migrate_convert(
     collection: Annotated[str, typer.Option("--collection", "-c", help="The alias your searches use.")],
     store: StoreOption = DEFAULT_STORE,
     storage: Annotated[Optional[str], typer.Option("--storage", help="float32, float16 or int8 (scalar quantization).")] = None,
+    lexical: Annotated[Optional[bool], typer.Option("--lexical/--no-lexical", help="Add BM25 lexical vectors, computed from the stored text (no re-encoding), or leave them out; default: as the collection has them.")] = None,
     on_disk: OnDiskOption = None, into: IntoOption = None, drop_old: DropOldOption = False,
     state_dir: MigrateStateDir = None, json_output: MigrateJson = False,
 ) -> None:
-    """Copy into a new collection with other storage, then switch the alias to it (blue/green)."""
+    """Copy into a new collection with other storage or lexical vectors, then switch the alias to it (blue/green)."""
     from .. import migrations
 
     _migrate(store, json_output, lambda repo, on_page: migrations.convert_storage(
-        repo, collection, dtype=storage, on_disk=on_disk, into=into, drop_old=drop_old, state_dir=state_dir,
-        on_page=on_page))
+        repo, collection, dtype=storage, on_disk=on_disk, lexical=lexical, into=into, drop_old=drop_old,
+        state_dir=state_dir, on_page=on_page))
 
 
 @migrate_app.command("rollback")

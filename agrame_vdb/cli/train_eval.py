@@ -53,7 +53,7 @@ def eval_command(
     store: Annotated[Optional[str], typer.Option("--store", help="Store URL, as connect() takes it; collections agrame_eval_* are replaced. Default: a temporary Qdrant Edge store, removed afterwards.")] = None,
     configuration: Annotated[Optional[list[str]], typer.Option("--configuration", help="Only these configurations (repeatable); default: all.")] = None,
     candidates: Annotated[int, typer.Option("--candidates", "-n", help="First-stage candidates per query; 0: every passage (exhaustive).")] = 200,
-    first_stage: Annotated[Optional[str], typer.Option("--first-stage", help="Where the candidates come from: pooled or maxsim (the engine's MaxSim over a pooled prefetch). Default: the planner's (pooled).")] = None,
+    first_stage: Annotated[Optional[str], typer.Option("--first-stage", help="Where the candidates come from: pooled, lexical (BM25), hybrid (pooled + lexical, reciprocal rank fusion) or maxsim (the engine's MaxSim over a pooled prefetch). Default: the planner's (auto: hybrid where the collection has lexical vectors, else pooled).")] = None,
     recall_at: Annotated[str, typer.Option("--recall-at", help="N of the first-stage recall@N, comma-separated, measured for each first stage and the exhaustive MaxSim ranking; 'none': not measured.")] = "50,200,1000",
     alpha: Annotated[float, typer.Option("--alpha", help="Weight of S(q,p) in the alpha configuration.")] = 1.0,
     split: Annotated[str, typer.Option("--split", help="SciFact claims / PropSegmEnt document clusters: heldout, train or all.")] = "heldout",
@@ -69,7 +69,7 @@ def eval_command(
     encoded on their own (sentence-encoding), and passages encoded whole with units
     ranked by span MaxSim with [Q], with [Q'], and with [Q'] plus alpha times the
     passage score. Everything runs through the planner over the store (a temporary
-    Qdrant Edge store by default) with its default first stage (200 pooled candidates).
+    Qdrant Edge store by default) with its default first stage (200 candidates).
     Beside them, once per model and encoding: the first-stage recall@N (any relevant
     passage among a first stage's N candidates) and fraction@N (the share of the
     relevant passages there), for each first stage and for every passage ranked by MaxSim.

@@ -10,6 +10,9 @@ For a query with relevant passages ``R`` (grade >= 1) and the first ``N`` passag
 both means over the queries with a relevant passage (``n``). The stages:
 
 - ``pooled``: the repository's pooled candidates (``candidates(..., limit=N)``);
+- ``lexical``: BM25 of the query text (``lexical_candidates``), and ``hybrid``: the
+  reciprocal rank fusion of N pooled and N lexical candidates, cut to N
+  (``hybrid_candidates``), where the collection has lexical vectors;
 - ``maxsim``: a pooled prefetch reranked by the engine's MaxSim (where
   ``capabilities().maxsim_rerank``), with the planner's default prefetch for ``N``;
 - ``exhaustive``: every passage the query's filter allows, ranked by MaxSim
@@ -115,6 +118,10 @@ def _candidates(repository: Any, collection: str, stage: str, q: np.ndarray, que
     from ..planner import pool_query
 
     kwargs: dict[str, Any] = {"limit": n, "filter": query.filter}
+    if stage == "lexical":
+        return [c.id for c in repository.lexical_candidates(collection, query.text, **kwargs)]
+    if stage == "hybrid":
+        return [c.id for c in repository.hybrid_candidates(collection, pool_query(q), query.text, **kwargs)]
     if stage == "maxsim":  # the planner's default prefetch for n candidates
         kwargs.update(tokens=q, prefetch=min(MAX_CANDIDATES, max(4 * n, 400)))
     return [c.id for c in repository.candidates(collection, pool_query(q), **kwargs)]
@@ -141,7 +148,9 @@ def first_stage_recall(
     stages: dict[str, dict[str, float]] = {}
     if not wanted:
         return FirstStageRecall(encoding, 0, stages)
-    offered = ["pooled"] + (["maxsim"] if repository.capabilities().maxsim_rerank else [])
+    caps = repository.capabilities()
+    lexical = caps.lexical and repository.open_collection(collection).lexical is not None
+    offered = ["pooled"] + (["lexical", "hybrid"] if lexical else []) + (["maxsim"] if caps.maxsim_rerank else [])
     for stage in offered:
         stages[stage] = _stage_metrics({
             n: [(_candidates(repository, collection, stage, q_all[i], queries[i], min(n, n_passages)), rel) for i, rel in wanted]

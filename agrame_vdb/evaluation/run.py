@@ -162,8 +162,8 @@ def evaluate(
     ranking goes through the :class:`~agrame_vdb.planner.Planner`: ``candidates``
     first-stage candidates per query (the planner's default first stage, 200
     pooled candidates; 0: every passage of the collection, an exhaustive rerank),
-    the top ``k`` results; ``first_stage`` (``pooled``, ``maxsim``; None: the
-    planner's default) is the first stage they come from. ``recall_at``: the ``N``
+    the top ``k`` results; ``first_stage`` (``pooled``, ``lexical``, ``hybrid``,
+    ``maxsim``; None: the planner's default) is the first stage they come from. ``recall_at``: the ``N``
     of the first-stage recall measured once per whole-passage collection
     (:func:`~agrame_vdb.evaluation.recall.first_stage_recall`; empty: none).
     Collections are dropped afterwards unless ``keep``.
@@ -241,12 +241,13 @@ class _Run:
         passage_runs = []
         for i, query in enumerate(data.queries):
             q, sq = q_all[i], sq_all[i]
-            ranked = planner.search_vectors(q, granularity=PASSAGE, k=self.k, filter=query.filter)
+            ranked = planner.search_vectors(q, granularity=PASSAGE, k=self.k, filter=query.filter, query_text=query.text)
             passage_runs.append(([r.passage_id for r in ranked], query.passage_qrels))
             for config in configs:
                 sub = q if config == "passage-span-q" else sq
                 a = self.alpha if config.endswith("+alpha") else 0.0
-                ranked = planner.search_vectors(q, sub, granularity=data.unit_kind, k=self.k, filter=query.filter, alpha=a)
+                ranked = planner.search_vectors(q, sub, granularity=data.unit_kind, k=self.k, filter=query.filter, alpha=a,
+                                                query_text=query.text)
                 runs[config].append(([(r.passage_id, r.unit_index) for r in ranked], query.unit_qrels))
             self._tick(what, i)
         passage_metrics = mean_metrics(passage_runs)
@@ -276,7 +277,7 @@ class _Run:
         unit_runs, passage_runs = [], []
         depth = min(n, max(10 * self.k, 100))
         for i, query in enumerate(data.queries):
-            ranked = planner.search_vectors(q_all[i], granularity=PASSAGE, k=depth, filter=query.filter)
+            ranked = planner.search_vectors(q_all[i], granularity=PASSAGE, k=depth, filter=query.filter, query_text=query.text)
             keys = [back[(r.doc_id, r.passage_index)] for r in ranked]
             unit_runs.append((keys[: self.k], query.unit_qrels))
             best: list[str] = []

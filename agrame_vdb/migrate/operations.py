@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..protocol import MigratableRepository
 from ..errors import InvalidInputError, MigrationError
+from ..lexical import LexicalSpec
 from ..repository import DTYPES, SCHEMA_VERSION, CollectionSchema, StoredPassage, check_name
 from ..units import SENTENCE, Span, Unit, align_units, split_sentences, units_from_char_spans
 from .reports import MigrationResult
@@ -354,6 +355,7 @@ def _derived(src: CollectionSchema, target: str, **changes: Any) -> CollectionSc
         SCHEMA_VERSION,
         dict(src.indexed_fields),  # type: ignore[arg-type]
         changes.get("model", src.model),
+        changes["lexical"] if "lexical" in changes else src.lexical,
     )
 
 
@@ -363,6 +365,7 @@ def convert_storage(
     *,
     dtype: str | None = None,
     on_disk: bool | None = None,
+    lexical: bool | LexicalSpec | None = None,
     into: str | None = None,
     drop_old: bool = False,
     state_dir: str | Path | None = None,
@@ -371,15 +374,26 @@ def convert_storage(
 ) -> MigrationResult:
     """Copy the collection behind ``alias`` into a new one with another token-vector
     storage (``dtype``: float32, float16 or int8 scalar quantization; ``on_disk``)
-    and switch the alias to it (blue/green; see the module docs). Vectors are copied,
-    not re-encoded: float16 rounds them; float16 back to float32 does not restore them."""
+    or lexical vectors (``lexical``: True for the default :class:`~agrame_vdb.lexical.LexicalSpec`,
+    a spec, or False for none; None keeps the source's) and switch the alias to it
+    (blue/green; see the module docs). Vectors are copied, not re-encoded: float16
+    rounds them; float16 back to float32 does not restore them. Lexical vectors are
+    computed from the stored text as each passage is written into the new collection."""
     if dtype is not None and dtype not in DTYPES:
         raise InvalidInputError(f"dtype must be one of {DTYPES}, got {dtype!r}")
-    if dtype is None and on_disk is None:
-        raise InvalidInputError("convert_storage needs dtype= or on_disk=")
+    if lexical is not None and not isinstance(lexical, (bool, LexicalSpec)):
+        raise InvalidInputError(f"lexical must be True, False, a LexicalSpec or None, got {lexical!r}")
+    if dtype is None and on_disk is None and lexical is None:
+        raise InvalidInputError("convert_storage needs dtype=, on_disk= or lexical=")
+    changes: dict[str, Any] = {"dtype": dtype, "on_disk": on_disk}
+    if lexical is not None:
+        changes["lexical"] = LexicalSpec() if lexical is True else lexical or None
+    params = {"dtype": dtype, "on_disk": on_disk}
+    if lexical is not None:  # in the run's identity only when asked (a resumed run must ask the same)
+        params["lexical"] = None if changes["lexical"] is None else changes["lexical"].to_json()
     return _blue_green(
-        repository, alias, "convert", {"dtype": dtype, "on_disk": on_disk},
-        lambda src, target: _derived(src, target, dtype=dtype, on_disk=on_disk), None,
+        repository, alias, "convert", params,
+        lambda src, target: _derived(src, target, **changes), None,
         into=into, drop_old=drop_old, state_dir=state_dir, page=page, on_page=on_page,
     )
 

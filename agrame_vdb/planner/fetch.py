@@ -105,12 +105,19 @@ class Reader:
 
     # ----- the first stage
 
-    def candidates(self, plan: Plan, pooled: np.ndarray, q: np.ndarray) -> list[Candidate]:
+    def candidates(self, plan: Plan, pooled: np.ndarray, q: np.ndarray, text: str | None = None) -> list[Candidate]:
         kwargs: dict[str, Any] = {"limit": plan.candidates, "filter": plan.filter}
-        if plan.first_stage == "maxsim":
-            kwargs.update(tokens=q, prefetch=plan.prefetch)
         if self.with_versions:
             kwargs["with_versions"] = True
+        if plan.first_stage == "lexical":
+            return self.repository.lexical_candidates(plan.collection, text, **kwargs)
+        if plan.first_stage == "hybrid":
+            return self.repository.hybrid_candidates(
+                plan.collection, pooled, text, dense_limit=plan.dense_limit, lexical_limit=plan.lexical_limit,
+                rrf_k=plan.rrf_k, **kwargs,
+            )
+        if plan.first_stage == "maxsim":
+            kwargs.update(tokens=q, prefetch=plan.prefetch)
         return self.repository.candidates(plan.collection, pooled, **kwargs)
 
     # ----- token vectors and units
@@ -142,8 +149,10 @@ class Reader:
                         ok = entry.version == c.version
                     elif c.stage == "pooled":
                         ok = entry.pooled.size > 0 and abs(float(entry.pooled @ pooled[b]) - c.score) <= self.cache.atol
-                    else:  # an engine MaxSim score: compared with ours after ranking
+                    elif c.stage == "maxsim":  # an engine MaxSim score: compared with ours after ranking
                         ok = True
+                    else:  # a lexical or fused score says nothing of the token vectors: read them
+                        ok = False
                     seen[c.id] = seen.get(c.id, True) and ok
                     entries[c.id] = entry
             bad = [i for i, ok in seen.items() if not ok]

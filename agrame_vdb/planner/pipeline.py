@@ -32,19 +32,28 @@ class Pipeline:
         self.score_atol = score_atol
 
     def run(
-        self, plan: Plan, texts: Sequence[str | None], q: np.ndarray, sq: np.ndarray | None, start: float, encode_s: float
+        self,
+        plan: Plan,
+        texts: Sequence[str | None],
+        q: np.ndarray,
+        sq: np.ndarray | None,
+        start: float,
+        encode_s: float,
+        lexical_texts: Sequence[str | None] | None = None,
     ) -> list[SearchResponse]:
         """Responses to the queries ``q`` ``[B, Lq, dim]`` (``sq``: their ``[Q']``
         vectors), one fetch for the union of their candidates. ``start`` is when the
-        search began (``time.perf_counter``), ``encode_s`` the seconds encoding took."""
+        search began (``time.perf_counter``), ``encode_s`` the seconds encoding took;
+        ``lexical_texts`` what a lexical or hybrid first stage searches (default ``texts``)."""
         reader = self.reader
         n = len(texts)
+        words = texts if lexical_texts is None else lexical_texts
         cand_s = [0.0] * n
         all_cands: list[list[Candidate]] = []
         pooled = [pool_query(q[b]) for b in range(n)]
         for b in range(n):
             t = time.perf_counter()
-            all_cands.append(reader.candidates(plan, pooled[b], q[b]))
+            all_cands.append(reader.candidates(plan, pooled[b], q[b], words[b]))
             cand_s[b] = time.perf_counter() - t
         fetch_s = 0.0
         rerank_s = [0.0] * n

@@ -12,13 +12,18 @@ import numpy as np
 from ..errors import InvalidInputError
 from ..repository import Filter
 
-__all__ = ["FIRST_STAGES", "MAX_CANDIDATES", "PASSAGE", "Plan", "check_granularity", "pool_query"]
+__all__ = ["FIRST_STAGES", "TEXT_STAGES", "MAX_CANDIDATES", "PASSAGE", "Plan", "check_granularity", "pool_query"]
 
 #: The granularity that ranks whole passages; any other is a unit kind.
 PASSAGE = "passage"
-#: ``pooled``: nearest pooled vectors; ``maxsim``: a pooled prefetch reranked by the
-#: engine's MaxSim (needs ``capabilities().maxsim_rerank``).
-FIRST_STAGES = ("pooled", "maxsim")
+#: ``pooled``: nearest pooled vectors; ``lexical``: BM25 of the query text over the
+#: collection's lexical vectors; ``hybrid``: the two fused by reciprocal rank fusion
+#: (both need ``capabilities().lexical`` and a collection with lexical vectors);
+#: ``maxsim``: a pooled prefetch reranked by the engine's MaxSim (needs
+#: ``capabilities().maxsim_rerank``).
+FIRST_STAGES = ("pooled", "lexical", "hybrid", "maxsim")
+#: first stages that read the query's text
+TEXT_STAGES = ("lexical", "hybrid")
 #: The most candidates (and prefetch) one search asks for.
 MAX_CANDIDATES = 100_000
 _KIND_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_-")
@@ -87,6 +92,10 @@ class Plan:
     filter: Filter | None
     first_stage: str
     matches: bool
+    #: hybrid: the candidates of each branch before fusion (None: ``candidates``), and the rank constant
+    dense_limit: int | None = None
+    lexical_limit: int | None = None
+    rrf_k: int = 60
 
     @property
     def units(self) -> bool:

@@ -14,13 +14,15 @@ import numpy as np
 import torch
 
 from ..encoder import MultiVectorEncoder, encode_queries, resolve_device, resolve_dtype
-from ..errors import InvalidInputError, UnsupportedOperationError
+from ..errors import InvalidInputError, LexicalUnavailableError, UnsupportedOperationError
+from ..fusion import RRF_K, check_rrf_k
+from ..schema import no_lexical_hint
 from ..repository import Filter
 from .cache import TokenCache
 from .explain import Explainer
 from .fetch import Reader
 from .pipeline import Pipeline
-from .plan import FIRST_STAGES, MAX_CANDIDATES, PASSAGE, Plan, check_alpha, check_filter, check_granularity, check_int
+from .plan import FIRST_STAGES, MAX_CANDIDATES, PASSAGE, TEXT_STAGES, Plan, check_alpha, check_filter, check_granularity, check_int
 from .rank import Scorer
 from .results import SearchResponse
 
@@ -51,7 +53,10 @@ class Planner:
         candidates: int = 200,
         prefetch: int | None = None,
         alpha: float = 1.0,
-        first_stage: str = "pooled",
+        first_stage: str = "auto",
+        dense_candidates: int | None = None,
+        lexical_candidates: int | None = None,
+        rrf_k: int = RRF_K,
         device: str | torch.device | None = "auto",
         dtype: str | torch.dtype = "float32",
         cache: TokenCache | None = None,
@@ -73,6 +78,12 @@ class Planner:
         self.prefetch = None if prefetch is None else check_int(prefetch, "prefetch", 1)
         self.alpha = check_alpha(alpha)
         self.first_stage = self._check_first_stage(first_stage)
+        self._auto_stage = first_stage == "auto"
+        self.dense_candidates = None if dense_candidates is None else check_int(dense_candidates, "dense_candidates", 1)
+        self.lexical_candidates = (
+            None if lexical_candidates is None else check_int(lexical_candidates, "lexical_candidates", 1)
+        )
+        self.rrf_k = check_rrf_k(rrf_k)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
         if cache is not None and not isinstance(cache, TokenCache):
@@ -118,12 +129,21 @@ class Planner:
         return lq * max(1e-3, 4 * atol)
 
     def _check_first_stage(self, first_stage: Any) -> str:
+        if first_stage == "auto":
+            return "hybrid" if self.capabilities.lexical and self.schema.lexical is not None else "pooled"
         if first_stage not in FIRST_STAGES:
-            raise InvalidInputError(f"first_stage must be one of {FIRST_STAGES}, got {first_stage!r}")
+            raise InvalidInputError(f"first_stage must be 'auto' or one of {FIRST_STAGES}, got {first_stage!r}")
         if first_stage == "maxsim" and not self.capabilities.maxsim_rerank:
             raise UnsupportedOperationError(
                 f"{self.capabilities.engine} has no MaxSim of its own; use first_stage='pooled'"
             )
+        if first_stage in TEXT_STAGES:
+            if not self.capabilities.lexical:
+                raise UnsupportedOperationError(
+                    f"{self.capabilities.engine} has no lexical search; use first_stage='pooled'"
+                )
+            if self.schema.lexical is None:
+                raise LexicalUnavailableError(no_lexical_hint(self.schema.name))
         return first_stage
 
     def _plan(
@@ -154,6 +174,9 @@ class Planner:
             filter=check_filter(filter),
             first_stage=stage,
             matches=bool(matches),
+            dense_limit=self.dense_candidates,
+            lexical_limit=self.lexical_candidates,
+            rrf_k=self.rrf_k,
         )
 
     # ------------------------------------------------------------------ public API
@@ -216,14 +239,25 @@ class Planner:
         first_stage: str | None = None,
         prefetch: int | None = None,
         matches: bool = False,
+        query_text: str | None = None,
     ) -> SearchResponse:
         """:meth:`search` with the query already encoded: ``query_vectors`` ``[Lq, dim]``
         (``[Q]``) and, for unit granularity, ``subquery_vectors`` (``[Q']``; default:
-        the ``[Q]`` vectors). Matches carry no query token strings."""
+        the ``[Q]`` vectors). Matches carry no query token strings. A lexical or hybrid
+        first stage searches ``query_text`` (without it, the planner's ``"auto"``
+        default falls back to pooled)."""
+        if query_text is None and first_stage is None and self._auto_stage:
+            first_stage = "pooled"
         plan = self._plan(granularity, k, filter, candidates, alpha, first_stage, prefetch, matches)
+        if plan.first_stage in TEXT_STAGES and (not isinstance(query_text, str) or not query_text.strip()):
+            raise InvalidInputError(
+                f"first_stage={plan.first_stage!r} searches the query's words: give query_text= (a non-empty string)"
+            )
         q = self._check_vectors(query_vectors, "query_vectors")
         sq = self._check_vectors(subquery_vectors, "subquery_vectors") if subquery_vectors is not None else q
-        return self._pipeline.run(plan, [None], q[None], sq[None] if plan.units else None, time.perf_counter(), 0.0)[0]
+        return self._pipeline.run(
+            plan, [None], q[None], sq[None] if plan.units else None, time.perf_counter(), 0.0, [query_text]
+        )[0]
 
     async def asearch(self, query: str, granularity: str = PASSAGE, k: int = 10, filter: Any = None, **options: Any) -> SearchResponse:
         """:meth:`search` for asyncio: the search runs off the event loop, in a worker thread."""
