@@ -8,6 +8,10 @@ Collection layout (one per agrame collection):
   passages). Its storage follows the schema dtype (float16, or int8 scalar
   quantization with rescoring) and ``on_disk``.
 - named vector ``pooled``: Cosine, HNSW: the first stage.
+- named sparse vector ``lexical`` (only in collections whose schema has
+  ``lexical``): the passage's BM25 term-frequency weights
+  (:func:`agrame_vdb.lexical.document_vector`) with Qdrant's ``Modifier.IDF``, so
+  the engine weighs a query's term counts by IDF. A passage without a word has none.
 - payload: ``doc_id``, ``passage_index``, ``text``, ``units`` (compact JSON),
   ``metadata`` (the user's JSON), ``schema_version``, ``n_tokens``,
   ``pooled_b64`` (the pooled vector's float32 bytes, so fetch returns it exactly
@@ -40,6 +44,7 @@ from ._codec import copy_dtype, decode_tokens, encode_tokens, units_from_json, u
 
 TOKENS = "tokens"
 POOLED = "pooled"
+LEXICAL = "lexical"
 
 P_DOC = "doc_id"
 P_INDEX = "passage_index"

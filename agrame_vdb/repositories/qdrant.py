@@ -10,6 +10,16 @@ schema is stored in the collection's metadata under ``"agrame"``. Aliases are
 Qdrant's own; a switch is one ``update_collection_aliases`` call (delete and
 create), which a server applies atomically.
 
+Lexical search (collections with ``schema.lexical``) is Qdrant's own: a sparse
+vector ``lexical`` with ``Modifier.IDF``, written in the same point upsert as the
+rest of the passage. Hybrid candidates are one ``query_points`` call: the pooled and
+the lexical branches as two filtered prefetches, fused by Qdrant's RRF. Qdrant
+scores a hit at 0-based position ``i`` as ``1 / (k' + i)``, the library
+(:func:`agrame_vdb.fusion.rrf`) at rank ``i + 1`` as ``1 / (k + i + 1)``, so the
+engine gets ``k' = rrf_k + 1`` and both give the same scores. A server's IDF counts
+the points of its sparse index, deleted ones included until Qdrant's optimizer
+rebuilds their segment; local mode counts live points only.
+
 Server calls are retried with tenacity on transport errors, timeouts and
 429/5xx answers (``retries`` attempts, exponential back-off); what still fails
 comes out as TransientRepositoryError.
@@ -37,6 +47,7 @@ from ..errors import (
     TransientRepositoryError,
 )
 from ..filters import Filter
+from ..lexical import SparseVector
 from ..records import Candidate, Capabilities, IdPage, StoredPassage, TokenBatch
 from ..schema import CollectionSchema
 from .base import RepositoryBase
@@ -205,6 +216,8 @@ class QdrantRepository(RepositoryBase):
             fetch_atol={"float32": 0.0, "float16": 1e-3, "int8": 0.0},
             approximate_first_stage=self._server,
             versions=True,
+            lexical=True,
+            hybrid_in_engine=True,
         )
 
     # ----- collections
@@ -242,10 +255,18 @@ class QdrantRepository(RepositoryBase):
         pooled = models.VectorParams(
             size=schema.dim, distance=models.Distance.COSINE, hnsw_config=models.HnswConfigDiff(**qc.POOLED_HNSW)
         )
+        sparse = None
+        if schema.lexical is not None:
+            sparse = {
+                qc.LEXICAL: models.SparseVectorParams(
+                    index=models.SparseIndexParams(on_disk=schema.on_disk or None), modifier=models.Modifier.IDF
+                )
+            }
         self._call(
             self._client.create_collection,
             schema.name,
             vectors_config={qc.TOKENS: tokens, qc.POOLED: pooled},
+            sparse_vectors_config=sparse,
             metadata={qc.META_KEY: schema.to_json()},
         )
         self._create_indexes(schema.name, qc.index_fields(schema))
@@ -275,12 +296,21 @@ class QdrantRepository(RepositoryBase):
         points = [
             models.PointStruct(
                 id=p.id,
-                vector=qc.vectors_as_lists(p),
+                vector=self._vectors(schema, p),
                 payload=qc.build_payload(p, schema, token_copy=self._token_copy, version=new_version()),
             )
             for p in passages
         ]
         self._call(self._client.upsert, schema.name, points=points, wait=True)
+
+    def _vectors(self, schema: CollectionSchema, p: StoredPassage) -> dict[str, Any]:
+        """A point's named vectors: an upsert replaces the whole point, so a passage
+        written without a lexical vector (no word) loses the one it had."""
+        vectors = qc.vectors_as_lists(p)
+        lexical = self._lexical_vector(schema, p)
+        if lexical is not None:
+            vectors[qc.LEXICAL] = _sparse(lexical)
+        return vectors
 
     def _delete(self, schema: CollectionSchema, ids: list[str]) -> None:
         self._call(self._client.delete, schema.name, points_selector=models.PointIdsList(points=ids), wait=True)
@@ -334,10 +364,48 @@ class QdrantRepository(RepositoryBase):
                 search_params=self._search_params(schema),
             )
             stage = "maxsim"
-        return [
-            Candidate(str(p.id), float(p.score), stage, (p.payload or {}).get(qc.P_TV) if versions else None)
-            for p in res.points
-        ]
+        return _hits(res.points, stage, versions)
+
+    def _lexical_candidates(
+        self, schema: CollectionSchema, query: SparseVector, limit: int, filter: Filter | None, *, versions: bool = False
+    ) -> list[Candidate]:
+        res = self._call(
+            self._client.query_points,
+            schema.name,
+            query=_sparse(query),
+            using=qc.LEXICAL,
+            query_filter=qc.translate_filter(filter, _DIALECT),
+            limit=limit,
+            with_payload=[qc.P_TV] if versions else False,
+        )
+        return _hits(res.points, "lexical", versions)
+
+    def _hybrid_candidates(
+        self,
+        schema: CollectionSchema,
+        pooled: np.ndarray,
+        query: SparseVector,
+        limit: int,
+        dense_limit: int,
+        lexical_limit: int,
+        rrf_k: int,
+        filter: Filter | None,
+        *,
+        versions: bool = False,
+    ) -> list[Candidate]:
+        f = qc.translate_filter(filter, _DIALECT)
+        res = self._call(
+            self._client.query_points,
+            schema.name,
+            prefetch=[
+                models.Prefetch(query=pooled.tolist(), using=qc.POOLED, filter=f, limit=dense_limit),
+                models.Prefetch(query=_sparse(query), using=qc.LEXICAL, filter=f, limit=lexical_limit),
+            ],
+            query=models.RrfQuery(rrf=models.Rrf(k=rrf_k + 1)),  # Qdrant's k counts positions from 0
+            limit=limit,
+            with_payload=[qc.P_TV] if versions else False,
+        )
+        return _hits(res.points, "hybrid", versions)
 
     def _fetch(self, schema: CollectionSchema, ids: list[str]) -> dict[str, StoredPassage]:
         records = self._call(
@@ -443,6 +511,17 @@ class QdrantRepository(RepositoryBase):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self._client.close()
+
+
+def _hits(points: Sequence[Any], stage: str, versions: bool) -> list[Candidate]:
+    """Candidates from scored points (their write version read from the payload)."""
+    return [
+        Candidate(str(p.id), float(p.score), stage, (p.payload or {}).get(qc.P_TV) if versions else None) for p in points
+    ]
+
+
+def _sparse(vector: SparseVector) -> models.SparseVector:
+    return models.SparseVector(indices=list(vector.indices), values=list(vector.values))
 
 
 def _is_local(client: QdrantClient) -> bool:
