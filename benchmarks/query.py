@@ -2,14 +2,16 @@
 
 Prints figures, asserts nothing. Builds (or reuses) a Qdrant Edge collection of
 ``--passages`` passages of random unit-norm 128-d token vectors, 100-160 tokens
-each, 5 sentence units each, written through the repository. Then times top-``k``
-search at passage and sentence granularity with ``--candidates`` pooled
-candidates: with the query already encoded (random unit-norm ``[Q]``/``[Q']``
-vectors), and with the real default encoder on text queries. Prints p50/p95 of the
+each, 5 sentence units each, and lexical vectors of a text of Zipf-distributed
+words (a 50k-word vocabulary, so postings are as skewed as in real text), written
+through the repository. Then times top-``k`` search at passage and sentence
+granularity with ``--candidates`` candidates from each first stage (pooled, lexical,
+hybrid, engine MaxSim): with the query already encoded (random unit-norm
+``[Q]``/``[Q']`` vectors, and 8 words drawn from the same vocabulary for the lexical
+branch), and with the real default encoder on text queries. Prints p50/p95 of the
 wall time and the median of each step (encode, candidates, fetch, rerank), then the
-same with a warm :class:`~agrame_vdb.planner.TokenCache` and with the engine-MaxSim
-first stage. Random vectors make the first stage's recall meaningless: only the
-latency is measured.
+same with a warm :class:`~agrame_vdb.planner.TokenCache`. Random vectors and words
+make the first stage's recall meaningless: only the latency is measured.
 """
 
 from __future__ import annotations
@@ -25,18 +27,23 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agrame_vdb import CollectionSchema, StoredPassage, Unit, connect
+from agrame_vdb import CollectionSchema, LexicalSpec, StoredPassage, Unit, connect
 from agrame_vdb.planner import Planner, SearchResponse, TokenCache
 
 COLLECTION = "bench_query"
 DIM = 128
+VOCAB = 50_000
+
+
+def zipf_words(rng: np.random.Generator, n: int) -> list[str]:
+    return [f"t{r}" for r in rng.zipf(1.1, size=n) % VOCAB]
 
 
 def make_passage(rng: np.random.Generator, i: int) -> StoredPassage:
     n = int(rng.integers(100, 161))
     x = rng.standard_normal((n, DIM)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
-    words = [f"w{i}x{t}" for t in range(n - 3)]  # token t + 2 is word t ([CLS] [D] ... [SEP])
+    words = zipf_words(rng, n - 3)  # token t + 2 is word t ([CLS] [D] ... [SEP])
     starts, pos = [], 0
     for w in words:
         starts.append(pos)
@@ -54,10 +61,15 @@ def make_passage(rng: np.random.Generator, i: int) -> StoredPassage:
 
 def build(repo, n: int) -> None:
     existing = repo.count(COLLECTION) if COLLECTION in repo.list_collections() else 0
+    if existing and repo.open_collection(COLLECTION).lexical is None:
+        print(f"{COLLECTION} has no lexical vectors (an older run's): building it again")
+        repo.drop_collection(COLLECTION)
+        existing = 0
     if existing >= n:
         print(f"reusing {existing} passages in {COLLECTION}")
         return
-    repo.create_collection(CollectionSchema(COLLECTION, dim=DIM, indexed_fields={"lang": "keyword", "year": "integer"}))
+    repo.create_collection(CollectionSchema(COLLECTION, dim=DIM, indexed_fields={"lang": "keyword", "year": "integer"},
+                                            lexical=LexicalSpec()))
     rng = np.random.default_rng(0)
     start = time.perf_counter()
     for lo in range(0, n, 500):
@@ -73,6 +85,11 @@ def random_queries(n: int, seed: int = 1) -> np.ndarray:
     rng = np.random.default_rng(seed)
     q = rng.standard_normal((n, 2, 32, DIM)).astype(np.float32)
     return q / np.linalg.norm(q, axis=-1, keepdims=True)
+
+
+def random_texts(n: int, seed: int = 2) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [" ".join(zipf_words(rng, 8)) for _ in range(n)]
 
 
 def pct(values: list[float], p: float) -> float:
@@ -94,13 +111,15 @@ def report(label: str, walls: list[tuple[float, float]], responses: list[SearchR
     )
 
 
-def run_vectors(planner: Planner, queries: np.ndarray, granularity: str, k: int, warmup: int = 3, **kw) -> tuple[list[tuple[float, float]], list[SearchResponse]]:
+def run_vectors(planner: Planner, queries: np.ndarray, granularity: str, k: int, warmup: int = 3, texts: list[str] | None = None,
+                **kw) -> tuple[list[tuple[float, float]], list[SearchResponse]]:
+    words = texts or [None] * len(queries)
     for b in range(warmup):
-        planner.search_vectors(queries[b, 0], queries[b, 1], granularity=granularity, k=k, **kw)
+        planner.search_vectors(queries[b, 0], queries[b, 1], granularity=granularity, k=k, query_text=words[b], **kw)
     walls, responses = [], []
     for b in range(warmup, len(queries)):
         t, c = time.perf_counter(), time.process_time()
-        r = planner.search_vectors(queries[b, 0], queries[b, 1], granularity=granularity, k=k, **kw)
+        r = planner.search_vectors(queries[b, 0], queries[b, 1], granularity=granularity, k=k, query_text=words[b], **kw)
         walls.append(((time.perf_counter() - t) * 1e3, (time.process_time() - c) * 1e3))
         responses.append(r)
     return walls, responses
@@ -147,25 +166,31 @@ def main() -> None:
         n_total = repo.count(COLLECTION)
         print(f"{n_total} passages; top-{args.k} of {args.candidates} candidates; {args.queries} queries per case\n")
         queries = random_queries(args.queries + 3)
-        planner = Planner(repo, COLLECTION, device="cpu", candidates=args.candidates)
+        texts = random_texts(args.queries + 3)
+        planner = Planner(repo, COLLECTION, device="cpu", candidates=args.candidates, first_stage="pooled")
         if args.warmup:
             start = time.perf_counter()
             run_vectors(planner, random_queries(args.warmup, seed=99), "sentence", args.k, warmup=args.warmup)
             print(f"warm-up: {args.warmup} other queries in {time.perf_counter() - start:.0f} s\n")
 
-        print("query encoding excluded (random [Q]/[Q'] vectors):")
+        print("query encoding excluded (random [Q]/[Q'] vectors; 8 random words for the lexical branch):")
         for g in ("passage", "sentence"):
-            report(f"  {g}", *run_vectors(planner, queries, g, args.k))
+            report(f"  {g}, pooled", *run_vectors(planner, queries, g, args.k))
+        n = args.candidates
+        report(f"  sentence, lexical {n}", *run_vectors(planner, queries, "sentence", args.k, texts=texts, first_stage="lexical"))
+        report(f"  sentence, hybrid {n}+{n} fused to {n}", *run_vectors(planner, queries, "sentence", args.k, texts=texts, first_stage="hybrid"))
+        report(f"  passage, hybrid {n}+{n} fused to {n}", *run_vectors(planner, queries, "passage", args.k, texts=texts, first_stage="hybrid"))
+        report("  sentence, hybrid, filter lang=en", *run_vectors(planner, queries, "sentence", args.k, texts=texts, first_stage="hybrid", filter={"lang": "en"}))
         report("  sentence, engine MaxSim 200 of 800 pooled", *run_vectors(planner, queries, "sentence", args.k, first_stage="maxsim", prefetch=800))
         report("  sentence, engine MaxSim 50 of 200 pooled", *run_vectors(planner, queries, "sentence", args.k, first_stage="maxsim", candidates=50, prefetch=200))
         report("  sentence, filter lang=en", *run_vectors(planner, queries, "sentence", args.k, filter={"lang": "en"}))
         report("  sentence, with matched tokens", *run_vectors(planner, queries, "sentence", args.k, matches=True))
-        bf16 = Planner(repo, COLLECTION, device="cpu", candidates=args.candidates, dtype="bfloat16")
+        bf16 = Planner(repo, COLLECTION, device="cpu", candidates=args.candidates, dtype="bfloat16", first_stage="pooled")
         report("  sentence, bfloat16 scoring", *run_vectors(bf16, queries, "sentence", args.k))
 
         if args.cache_mb:
             cache = TokenCache(args.cache_mb << 20)
-            cached = Planner(repo, COLLECTION, device="cpu", candidates=args.candidates, cache=cache)
+            cached = Planner(repo, COLLECTION, device="cpu", candidates=args.candidates, cache=cache, first_stage="pooled")
             run_vectors(cached, queries, "sentence", args.k, warmup=0)  # fills the cache with these queries' candidates
             print(f"\nwarm TokenCache ({args.cache_mb} MiB; the same queries again, {len(cache)} passages cached):")
             for g in ("passage", "sentence"):
@@ -177,7 +202,8 @@ def main() -> None:
             encoder = MultiVectorEncoder.load(device="cpu")
             texts = [f"what does passage {i} say about topic {i % 7} and its history?" for i in range(args.queries + 3)]
             with_encoder = Planner(repo, COLLECTION, encoder, device="cpu", candidates=args.candidates)
-            print("\nquery encoding included (default encoder, [Q] and [Q'] in one pass for sentences):")
+            print(f"\nquery encoding included (default encoder, [Q] and [Q'] in one pass for sentences; "
+                  f"first stage {with_encoder.first_stage}, the default):")
             for g in ("passage", "sentence"):
                 report(f"  {g}", *run_text(with_encoder, texts, g, args.k))
             batch = texts[:16]

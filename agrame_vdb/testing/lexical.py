@@ -130,6 +130,9 @@ class LexicalTests(EngineFixtures):
 
     def test_rewrites_and_deletes_keep_the_statistics(self, lexical):
         repo, name, passages = lexical
+        if repo.capabilities().engine == "qdrant-server":
+            pytest.skip("a Qdrant server's IDF counts deleted points until the optimizer vacuums their segment "
+                        "(qdrant/qdrant#6735); it has no call that forces it")
         changed = StoredPassage.create(
             passages[0].doc_id, passages[0].index, passages[0].tokens, text="brca1 brca1 w1", metadata=passages[0].metadata
         )
