@@ -9,7 +9,7 @@ import pytest
 
 from agrame_vdb import CollectionSchema, connect
 
-from .conformance._data import DIM, make_passages
+from .conformance._data import DIM, make_passages, unit_vectors
 
 
 class _Spy:
@@ -500,3 +500,133 @@ def test_a_data_file_name_outside_the_store_is_never_opened(edge):
         _check_batch(repo, passages)
     finally:
         repo.close()
+
+
+# ----- lexical and hybrid first stages
+
+
+@pytest.fixture(params=["appendable", "indexed"])
+def lexical_edge(request, tmp_path, monkeypatch):
+    """A lexical collection of the conformance suite's passages, optimised; "indexed":
+    with a tiny indexing threshold, so the passages sit in a non-appendable segment and
+    a rewrite or delete leaves a deleted copy there until optimize() vacuums it."""
+    from agrame_vdb.repositories import qdrant_edge
+    from agrame_vdb.testing.lexical import SPEC, lexical_passages
+
+    if request.param == "indexed":
+        monkeypatch.setattr(qdrant_edge, "_LEXICAL_OPTIMIZERS", {**qdrant_edge._LEXICAL_OPTIMIZERS, "indexing_threshold": 1})
+    repo = connect(f"qdrant-edge://{tmp_path}/store")
+    repo.create_collection(CollectionSchema("c", DIM, indexed_fields={"lang": "keyword"}, lexical=SPEC))
+    passages = lexical_passages()
+    repo.upsert("c", passages)
+    repo.optimize("c")
+    if request.param == "indexed":
+        assert repo._shards["c"].info().indexed_vectors_count > 0
+    yield repo, passages, tmp_path / "store" / "c"
+    repo.close()
+
+
+def _rewritten(p, text):
+    from agrame_vdb.records import StoredPassage
+
+    return StoredPassage.create(p.doc_id, p.index, p.tokens, text=text, metadata=p.metadata)
+
+
+def _assert_reference(repo, passages, queries=None):
+    from agrame_vdb.testing.lexical import QUERIES, assert_ranking, bm25_reference
+
+    for query in queries or QUERIES:
+        assert_ranking(repo.lexical_candidates("c", query, limit=10), bm25_reference(query, passages), 10)
+
+
+def test_only_a_lexical_collection_has_the_sparse_vector_and_the_vacuuming_optimizers(tmp_path):
+    import json
+
+    from agrame_vdb.testing.lexical import SPEC
+
+    repo = connect(f"qdrant-edge://{tmp_path}")
+    repo.create_collection(CollectionSchema("plain", DIM))
+    repo.create_collection(CollectionSchema("lex", DIM, lexical=SPEC))
+    plain = json.loads((tmp_path / "plain" / "shard" / "edge_config.json").read_text())
+    lex = json.loads((tmp_path / "lex" / "shard" / "edge_config.json").read_text())
+    repo.close()
+    assert not plain.get("sparse_vectors") and "optimizers" not in plain
+    assert lex["sparse_vectors"] == {"lexical": {"modifier": "idf"}}
+    assert lex["optimizers"]["deleted_threshold"] == 0.0 and lex["optimizers"]["vacuum_min_vector_number"] == 0
+    assert set(lex["vectors"]) == set(plain["vectors"])
+
+
+def test_a_rewrite_to_a_text_without_words_drops_the_old_terms(lexical_edge):
+    repo, passages, _ = lexical_edge
+    old = passages[0]
+    repo.upsert("c", [_rewritten(old, "— … —"), _rewritten(passages[1], "brca1 w1 w1")])
+    now = [_rewritten(passages[1], "brca1 w1 w1")] + passages[2:]
+    for query in {*old.text.split()[:5], "w1 w2", "brca1"}:
+        assert old.id not in {c.id for c in repo.lexical_candidates("c", query, limit=100)}
+    repo.optimize("c")
+    _assert_reference(repo, now, [*old.text.split()[:5], "w1 w2", "brca1"])
+    assert repo.fetch("c", [old.id], strict=True).passages[0].text == "— … —"
+
+
+def test_deletes_and_rewrites_leave_exact_statistics_after_optimize_also_after_reopening(lexical_edge, tmp_path):
+    repo, passages, d = lexical_edge
+    repo.close()
+    repo = connect(f"qdrant-edge://{d.parent}")  # the shard's own config, as persisted
+    try:
+        repo.delete("c", [p.id for p in passages[:5]])
+        repo.upsert("c", [_rewritten(passages[5], "p53 p53 zürich")])
+        repo.optimize("c")
+        _assert_reference(repo, [_rewritten(passages[5], "p53 p53 zürich")] + passages[6:])
+    finally:
+        repo.close()
+
+
+def test_lexical_and_hybrid_candidates_carry_the_write_versions(lexical_edge):
+    repo, passages, _ = lexical_edge
+    pooled = passages[3].pooled
+    for got in (
+        repo.lexical_candidates("c", "w1 w2", limit=10, with_versions=True),
+        repo.hybrid_candidates("c", pooled, "w1 w2", limit=10, with_versions=True),
+    ):
+        batch = repo.fetch_tokens("c", [c.id for c in got])
+        assert dict(zip(batch.ids, batch.versions)) == {c.id: c.version for c in got}
+        assert all(c.version is not None for c in got)
+    assert all(c.version is None for c in repo.lexical_candidates("c", "w1 w2", limit=10))
+
+
+@pytest.mark.parametrize("rrf_k", (1, 60, 10_000))
+def test_hybrid_is_one_engine_request_with_the_librarys_scores(lexical_edge, rrf_k):
+    from agrame_vdb.filters import Eq
+    from agrame_vdb.fusion import rrf
+
+    repo, passages, _ = lexical_edge
+    assert repo.capabilities().hybrid_in_engine
+    shard = repo._shards["c"]
+    queries = []
+
+    class Counting:
+        def query(self, req):
+            queries.append(req)
+            return shard.query(req)
+
+        def __getattr__(self, name):
+            return getattr(shard, name)
+
+    pooled = unit_vectors(np.random.default_rng(4), 1)[0]
+    for flt in (None, Eq("lang", "en")):
+        dense = repo.candidates("c", pooled, limit=12, filter=flt)
+        lexical = repo.lexical_candidates("c", "w1 w3 brca1", limit=7, filter=flt)
+        fused = {c.id: c.score for c in rrf([dense, lexical], limit=100, k=rrf_k)}
+        repo._shards["c"] = Counting()
+        try:
+            got = repo.hybrid_candidates(
+                "c", pooled, "w1 w3 brca1", limit=9, dense_limit=12, lexical_limit=7, rrf_k=rrf_k, filter=flt
+            )
+        finally:
+            repo._shards["c"] = shard
+        assert len(queries) == 1
+        queries.clear()
+        assert len(got) == min(9, len(fused)) and all(c.stage == "hybrid" for c in got)
+        for c in got:
+            assert c.score == pytest.approx(fused[c.id], rel=1e-6)
+        assert {i for i, s in fused.items() if s > got[-1].score * (1 + 1e-6)} <= {c.id for c in got}

@@ -15,6 +15,20 @@ as NaN, so everything is checked before it gets here; a panic that still happens
 comes out as RepositoryError. A shard is locked by its WAL: a second process
 opening it gets ConcurrentAccessError.
 
+A collection with ``schema.lexical`` also has a named sparse vector ``lexical``
+(``_lexical_vector``: BM25 term-frequency weights), written in the same point
+write as the rest of the passage (an upsert replaces the whole point, so a rewrite
+to a text without words drops the old terms), and searched with Edge's IDF
+modifier, which counts the passages having a sparse vector, across segments. Edge
+counts a deleted point (or the old copy of a rewritten one, left in an optimised
+segment) in those statistics until its segment is vacuumed, so such collections
+are created with optimizers that vacuum any segment with a deleted point:
+``optimize()`` makes the IDF exact again (it can rebuild a large segment for one
+delete). Hybrid candidates are one request: the pooled and lexical branches as
+two filtered prefetches, fused by Edge's RRF, ``1 / (k' + position)`` with the
+position from 0, so ``k' = rrf_k + 1`` gives :func:`agrame_vdb.fusion.rrf`'s
+scores (in float32).
+
 Edge has no aliases either: they live in ``<root>/aliases.json``, replaced
 atomically under a file lock, so a reader in any process sees the old table or the
 new one, and two processes changing aliases do not lose each other's change
@@ -82,6 +96,7 @@ from ..errors import (
     SchemaMismatchError,
 )
 from ..filters import Filter
+from ..lexical import SparseVector
 from ..records import Candidate, Capabilities, IdPage, StoredPassage, TokenBatch
 from ..schema import CollectionSchema
 from ..unit_table import UnitTable
@@ -98,6 +113,11 @@ __all__ = ["QdrantEdgeRepository", "from_url"]
 SCHEMA_FILE = "collection.json"
 SHARD_DIR = "shard"
 TOKEN_FILE = "tokens.sqlite"
+#: the named sparse vector of a lexical collection
+LEXICAL = "lexical"
+#: a lexical collection's optimizers: vacuum every segment with a deleted point, so
+#: that optimize() leaves no deleted point in the IDF statistics
+_LEXICAL_OPTIMIZERS = {"deleted_threshold": 0.0, "vacuum_min_vector_number": 0}
 
 _INDEX_TYPES = {
     "keyword": qe.PayloadSchemaType.Keyword,
@@ -205,6 +225,8 @@ class QdrantEdgeRepository(RepositoryBase):
             fetch_atol={"float32": 0.0, "float16": 1e-3, "int8": 0.0},
             approximate_first_stage=True,
             versions=True,
+            lexical=True,
+            hybrid_in_engine=True,
         )
 
     # ----- collections
@@ -229,7 +251,13 @@ class QdrantEdgeRepository(RepositoryBase):
         pooled = qe.EdgeVectorParams(
             size=schema.dim, distance=qe.Distance.Cosine, hnsw_config=qe.HnswIndexConfig(**qc.POOLED_HNSW)
         )
-        return qe.EdgeConfig(vectors={qc.TOKENS: tokens, qc.POOLED: pooled})
+        if schema.lexical is None:
+            return qe.EdgeConfig(vectors={qc.TOKENS: tokens, qc.POOLED: pooled})
+        return qe.EdgeConfig(
+            vectors={qc.TOKENS: tokens, qc.POOLED: pooled},
+            sparse_vectors={LEXICAL: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
+            optimizers=qe.EdgeOptimizersConfig(**_LEXICAL_OPTIMIZERS),
+        )
 
     def _write_schema(self, schema: CollectionSchema) -> None:
         d = self._dir(schema.name)
@@ -322,12 +350,20 @@ class QdrantEdgeRepository(RepositoryBase):
         # and fetch_tokens / candidates(with_versions=True) report it
         versions = [new_version() for _ in passages]
         points = [
-            qe.Point(p.id, qc.vectors_as_lists(p), qc.build_payload(p, schema, version=v))
+            qe.Point(p.id, self._point_vectors(schema, p), qc.build_payload(p, schema, version=v))
             for p, v in zip(passages, versions)
         ]
         self._shard(schema).update(qe.UpdateOperation.upsert_points(points))
         if store is not None:  # a row is used only while its stamp matches the payload's
             store.put((p.id, v, p.tokens, p.units) for p, v in zip(passages, versions))
+
+    def _point_vectors(self, schema: CollectionSchema, p: StoredPassage) -> dict[str, Any]:
+        """A point's named vectors: tokens, pooled and (when it has one) the lexical vector."""
+        vectors = qc.vectors_as_lists(p)
+        lexical = self._lexical_vector(schema, p)
+        if lexical is not None:
+            vectors[LEXICAL] = qe.SparseVector(list(lexical.indices), list(lexical.values))
+        return vectors
 
     def _delete(self, schema: CollectionSchema, ids: list[str]) -> None:
         self._shard(schema).update(qe.UpdateOperation.delete_points(ids))
@@ -381,11 +417,56 @@ class QdrantEdgeRepository(RepositoryBase):
                 params=params,
             )
             stage = "maxsim"
+        return self._hits(shard, req, stage, versions)
+
+    @staticmethod
+    def _hits(shard: Any, req: Any, stage: str, versions: bool) -> list[Candidate]:
         if not versions:
             return [Candidate(str(h.id), float(h.score), stage) for h in shard.query(req)]
         return [
             Candidate(str(h.id), float(h.score), stage, (h.payload or {}).get(qc.P_TV)) for h in shard.query(req)
         ]
+
+    @staticmethod
+    def _sparse_query(query: SparseVector) -> Any:
+        return qe.Query.Nearest(qe.SparseVector(list(query.indices), list(query.values)), using=LEXICAL)
+
+    def _lexical_candidates(
+        self, schema: CollectionSchema, query: SparseVector, limit: int, filter: Filter | None, *, versions: bool = False
+    ) -> list[Candidate]:
+        req = qe.QueryRequest(
+            limit=limit,
+            query=self._sparse_query(query),
+            filter=qc.translate_filter(filter, _DIALECT),
+            with_payload=[qc.P_TV] if versions else False,
+        )
+        return self._hits(self._shard(schema), req, "lexical", versions)
+
+    def _hybrid_candidates(
+        self,
+        schema: CollectionSchema,
+        pooled: np.ndarray,
+        query: SparseVector,
+        limit: int,
+        dense_limit: int,
+        lexical_limit: int,
+        rrf_k: int,
+        filter: Filter | None,
+        *,
+        versions: bool = False,
+    ) -> list[Candidate]:
+        # Edge's RRF counts positions from 0, the library's ranks from 1: k' = rrf_k + 1
+        f = qc.translate_filter(filter, _DIALECT)
+        req = qe.QueryRequest(
+            limit=limit,
+            prefetches=[
+                qe.Prefetch(limit=dense_limit, query=qe.Query.Nearest(pooled.tolist(), using=qc.POOLED), filter=f),
+                qe.Prefetch(limit=lexical_limit, query=self._sparse_query(query), filter=f),
+            ],
+            query=qe.Fusion.Rrf(k=rrf_k + 1),
+            with_payload=[qc.P_TV] if versions else False,
+        )
+        return self._hits(self._shard(schema), req, "hybrid", versions)
 
     def _fetch(self, schema: CollectionSchema, ids: list[str]) -> dict[str, StoredPassage]:
         shard = self._shard(schema)
