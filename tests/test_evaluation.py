@@ -320,17 +320,17 @@ def test_eval_command_prints_one_json_object_per_configuration(tmp_path):
     for o in objects:
         assert o["dataset"] == "wikiqa-tiny" and o["queries"] == 2 and o["unit"]["n"] == 2 and o["passage"]["n"] == 2
         assert set(o["unit"]) == {"P@1", "R@5", "MRR@10", "nDCG@10", "n"}
-        assert o["first_stage_used"] == "pooled"
-        if o["configuration"] != "sentence-encoding":  # qdrant-edge: both first stages, and the ceiling
+        assert o["first_stage_used"] == "hybrid"  # the default (auto) on a collection with lexical vectors
+        if o["configuration"] != "sentence-encoding":  # qdrant-edge: every first stage, and the ceiling
             recall = o["first_stage"]
-            assert recall["n"] == 2 and set(recall) == {"encoding", "n", "pooled", "maxsim", "exhaustive"}
+            assert recall["n"] == 2 and set(recall) == {"encoding", "n", "pooled", "lexical", "hybrid", "maxsim", "exhaustive"}
             assert list(recall["exhaustive"]) == [f"{k}@{n}" for k in ("recall", "fraction") for n in (50, 200, 1000)]
             assert recall["exhaustive"]["recall@50"] == 1.0  # 3 passages: every one is among 50
     table = CliRunner().invoke(app, ["eval", "--dataset", "wikiqa", "--path", str(path), "--device", "cpu",
                                      "--configuration", "passage-span-q", "--recall-at", "1,2", "--first-stage", "maxsim"])
     assert table.exit_code == 0, table.output
     assert "First-stage recall" in table.output and "| recall@1 | recall@2 | fraction@1 | fraction@2 | n |" in table.output
-    assert table.output.count("| wikiqa-tiny | default | passage encoding |") == 3
+    assert table.output.count("| wikiqa-tiny | default | passage encoding |") == 5
     for bad_option in (["--recall-at", "fifty"], ["--recall-at", "0"], ["--first-stage", "bm25"]):
         bad = CliRunner().invoke(app, ["eval", "--dataset", "wikiqa", "--path", str(path), "--device", "cpu", *bad_option])
         assert bad.exit_code == 2 and "Traceback" not in bad.output, bad.output
