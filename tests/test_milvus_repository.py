@@ -609,3 +609,127 @@ def test_server_urls_with_trailing_newlines_or_spaces_are_refused(monkeypatch, u
     assert opened == []
     connect("milvus://localhost:19530/db")  # the same URL without the tail is taken
     assert opened == [{"uri": "http://localhost:19530/db"}]
+
+
+# ----------------------------------------------------------------------------- lexical first stage
+
+
+def _lexical_store(lite_url: str, monkeypatch=None, placeholder: int | None = None):
+    from agrame_vdb.repositories.milvus import lexical as mlex
+    from agrame_vdb.testing.lexical import SPEC, lexical_passages
+
+    if placeholder is not None:
+        monkeypatch.setattr(mlex, "NO_TERM", placeholder)
+    repo = connect(lite_url)
+    name = f"x_{uuid.uuid4().hex[:10]}"
+    repo.create_collection(CollectionSchema(name, DIM, indexed_fields={"lang": "keyword"}, lexical=SPEC))
+    passages = lexical_passages()
+    repo.upsert(name, passages)
+    return repo, name, passages
+
+
+def test_lexical_fields_are_written_with_the_passage_row(lite_url):
+    from agrame_vdb.lexical import document_vector, term_id, words
+    from agrame_vdb.repositories.milvus import lexical as mlex
+    from agrame_vdb.testing.lexical import SPEC
+
+    repo, name, passages = _lexical_store(lite_url)
+    try:
+        rows = repo._client.query(
+            name, filter='id != ""', output_fields=["id", "lexical", "lex_terms", "lex_n"], limit=100
+        )
+        assert len(rows) == len(passages)
+        by_id = {r["id"]: r for r in rows}
+        for p in passages:
+            r = by_id[p.id]
+            terms = sorted({term_id(w) for w in words(p.text)})
+            assert list(r["lex_terms"]) == terms and r["lex_n"] == len(terms)
+            if terms:
+                want = document_vector(p.text, SPEC).as_dict()
+                assert set(r["lexical"]) == set(want)
+                for t, w in want.items():
+                    assert r["lexical"][t] == pytest.approx(w, rel=1e-6)  # float32
+            else:  # the wordless passage: the placeholder, counted nowhere
+                assert dict(r["lexical"]) == {mlex.NO_TERM: 1.0}
+        schema = repo._schema(name)
+        w1 = term_id("w1")
+        n, (df,) = repo._lexical_statistics(schema, (w1,))
+        with_words = [p for p in passages if words(p.text)]
+        assert n == len(with_words) == len(passages) - 1
+        assert df == sum(1 for p in with_words if w1 in {term_id(w) for w in words(p.text)})
+    finally:
+        repo.drop_collection(name)
+        repo.close()
+
+
+def test_a_query_term_equal_to_the_placeholder_never_finds_wordless_passages(lite_url, monkeypatch):
+    """The placeholder index is a possible term id: a query holding it must still score
+    exactly (the wordless passage carries it in its sparse vector, not in its terms)."""
+    from agrame_vdb.lexical import term_id
+    from agrame_vdb.testing.lexical import assert_ranking, bm25_reference
+
+    repo, name, passages = _lexical_store(lite_url, monkeypatch, placeholder=term_id("w1"))
+    try:
+        wordless = passages[-1].id
+        for query in ("w1", "w1 w2", "brca1 w1"):
+            got = repo.lexical_candidates(name, query, limit=100)
+            assert wordless not in {c.id for c in got}
+            assert_ranking(got, bm25_reference(query, passages), 100)
+    finally:
+        repo.drop_collection(name)
+        repo.close()
+
+
+def test_a_lexical_query_makes_d_plus_3_requests(lite_url, monkeypatch):
+    """N (all passages, less the wordless), one count per distinct query term, one search."""
+    repo, name, _ = _lexical_store(lite_url)
+    try:
+        calls: list[str] = []
+        for what in ("query", "search"):
+            orig = getattr(repo._client, what)
+            monkeypatch.setattr(repo._client, what, lambda *a, _o=orig, _w=what, **k: calls.append(_w) or _o(*a, **k))
+        repo.lexical_candidates(name, "w3 w3 w7 zürich", limit=10, filter=Eq("lang", "en"))  # 3 distinct terms
+        assert calls == ["query"] * 5 + ["search"]
+        calls.clear()
+        assert repo.lexical_candidates(name, "nowhere nothing", limit=10) == []  # no term in any passage
+        assert calls == ["query"] * 4
+    finally:
+        repo.drop_collection(name)
+        repo.close()
+
+
+def test_passages_with_too_many_distinct_words_are_refused_before_any_write(lite_url):
+    from agrame_vdb.repositories.milvus.lexical import MAX_TERMS
+
+    repo, name, passages = _lexical_store(lite_url)
+    try:
+        wide = replace(fresh(passages[0]), text=" ".join(f"v{i}" for i in range(MAX_TERMS + 1)), units=())
+        with pytest.raises(InvalidInputError, match=f"at most {MAX_TERMS}"):
+            repo.upsert(name, [fresh(passages[1]), wide])
+        assert repo.count(name) == len(passages)
+        repo.upsert(name, [replace(wide, text=" ".join(f"v{i}" for i in range(MAX_TERMS)))])
+        assert [c.id for c in repo.lexical_candidates(name, "v7", limit=5)] == [wide.id]
+    finally:
+        repo.drop_collection(name)
+        repo.close()
+
+
+def test_lexical_search_only_where_the_server_has_sparse_vectors(url):
+    """Milvus Lite has sparse vectors; the embedded Milvus 2.3.5 has none, and says so."""
+    from agrame_vdb.testing.lexical import SPEC
+
+    repo = connect(url)
+    name = f"l_{uuid.uuid4().hex[:10]}"
+    try:
+        caps = repo.capabilities()
+        assert caps.hybrid_in_engine is False  # Lite's RRF answers float32 scores: the library fuses
+        if repo._lite:
+            assert caps.lexical is True
+            return
+        assert repo._version < (2, 4, 0) and caps.lexical is False
+        with pytest.raises(UnsupportedOperationError, match="sparse"):
+            repo.create_collection(CollectionSchema(name, DIM, lexical=SPEC))
+        assert name not in repo.list_collections()
+    finally:
+        repo.drop_collection(name)
+        repo.close()

@@ -62,6 +62,15 @@ of every query token over the token rows, aggregated per passage as in colbert-l
 counts its lowest hit), filtered on the passage rows, completed by the pooled stage
 when too few pass the filter.
 
+Lexical first stage (:mod:`.lexical`; Milvus Lite and servers >= 2.4, which have
+sparse vectors; Milvus 2.3 reports ``lexical=False``): a collection created with
+``lexical`` holds in each passage row, in the same upsert, the BM25 term-frequency
+sparse vector of its text (SPARSE_INVERTED_INDEX, IP) and the array of its term ids;
+a query's IDF weights come from ``count(*)`` of the passages holding each term, over
+the whole collection, so scores equal BM25 under the collection's own tokenisation
+(Milvus's BM25 function is not used). ``d + 3`` requests for ``d`` distinct query
+terms; hybrid is the library's RRF of the pooled and lexical branches.
+
 Struct layout (``layout=struct``, Milvus >= 2.6.4): one collection; the token vectors
 are an ``ARRAY<STRUCT{vec}>`` field with a ``MAX_SIM_IP`` HNSW index, so writes are
 single-row atomic and ``candidates(tokens=...)`` reranks by the engine's MAX_SIM.

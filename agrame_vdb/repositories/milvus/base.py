@@ -224,6 +224,11 @@ class MilvusBase(RepositoryBase):
     def _struct_supported(self) -> bool:
         return not self._lite and self._version >= (2, 6, 4)
 
+    def _sparse_supported(self) -> bool:
+        """Sparse vectors (the lexical first stage): Milvus Lite, or a server >= 2.4
+        (Milvus 2.3 has none)."""
+        return self._lite or self._version >= (2, 4, 0)
+
     def _capabilities(self) -> Capabilities:
         return MilvusCapabilities(
             engine=self.engine,
@@ -239,6 +244,8 @@ class MilvusBase(RepositoryBase):
             struct_maxsim=self._struct_supported(),
             first_stage=self._first_stage,
             server_version=self.server_version,
+            lexical=self._sparse_supported(),
+            hybrid_in_engine=False,  # the library fuses (see .lexical)
         )
 
     def collection_layout(self, name: str) -> str:

@@ -21,9 +21,11 @@ from .layout import (
     TOK,
     TOKEN_BITS,
     TOKENS_SUFFIX,
+    _has_lexical_fields,
     _has_struct_field,
     _vector_index,
 )
+from .lexical import MAX_TERMS, sparse_index
 
 
 class Collections(MilvusBase):
@@ -46,6 +48,11 @@ class Collections(MilvusBase):
             layout = meta.get("layout", "tokens")
         except (ValueError, KeyError, TypeError) as exc:
             raise SchemaMismatchError(f"collection {name!r} has an unreadable {PROPERTY!r} property: {raw!r}") from exc
+        if schema.lexical is not None and not _has_lexical_fields(desc):
+            raise SchemaMismatchError(
+                f"collection {name!r} should hold lexical vectors in the fields {F.LEX!r}, {F.TERMS!r} and "
+                f"{F.NTERMS!r}, but the server reports no such fields"
+            )
         if layout == "struct" and not _has_struct_field(desc):
             raise SchemaMismatchError(
                 f"collection {name!r} should hold its token vectors in the Array-of-Structs field "
@@ -110,6 +117,10 @@ class Collections(MilvusBase):
         s.add_field(F.FX, DataType.JSON)
         s.add_field(F.VERSION, DataType.INT64)
         s.add_field(F.POOLED, DataType.FLOAT_VECTOR, dim=schema.dim)
+        if schema.lexical is not None:
+            s.add_field(F.TERMS, DataType.ARRAY, element_type=DataType.INT64, max_capacity=MAX_TERMS)
+            s.add_field(F.NTERMS, DataType.INT64)
+            s.add_field(F.LEX, DataType.SPARSE_FLOAT_VECTOR)
         if layout == "struct":
             st = MilvusClient.create_struct_field_schema()
             st.add_field(F.SVEC, DataType.FLOAT_VECTOR, dim=schema.dim)
@@ -123,7 +134,14 @@ class Collections(MilvusBase):
             consistency_level="Strong" if self._lite else self._consistency,
             properties={PROPERTY: self._property(schema, layout)},
         )
-        if layout == "struct" and not _has_struct_field(self._call(self._client.describe_collection, schema.name)):
+        desc = self._call(self._client.describe_collection, schema.name)
+        if schema.lexical is not None and not _has_lexical_fields(desc):
+            raise UnsupportedOperationError(
+                f"{self.engine} {self.server_version} at {self._where} dropped the lexical fields "
+                f"{F.LEX!r}, {F.TERMS!r} and {F.NTERMS!r} when creating {schema.name!r} (read back from its "
+                "schema); create it with lexical=None (agrame-vdb index --no-lexical)"
+            )
+        if layout == "struct" and not _has_struct_field(desc):
             raise UnsupportedOperationError(
                 f"{self.engine} {self.server_version} at {self._where} dropped the Array-of-Structs field "
                 f"{F.STRUCT!r} when creating {schema.name!r} (read back from its schema): the struct layout "
@@ -139,6 +157,11 @@ class Collections(MilvusBase):
                 metric_type="MAX_SIM_IP",
                 params={"M": 16, "efConstruction": 200},
             )
+        if schema.lexical is not None:
+            ip.add_index(F.LEX, **sparse_index())
+            if not self._lite and self._version >= (2, 5, 0):  # Lite indexes no ARRAY field
+                ip.add_index(F.TERMS, index_type="INVERTED")
+            self._add_scalar_index(ip, F.NTERMS, "int")
         self._add_scalar_index(ip, F.PNUM, "int")
         self._add_scalar_index(ip, F.DOC, "str")
         self._call(self._client.create_index, schema.name, ip, sync=False)

@@ -55,6 +55,10 @@ class F:
     FX = "fx"
     VERSION = "schema_version"
     POOLED = "pooled"
+    #: a lexical collection's sparse vector, the term ids it holds and their number (:mod:`.lexical`)
+    LEX = "lexical"
+    TERMS = "lex_terms"
+    NTERMS = "lex_n"
     #: the struct layout's ARRAY<STRUCT{vec}> of token vectors, and those vectors as a search names them
     STRUCT = "tokens"
     SVEC = "vec"
@@ -134,6 +138,15 @@ def _has_struct_field(desc: dict[str, Any]) -> bool:
     return False
 
 
+def _has_lexical_fields(desc: dict[str, Any]) -> bool:
+    types = {f.get("name"): f.get("type") for f in desc.get("fields", [])}
+    return (
+        types.get(F.LEX) == DataType.SPARSE_FLOAT_VECTOR
+        and types.get(F.TERMS) == DataType.ARRAY
+        and types.get(F.NTERMS) == DataType.INT64
+    )
+
+
 def _vector_index(kind: str, metric: str) -> dict[str, Any]:
     params: dict[str, Any] = {}
     if kind == "HNSW":
@@ -154,7 +167,7 @@ def _row_bytes(row: dict[str, Any], dim: int, vectors: int) -> int:
         size += _utf8_len(row[key])
     for key in (F.META, F.FX):
         size += len(json.dumps(row[key], separators=(",", ":")))
-    return size
+    return size + 24 * len(row.get(F.TERMS, ()))  # a sparse entry and an array element per term
 
 
 def _utf8_len(s: str) -> int:

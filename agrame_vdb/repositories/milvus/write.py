@@ -32,17 +32,18 @@ from .layout import (
     token_pk,
     _units_json,
 )
-from .read import Reads
+from .lexical import Lexical, check_terms, lexical_fields
 from .request import _handler, _token_upsert_request
 
 
-class Writes(Reads):
+class Writes(Lexical):
     """Upserts and deletes (reads the rows a write replaces)."""
 
     def _check_passage(self, p: Any, schema: CollectionSchema, versions: frozenset[int] | None = None) -> None:  # type: ignore[override]
         """The shared checks, then a Milvus server's limits (run for every passage before any write)."""
         RepositoryBase._check_passage(p, schema, versions)
         _check_limits(p, STRUCT_MAX_TOKENS if self._layout_of(schema) == "struct" else MAX_TOKENS)
+        check_terms(p.id, self._lexical_vector(schema, p))
 
     def _step(self, name: str) -> None:
         if self._checkpoint is not None:
@@ -50,7 +51,7 @@ class Writes(Reads):
 
     def _upsert(self, schema: CollectionSchema, passages: Sequence[StoredPassage]) -> None:
         if self._layout_of(schema) == "struct":
-            rows = [self._passage_row(p, 0, 0) | {F.STRUCT: [{F.SVEC: v} for v in p.tokens.tolist()]} for p in passages]
+            rows = [self._passage_row(schema, p, 0, 0) | {F.STRUCT: [{F.SVEC: v} for v in p.tokens.tolist()]} for p in passages]
             self._write_rows(schema.name, rows, [_row_bytes(r, schema.dim, p.n_tokens + 1) for r, p in zip(rows, passages)])
             return
         tokens_name = schema.name + TOKENS_SUFFIX
@@ -69,7 +70,7 @@ class Writes(Reads):
         self._write_tokens(tokens_name, schema.dim, plan)
         self._step("tokens-written")
         # 2. passage rows: the commit markers
-        rows = [self._passage_row(p, pnum, base) for p, pnum, base in plan]
+        rows = [self._passage_row(schema, p, pnum, base) for p, pnum, base in plan]
         self._write_rows(schema.name, rows, [_row_bytes(r, schema.dim, 1) for r in rows])
         self._step("passages-written")
         # 3. everything else in the key block of each rewritten passage: the old generation
@@ -87,8 +88,9 @@ class Writes(Reads):
             self._delete_expr(tokens_name, " or ".join(f"({TOK.PK} >= {a} and {TOK.PK} < {b})" for a, b in chunk))
         self._step("cleaned")
 
-    def _passage_row(self, p: StoredPassage, pnum: int, base: int) -> dict[str, Any]:
-        return {
+    def _passage_row(self, schema: CollectionSchema, p: StoredPassage, pnum: int, base: int) -> dict[str, Any]:
+        """A passage row; in a collection with lexical vectors, with them (:mod:`.lexical`)."""
+        row = {
             F.ID: p.id,
             F.PNUM: pnum,
             F.BASE: base,
@@ -102,6 +104,9 @@ class Writes(Reads):
             F.VERSION: p.schema_version,
             F.POOLED: p.pooled,
         }
+        if schema.lexical is not None:
+            row |= lexical_fields(self._lexical_vector(schema, p))
+        return row
 
     def _write_tokens(self, name: str, dim: int, plan: list[tuple[StoredPassage, int, int]]) -> None:
         pks = np.concatenate([np.arange(base, base + p.n_tokens, dtype=np.int64) for p, _, base in plan])
