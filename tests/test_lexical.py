@@ -226,3 +226,34 @@ def test_migrate_convert_adds_lexical_vectors_without_re_encoding(encoded, tmp_p
     assert {c.id: c.score for c in got} == pytest.approx(reference.scores(query_vector("brca7 locus dogs", LexicalSpec())))
     with pytest.raises(InvalidInputError):
         migrations.convert_storage(repo, "live", lexical="yes", state_dir=tmp_path)
+
+
+def test_cli_index_search_and_migrate_convert_lexical(tmp_path):
+    """The whole path on Qdrant Edge through the CLI: a collection indexed without lexical
+    vectors refuses the lexical stage naming the migration; migrate convert --lexical adds
+    them; search --first-stage lexical then finds a passage by a rare word."""
+    from typer.testing import CliRunner
+
+    from agrame_vdb.cli import app
+
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(TEXTS)))
+    store = f"qdrant-edge://{tmp_path}/edge"
+    run = CliRunner().invoke
+    made = run(app, ["index", str(docs), "-c", "docs", "--store", store, "--no-lexical", "--device", "cpu", "--no-progress"])
+    assert made.exit_code == 0, made.output
+    refused = run(app, ["search", "brca7", "-c", "docs", "--store", store, "--first-stage", "lexical", "--device", "cpu"])
+    assert refused.exit_code == 2 and "migrate convert" in refused.output and "--lexical" in refused.output
+    auto = run(app, ["search", "brca7", "-c", "docs", "--store", store, "--json", "--device", "cpu", "--explain"])
+    assert auto.exit_code == 0, auto.output  # auto: pooled on a collection without lexical vectors
+    assert run(app, ["migrate", "alias", "live", "-c", "docs", "--store", store]).exit_code == 0
+    conv = run(app, ["migrate", "convert", "-c", "live", "--lexical", "--store", store, "--json"])
+    assert conv.exit_code == 0, conv.output
+    assert json.loads(conv.output)["counts"]["copied"] == len(TEXTS)
+    found = run(app, ["search", "brca7", "-c", "live", "--store", store, "--first-stage", "lexical", "-k", "5",
+                      "--candidates", "5", "--json", "--device", "cpu"])
+    assert found.exit_code == 0, found.output
+    hits = json.loads(found.output)
+    assert [h["doc_id"] for h in hits] == ["d2"]  # the only passage with the word
+    hybrid = run(app, ["search", "brca7 locus", "-c", "live", "--store", store, "--json", "--device", "cpu"])
+    assert hybrid.exit_code == 0 and json.loads(hybrid.output)[0]["doc_id"] == "d2"

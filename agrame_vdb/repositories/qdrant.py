@@ -398,7 +398,8 @@ class QdrantRepository(RepositoryBase):
             self._client.query_points,
             schema.name,
             prefetch=[
-                models.Prefetch(query=pooled.tolist(), using=qc.POOLED, filter=f, limit=dense_limit),
+                models.Prefetch(query=pooled.tolist(), using=qc.POOLED, filter=f, limit=dense_limit,
+                                params=self._search_params(schema)),
                 models.Prefetch(query=_sparse(query), using=qc.LEXICAL, filter=f, limit=lexical_limit),
             ],
             query=models.RrfQuery(rrf=models.Rrf(k=rrf_k + 1)),  # Qdrant's k counts positions from 0
