@@ -29,10 +29,10 @@ records are :mod:`agrame_vdb.index_batch`, the shards and default paths
   (:class:`~agrame_vdb.errors.CheckpointMismatchError`) unless ``restart``.
 - **Shardable.** ``shard=(i, n)`` keeps the documents whose id hashes to ``i``
   mod ``n`` (BLAKE2b of the id, the same in every process), so ``n`` workers with
-  their own checkpoints index one input together (a Kubernetes indexed job:
-  ``--shard $JOB_COMPLETION_INDEX/N``). Records without a readable id belong to
-  shard 0. Embedded engines take one writer process, so shards sharing a store
-  need a server (or run one after another).
+  their own checkpoints index one input together (a Kubernetes Indexed Job:
+  ``--shard env/N`` reads ``JOB_COMPLETION_INDEX``; docs/cluster.md). Records
+  without a readable id belong to shard 0. Embedded engines take one writer
+  process, so shards sharing a store need a server (or run one after another).
 - **Bad records do not stop it.** Records that are not UTF-8 or JSON, lack an id
   or text, have units outside their text, wrong types or unknown fields go to the
   rejects file (JSON Lines: ``{"line": n, "id": ... or null, "reason": ...}``)

@@ -2,16 +2,23 @@
 
 ``shard=(i, n)`` keeps the documents whose id hashes to ``i`` mod ``n`` (BLAKE2b of
 the id, the same in every process), so ``n`` workers index one input together.
+``"env/N"`` takes ``i`` from ``JOB_COMPLETION_INDEX``, the index a Kubernetes Indexed
+Job gives each of its pods (docs/cluster.md).
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from .errors import InvalidInputError
 
-__all__ = ["shard_of", "parse_shard", "default_job_paths"]
+__all__ = ["shard_of", "parse_shard", "default_job_paths", "INDEX_VARIABLE"]
+
+#: where ``env/N`` reads the shard: the completion index of a Kubernetes Indexed Job's pod
+INDEX_VARIABLE = "JOB_COMPLETION_INDEX"
 
 
 def shard_of(doc_id: str, shards: int) -> int:
@@ -26,12 +33,28 @@ def shard_of(doc_id: str, shards: int) -> int:
     return int.from_bytes(digest, "big") % shards
 
 
-def parse_shard(value: str | tuple[int, int]) -> tuple[int, int]:
-    """``"i/N"`` (or ``(i, N)``) as ``(i, N)`` with ``0 <= i < N``.
+def parse_shard(value: str | tuple[int, int], environ: Mapping[str, str] | None = None) -> tuple[int, int]:
+    """``"i/N"`` (or ``(i, N)``) as ``(i, N)`` with ``0 <= i < N``; ``"env/N"`` reads
+    ``i`` from ``JOB_COMPLETION_INDEX`` in ``environ`` (default: the process's).
 
     >>> parse_shard("2/8")
     (2, 8)
+    >>> parse_shard("env/8", {"JOB_COMPLETION_INDEX": "5"})
+    (5, 8)
     """
+    if isinstance(value, str) and value.partition("/")[0] == "env":
+        index = (os.environ if environ is None else environ).get(INDEX_VARIABLE)
+        if index is None:
+            raise InvalidInputError(
+                f"a shard {value!r} takes its index from {INDEX_VARIABLE}, which is not set (a Kubernetes "
+                "Indexed Job sets it in each pod); elsewhere give the shard as 'i/N'"
+            )
+        try:
+            return parse_shard(f"{index}/{value.partition('/')[2]}", {})
+        except InvalidInputError:
+            raise InvalidInputError(
+                f"a shard {value!r} with {INDEX_VARIABLE}={index!r} is no shard: 'i/N' with 0 <= i < N"
+            ) from None
     try:
         if isinstance(value, str):
             i_text, n_text = value.split("/")

@@ -9,7 +9,9 @@ import pytest
 
 
 @pytest.mark.parametrize(
-    "module", ["agrame_vdb.maxsim", "agrame_vdb.packing", "agrame_vdb.shards", "agrame_vdb.index_batch"]
+    "module",
+    ["agrame_vdb.maxsim", "agrame_vdb.packing", "agrame_vdb.shards", "agrame_vdb.index_batch",
+     "agrame_vdb.repositories._placement"],
 )
 def test_doctests(module):
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)

@@ -90,6 +90,11 @@ OPENS = [
     ),
     ("http://h", {"retries": 4, "timeout": "7", "prefer_grpc": False}, "qdrant", (),
      {"url": "http://h", "retries": 4, "timeout": 7, "prefer_grpc": False}),
+    # a cluster (docs/cluster.md): shards and replicas of the collections created
+    ("http://qdrant-0:6333?shard_number=6&replication_factor=2&write_consistency_factor=2", {}, "qdrant", (),
+     {"url": "http://qdrant-0:6333", "shard_number": 6, "replication_factor": 2, "write_consistency_factor": 2}),
+    ("https://h?replication_factor=3", {"shard_number": "4"}, "qdrant", (),
+     {"url": "https://h", "replication_factor": 3, "shard_number": 4}),
     # Milvus servers: port, database, TLS, token; IPv6
     ("milvus://h", {}, "milvus", (), {"uri": "http://h"}),
     ("milvus://h/", {}, "milvus", (), {"uri": "http://h"}),
@@ -115,6 +120,9 @@ OPENS = [
     ),
     ("milvus://h", {"timeout": 3, "token_k": "5", "secure": True}, "milvus", (),
      {"uri": "https://h", "timeout": 3.0, "token_k": 5}),
+    ("milvus://milvus-proxy:19530?shards_num=4&replica_number=2", {}, "milvus", (),
+     {"uri": "http://milvus-proxy:19530", "shards_num": 4, "replica_number": 2}),
+    ("milvus://h", {"shards_num": "2"}, "milvus", (), {"uri": "http://h", "shards_num": 2}),
     ("milvus-lite:///x.db?layout=tokens&retries=1", {}, "milvus", (),
      {"path": "/x.db", "layout": "tokens", "retries": 1}),
     ("milvus-lite:///x.db?secure=0", {}, "milvus", (), {"path": "/x.db"}),
@@ -152,17 +160,17 @@ UNKNOWN = [
     (
         "http://h?colour=red&size=2",
         "unknown options for a Qdrant server: ['colour', 'size']; known: token_copy, retries, timeout, "
-        "retry_wait_max, prefer_grpc, api_key",
+        "retry_wait_max, prefer_grpc, api_key, shard_number, replication_factor, write_consistency_factor",
     ),
     (
         "milvus://h?colour=red",
         "unknown options for Milvus: ['colour']; known: layout, first_stage, pooled_index, token_index, "
-        "token_k, consistency, retries, timeout, token, db_name, secure",
+        "token_k, consistency, retries, timeout, token, db_name, secure, shards_num, replica_number",
     ),
     (
         "milvus-lite:///x.db?api-key=" + SECRET,
         "unknown options for Milvus: ['api-key']; known: layout, first_stage, pooled_index, token_index, "
-        "token_k, consistency, retries, timeout, token, db_name, secure",
+        "token_k, consistency, retries, timeout, token, db_name, secure, shards_num, replica_number",
     ),
     (f"qdrant-edge://x?token={SECRET}", "unknown options for qdrant-edge: ['token']; known: token_copy"),
 ]
@@ -187,6 +195,22 @@ BAD_VALUES = [
     ("milvus://h?timeout=x", "option timeout must be a float, got 'x'"),
     ("milvus://h?token_k=", "option token_k must be a int, got ''"),
     ("milvus://h?secure=sometimes", "option secure must be a boolean (1/0, true/false), got 'sometimes'"),
+    ("http://h?shard_number=six", "option shard_number must be a int, got 'six'"),
+    ("milvus://h?shards_num=", "option shards_num must be a int, got ''"),
+    ("milvus://h?replica_number=2.0", "option replica_number must be a int, got '2.0'"),
+    # embedded engines have no shards or replicas (tests/test_placement.py checks the rest)
+    ("qdrant-edge://x?shard_number=2",
+     "shard_number: qdrant-edge is embedded (one process, one machine) and has no shards or replicas; "
+     "shard_number, replication_factor, write_consistency_factor are options of a Qdrant server "
+     "(http://qdrant-0:6333?shard_number=6&replication_factor=2) (see docs/cluster.md)"),
+    ("qdrant-local:///p?replication_factor=2",
+     "replication_factor: qdrant-local is embedded (one process, one machine) and has no shards or replicas; "
+     "shard_number, replication_factor, write_consistency_factor are options of a Qdrant server "
+     "(http://qdrant-0:6333?shard_number=6&replication_factor=2) (see docs/cluster.md)"),
+    ("milvus-lite:///x.db?shards_num=2&replica_number=1",
+     "shards_num, replica_number: Milvus Lite is embedded (one process, one machine) and has no shards or "
+     "replicas; shards_num, replica_number are options of a Milvus server "
+     "(milvus://milvus-proxy:19530?shards_num=4&replica_number=2) (see docs/cluster.md)"),
     ("milvus-lite:", "milvus-lite needs a path, as in milvus-lite:///data/agrame.db; got 'milvus-lite:'"),
     ("milvus-lite:///x.db?secure=1", "secure, token and db_name are server options; Milvus Lite takes none"),
     (f"milvus-lite:///x.db?token={SECRET}", "secure, token and db_name are server options; Milvus Lite takes none"),

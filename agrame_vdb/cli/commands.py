@@ -37,7 +37,7 @@ def index(
     encode_batch_size: Annotated[int, typer.Option("--encode-batch-size", help="Passages encoded at a time.")] = 32,
     encode_token_budget: Annotated[Optional[int], typer.Option("--encode-token-budget", help="Encode as many passages at a time as fit this many padded tokens (at most --encode-batch-size); default: 16384 on a GPU, none on a CPU.")] = None,
     overlap_writes: Annotated[Optional[bool], typer.Option("--overlap-writes/--no-overlap-writes", help="Write a batch while the next one is encoded; default: on a GPU.")] = None,
-    shard: Annotated[str, typer.Option("--shard", help="i/N: index only the documents whose id hashes to shard i of N.")] = "0/1",
+    shard: Annotated[str, typer.Option("--shard", help="i/N: index only the documents whose id hashes to shard i of N; env/N takes i from JOB_COMPLETION_INDEX (each pod of a Kubernetes Indexed Job).")] = "0/1",
     checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="Checkpoint file; default: in <edge store>/.agrame-jobs or ./.agrame-jobs.")] = None,
     rejects: Annotated[Optional[Path], typer.Option("--rejects", help="Rejects file (JSON Lines); default: beside the checkpoint.")] = None,
     restart: Annotated[bool, typer.Option("--restart", help="Ignore an existing checkpoint and index from the start.")] = False,

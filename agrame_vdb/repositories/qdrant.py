@@ -20,6 +20,11 @@ engine gets ``k' = rrf_k + 1`` and both give the same scores. A server's IDF cou
 the points of its sparse index, deleted ones included until Qdrant's optimizer
 rebuilds their segment; local mode counts live points only.
 
+On a server the URL options ``shard_number``, ``replication_factor`` and
+``write_consistency_factor`` (``http://qdrant-0:6333?shard_number=6&replication_factor=2``)
+place the collections this connection creates on the nodes of a cluster
+(docs/cluster.md); they are checked before any call and refused by local mode.
+
 Server calls are retried with tenacity on transport errors, timeouts and
 429/5xx answers (``retries`` attempts, exponential back-off); what still fails
 comes out as TransientRepositoryError.
@@ -53,6 +58,7 @@ from ..schema import CollectionSchema
 from .base import RepositoryBase
 from ..redact import redact_url, secret_parts, url_secrets
 from . import StoreURL, _grpc_transient
+from . import _placement
 from . import _qdrant_common as qc
 from ._retry import call_with_retries
 from ._options import Bool, Float, Int, TokenCopyOptions, parse_options
@@ -80,10 +86,14 @@ class ServerOptions(TokenCopyOptions):
     retry_wait_max: Float = None
     prefer_grpc: Bool = None
     api_key: Any = None
+    shard_number: Int = None
+    replication_factor: Int = None
+    write_consistency_factor: Int = None
 
 
 def from_url(url: StoreURL, **options: Any) -> QdrantRepository:
     if url.scheme == "qdrant-local":
+        _placement.refuse_embedded(options, _placement.QDRANT, "qdrant-local", _placement.QDRANT_SERVER)
         kwargs = parse_options(TokenCopyOptions, options, "qdrant-local")
         loc = url.location
         if loc in ("", ":memory:"):
@@ -131,6 +141,12 @@ class QdrantRepository(RepositoryBase):
     ``token_copy`` (default True) stores a binary copy of the token vectors in the
     payload so fetch decodes bytes instead of JSON floats; False reads the engine's
     vectors (slower, less disk).
+
+    On a server (a cluster: docs/cluster.md), ``shard_number``, ``replication_factor``
+    and ``write_consistency_factor`` are passed to ``create_collection`` for the
+    collections this repository creates (None: the server's default); each is an int
+    >= 1, and ``write_consistency_factor`` at most ``replication_factor`` (1 when not
+    given). Local mode refuses them.
     """
 
     batch_size = 64
@@ -148,6 +164,9 @@ class QdrantRepository(RepositoryBase):
         timeout: int | None = None,
         prefer_grpc: bool = False,
         client: QdrantClient | None = None,
+        shard_number: int | None = None,
+        replication_factor: int | None = None,
+        write_consistency_factor: int | None = None,
     ) -> None:
         super().__init__()
         if sum(x is not None for x in (url, path, location, client)) != 1:
@@ -155,6 +174,10 @@ class QdrantRepository(RepositoryBase):
         if not isinstance(retries, int) or retries < 1:
             raise InvalidInputError(f"retries must be an int >= 1, got {retries!r}")
         self._server = url is not None or (client is not None and not _is_local(client))
+        self._placement = _placement_of(
+            self._server, shard_number=shard_number, replication_factor=replication_factor,
+            write_consistency_factor=write_consistency_factor,
+        )
         self._persistent = self._server or path is not None
         self.engine = "qdrant-server" if self._server else "qdrant-local"
         self._token_copy = token_copy
@@ -268,6 +291,7 @@ class QdrantRepository(RepositoryBase):
             vectors_config={qc.TOKENS: tokens, qc.POOLED: pooled},
             sparse_vectors_config=sparse,
             metadata={qc.META_KEY: schema.to_json()},
+            **self._placement,
         )
         self._create_indexes(schema.name, qc.index_fields(schema))
 
@@ -512,6 +536,21 @@ class QdrantRepository(RepositoryBase):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             self._client.close()
+
+
+def _placement_of(server: bool, **given: int | None) -> dict[str, int]:
+    """The placement arguments of ``create_collection``, checked (see the class docs)."""
+    placement = _placement.counts(given)
+    if placement and not server:
+        _placement.refuse_embedded(placement, _placement.QDRANT, "qdrant-local", _placement.QDRANT_SERVER)
+    writes, replicas = placement.get("write_consistency_factor", 1), placement.get("replication_factor")
+    if writes > (replicas or 1):
+        shown = replicas if replicas is not None else "1 (the default when not given)"
+        raise InvalidInputError(
+            f"write_consistency_factor={writes} exceeds replication_factor={shown}: a write cannot wait for more "
+            "replicas of a shard than there are"
+        )
+    return placement
 
 
 def _hits(points: Sequence[Any], stage: str, versions: bool) -> list[Candidate]:

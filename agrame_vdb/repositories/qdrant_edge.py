@@ -104,6 +104,7 @@ from . import DEFAULT_EDGE_PATH, StoreURL
 from . import _qdrant_common as qc
 from ._alias_file import AliasFile
 from ._codec import copy_dtype, units_from_json, units_from_text
+from . import _placement
 from ._options import TokenCopyOptions, parse_options
 from ._token_store import TokenStore, new_version
 from .base import RepositoryBase
@@ -128,6 +129,7 @@ _INDEX_TYPES = {
 
 
 def from_url(url: StoreURL, **options: Any) -> QdrantEdgeRepository:
+    _placement.refuse_embedded(options, _placement.QDRANT, "qdrant-edge", _placement.QDRANT_SERVER)
     kwargs = parse_options(TokenCopyOptions, options, "qdrant-edge")
     return QdrantEdgeRepository(url.location or DEFAULT_EDGE_PATH, **kwargs)
 

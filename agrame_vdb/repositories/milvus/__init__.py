@@ -20,7 +20,14 @@ option              meaning                                                    d
 ``consistency``     read consistency on a server (Session: read your writes)   Session
 ``retries``         attempts of a server call on transient errors              3
 ``timeout``         seconds per server call                                    60
+``shards_num``      shards of the collections created (a server; Milvus's      the server's (1)
+                    ``create_collection(shards_num=)``)
+``replica_number``  in-memory replicas of the collections loaded (a server     the server's (1)
+                    with as many query nodes; ``load_collection``)
 ==================  =========================================================  ================
+
+``shards_num`` and ``replica_number`` place the data on the nodes of a cluster
+(docs/cluster.md): ints >= 1, checked before any call; Milvus Lite refuses them.
 
 Portable layout (``layout=tokens``; :mod:`.layout`), two Milvus collections per agrame
 collection ``name``: ``name`` holds one row per passage (``id``, the UUID string, as
@@ -115,7 +122,7 @@ except ImportError as exc:  # pragma: no cover - connect() turns this into Store
     raise ModuleNotFoundError(str(exc), name="pymilvus") from exc
 
 from ...errors import InvalidInputError
-from .. import StoreURL
+from .. import StoreURL, _placement
 from .._options import parse_options
 from .calls import is_transient
 from .ddl import Collections
@@ -160,6 +167,7 @@ def from_url(url: StoreURL, **options: Any) -> MilvusRepository:
     if url.scheme == "milvus-lite":
         if not url.location:
             raise InvalidInputError(f"milvus-lite needs a path, as in milvus-lite:///data/agrame.db; got {url.shown!r}")
+        _placement.refuse_embedded(kwargs, _placement.MILVUS, "Milvus Lite", _placement.MILVUS_SERVER)
         if secure or any(name in kwargs for name in SERVER_ONLY):
             raise InvalidInputError("secure, token and db_name are server options; Milvus Lite takes none")
         return MilvusRepository(path=url.location, **kwargs)

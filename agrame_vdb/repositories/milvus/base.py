@@ -22,6 +22,7 @@ from ...errors import (
 )
 from ...redact import redact_url, secret_parts, url_secrets
 from ...records import Capabilities
+from .. import _placement
 from ..base import RepositoryBase
 from ...schema import CollectionSchema
 from .calls import _IN_CALL, _message, _not_loaded, _quiet_pymilvus, call_with_retries, is_transient
@@ -68,10 +69,15 @@ class MilvusBase(RepositoryBase):
         consistency: str = "Session",
         retries: int = 3,
         timeout: float = 60.0,
+        shards_num: int | None = None,
+        replica_number: int | None = None,
     ) -> None:
         super().__init__()
         if (path is None) == (uri is None):
             raise InvalidInputError("give exactly one of path= (Milvus Lite) or uri= (a Milvus server)")
+        placement = _placement.counts({"shards_num": shards_num, "replica_number": replica_number})
+        if path is not None:
+            _placement.refuse_embedded(placement, _placement.MILVUS, "Milvus Lite", _placement.MILVUS_SERVER)
         if layout not in _LAYOUTS:
             raise InvalidInputError(f"layout must be one of {_LAYOUTS}, got {layout!r}")
         if first_stage not in _FIRST_STAGES:
@@ -100,6 +106,9 @@ class MilvusBase(RepositoryBase):
         self._consistency = consistency
         self._retries = retries
         self._timeout = timeout
+        #: keyword arguments of create_collection and load_collection (none: the server's defaults)
+        self._shards = {k: v for k, v in placement.items() if k == "shards_num"}
+        self._replicas = {k: v for k, v in placement.items() if k == "replica_number"}
         self._loaded: set[str] = set()
         self._layouts: dict[str, str] = {}
         self._deleted_at: dict[str, float] = {}
@@ -202,7 +211,7 @@ class MilvusBase(RepositoryBase):
             return
         for n in pending:
             if _state_name(self._call(self._client.get_load_state, n)) != "Loading":
-                self._call(self._client.load_collection, n, _async=True)
+                self._call(self._client.load_collection, n, _async=True, **self._replicas)
         deadline = time.monotonic() + max(self._timeout, 120.0)
         while pending:
             pending = [n for n in pending if _state_name(self._call(self._client.get_load_state, n)) != "Loaded"]

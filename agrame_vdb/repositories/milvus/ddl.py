@@ -132,6 +132,7 @@ class Collections(MilvusBase):
             schema.name,
             schema=s,
             consistency_level="Strong" if self._lite else self._consistency,
+            **self._shards,
             properties={PROPERTY: self._property(schema, layout)},
         )
         desc = self._call(self._client.describe_collection, schema.name)
@@ -179,6 +180,7 @@ class Collections(MilvusBase):
             name,
             schema=s,
             consistency_level="Strong" if self._lite else self._consistency,
+            **self._shards,
             properties={PROPERTY: json.dumps({"role": "tokens", "of": schema.name})},
         )
         ip = self._client.prepare_index_params()

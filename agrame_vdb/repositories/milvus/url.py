@@ -29,6 +29,8 @@ class MilvusOptions(EngineOptions):
     token: Any = None
     db_name: Any = None
     secure: Bool = None
+    shards_num: Int = None
+    replica_number: Int = None
 
 
 #: options of a server only
