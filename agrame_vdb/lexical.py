@@ -55,6 +55,7 @@ __all__ = [
     "query_vector",
     "idf",
     "LexicalIndex",
+    "check_query_text",
 ]
 
 #: Tokenisations a spec may name. ``words-v1``: Unicode NFKC, case-folded, then the
@@ -207,8 +208,3 @@ def check_query_text(text: Any) -> str:
     if not isinstance(text, str) or not text.strip():
         raise InvalidInputError(f"a lexical query needs its text as a non-empty string, got {text!r}")
     return text
-
-
-def weighted(vector: SparseVector, weights: Sequence[float]) -> SparseVector:
-    """``vector`` with each value multiplied by the matching weight (e.g. its IDF)."""
-    return SparseVector(vector.indices, tuple(float(v) * float(w) for v, w in zip(vector.values, weights)))

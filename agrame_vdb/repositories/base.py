@@ -27,15 +27,15 @@ from ..errors import (
     InvalidSchemaError,
     InvalidUnitError,
     InvalidVectorError,
+    LexicalUnavailableError,
     MissingPassagesError,
     RepositoryError,
-    LexicalUnavailableError,
     SchemaMismatchError,
     UnsupportedOperationError,
 )
 from ..filters import Eq, Filter, In
 from ..fusion import RRF_K, check_rrf_k, rrf
-from ..lexical import LexicalSpec, SparseVector, check_query_text, document_vector, query_vector
+from ..lexical import SparseVector, check_query_text, document_vector, query_vector
 from ..records import Candidate, Capabilities, FetchResult, IdPage, StoredPassage, TokenBatch
 from ..redact import scrub_exception
 from ..schema import SCHEMA_VERSION, CollectionSchema, newer_hint, no_lexical_hint, upgrade_hint
@@ -501,8 +501,7 @@ class RepositoryBase(AliasMixin, abc.ABC):
                     "call candidates() without tokens and rerank with agrame_vdb.maxsim"
                 )
             qt = _as_matrix(tokens, schema.dim, "query token vectors")
-        if not _is_int(limit) or not 1 <= limit <= _MAX_LIMIT:
-            raise InvalidInputError(f"limit must be an int in [1, {_MAX_LIMIT}], got {limit!r}")
+        limit = self._check_limit(limit, "limit")
         if prefetch is None:
             prefetch = min(max(2 * limit, 100), _MAX_LIMIT) if qt is not None else limit
         if not _is_int(prefetch) or not limit <= prefetch <= _MAX_LIMIT:
