@@ -5,8 +5,9 @@ Collection layout (one per agrame collection):
 - named vector ``tokens``: the passage's token vectors as a multivector, Dot
   similarity with the MAX_SIM comparator, HNSW off (``m=0``): used only to rerank
   a prefetch, never searched by HNSW (building it costs minutes per thousand
-  passages). Its storage follows the schema dtype (float16, or int8 scalar
-  quantization with rescoring) and ``on_disk``.
+  passages). Its storage follows the schema dtype and ``on_disk``: float16; int8
+  is scalar quantization with rescoring on float32 originals (qdrant-client), or
+  Turbo8 codes alone (Qdrant Edge, see ``qdrant_edge``).
 - named vector ``pooled``: Cosine, HNSW: the first stage.
 - named sparse vector ``lexical`` (only in collections whose schema has
   ``lexical``): the passage's BM25 term-frequency weights
@@ -17,8 +18,9 @@ Collection layout (one per agrame collection):
   ``pooled_b64`` (the pooled vector's float32 bytes, so fetch returns it exactly
   and without engine vectors), and a binary copy of the token vectors so a fetch
   avoids per-float Python objects: in the payload (``tokens_b64`` and
-  ``tokens_dtype``, qdrant-client) or in a side store whose rows are tied to the
-  payload by ``tokens_version`` (Qdrant Edge, see ``_token_store``). The engine's
+  ``tokens_dtype``, qdrant-client: float32, float16 for float16 collections) or
+  in a side store whose rows are tied to the payload by ``tokens_version`` (Qdrant
+  Edge, see ``_token_store``: there int8 collections' rows are int8 too). The engine's
   own vectors stay the source of truth for MaxSim. ``tokens_version`` is a new
   random stamp at every write, on both clients: the passage's write version
   (``TokenBatch.versions``, ``Candidate.version``).

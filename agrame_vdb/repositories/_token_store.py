@@ -4,9 +4,12 @@ Qdrant Edge returns a multivector as nested Python lists: 200 passages of 130
 tokens are 3.3 million Python floats, ~350 ms to get into numpy. Kept beside the
 shard, the same 200 passages come back in a few ms. Two files:
 
-- ``<name>.<nonce>.bin``: the vectors, little-endian float32 (float16 for float16
-  collections), appended passage after passage and read through one memory map, so
-  a read is a gather of slices into one array, with no per-passage copy.
+- ``<name>.<nonce>.bin``: the vectors, appended passage after passage and read
+  through one memory map, so a read is a gather of slices into one array, with no
+  per-passage copy. Their form is the store's ``dtype`` code (``_row_format``):
+  little-endian float32 (``f4``), float16 (``f2``, float16 collections) or int8 with
+  a float32 scale per token (``i8``, int8 collections: ``dim + 4`` bytes a token),
+  read back as float32 a batch at a time.
 - ``<name>`` (SQLite): one row per passage: its write ``version``, token count,
   byte position in the data file, and its units in the compact binary form of
   :class:`~agrame_vdb.unit_table.UnitTable` (kinds numbered in a ``kinds`` table).
@@ -35,6 +38,14 @@ repository sets it aside). Checking is bound by memory: 200 passages of 130
 128-d tokens (13 MB) take ~1.3 ms of CPU with xxh3 read from the page cache
 (``zlib.crc32``: ~4.9 ms; both ~4x faster on bytes already in the CPU cache), of a
 side-store read of ~3.3 ms before the check; measured on a loaded 2-core machine.
+
+The store records its rows' code in ``meta`` (``dtype``), beside the data file's
+name: one code per data file. A store from before that key is in the code it was
+written in then (``legacy``: f4, or f2 for float16 collections) and keeps writing
+it; :meth:`TokenStore.compact` (from ``optimize()``) rewrites the rows in the code
+asked for (an int8 collection's f4 rows become i8) and switches both in one
+transaction. Rows keep their checksum state: a checked row gets the checksum of its
+new bytes, a row without one stays without until :meth:`TokenStore.seal`.
 
 Stores written before the data file keep their vectors in a ``data`` blob and
 their units as JSON text (or none): such rows are still read, and ``compact``
@@ -67,10 +78,10 @@ import xxhash
 from ..unit_table import UnitTable
 from ..units import Unit
 from ._codec import units_from_text
+from ._row_format import CODES, RowFormat
 
 __all__ = ["TokenRows", "TokenStore", "new_version"]
 
-_DTYPES = {"f4": np.dtype("<f4"), "f2": np.dtype("<f2")}
 _CHUNK = 500  # ids per IN (...) query, below SQLite's variable limit
 _COMPACT_WHEN_DEAD = 0.25  # share of the data file that is dead bytes before compact() rewrites it
 _NO_UNITS = 0x5EED  # the checksum seed of a row without units (NULL), unlike b"" (no units at all)
@@ -111,13 +122,20 @@ class TokenRows:
 
 
 class TokenStore:
-    """``id -> (version, [n, dim] vectors, units)`` in a SQLite index and a data file."""
+    """``id -> (version, [n, dim] vectors, units)`` in a SQLite index and a data file.
 
-    def __init__(self, path: str | os.PathLike[str], dim: int, code: str) -> None:
+    ``code`` is the form rows should have (``_row_format``); ``legacy`` the one a store
+    from before the ``dtype`` key was written in (default: ``code``). New rows are
+    written in the store's current code until :meth:`compact` moves them all to ``code``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], dim: int, code: str, *, legacy: str | None = None) -> None:
         self.path = Path(path)
         self.dim = dim
-        self.dtype = _DTYPES[code]
-        self._row_bytes = dim * self.dtype.itemsize
+        self._wanted = RowFormat(code, dim)
+        self._legacy = code if legacy is None else legacy
+        if self._legacy not in CODES:
+            raise ValueError(f"unknown token row code {self._legacy!r}")
         self._lock = threading.RLock()
         self._con = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
         self._map: mmap.mmap | None = None
@@ -155,6 +173,14 @@ class TokenStore:
             self._transaction(self._set_kinds_checksum)
         elif meta["kinds_sum"] != _kinds_checksum(self._kind_names):
             raise sqlite3.DatabaseError(f"the unit kind names in {self.path} fail their checksum")
+        code = meta.get("dtype")
+        if code is None:  # a new store, or one from before the key: its rows are in the legacy code
+            has_rows = con.execute("SELECT 1 FROM tokens LIMIT 1").fetchone() is not None
+            code = self._legacy if has_rows else self._wanted.code
+            self._transaction(lambda: self._set_code(code))
+        elif code not in CODES:
+            raise sqlite3.DatabaseError(f"{self.path} records {code!r} as its rows' form: not one it writes")
+        self._use_format(code)
         name, end = meta.get("data_file"), meta.get("data_end", 0)
         ours = rf"{re.escape(self.path.name)}\.[0-9a-f]{{8}}\.bin"  # never a path: a damaged name must not lead elsewhere
         if name is not None and not (isinstance(name, str) and re.fullmatch(ours, name)):
@@ -164,12 +190,15 @@ class TokenStore:
         if name is None or not (self.path.parent / name).exists():
             # no data file yet, or it was lost: rows pointing into it are gone
             name, end = f"{self.path.name}.{secrets.token_hex(4)}.bin", 0
-            self._transaction(
-                lambda: (
-                    con.execute("DELETE FROM tokens WHERE pos IS NOT NULL"),
-                    self._set_meta(name, 0),
-                )
-            )
+
+            def restart() -> None:
+                con.execute("DELETE FROM tokens WHERE pos IS NOT NULL")
+                self._set_meta(name, 0)
+                if con.execute("SELECT 1 FROM tokens LIMIT 1").fetchone() is None:
+                    self._set_code(self._wanted.code)  # nothing left in the old form
+
+            self._transaction(restart)
+            self._use_format(con.execute("SELECT value FROM meta WHERE key = 'dtype'").fetchone()[0])
         self._data_path = self.path.parent / name
         self._fd = os.open(self._data_path, os.O_RDWR | os.O_CREAT, 0o644)
         size = os.fstat(self._fd).st_size
@@ -185,6 +214,18 @@ class TokenStore:
             end = size
         self._end = end
         self._remove_other_data_files()
+
+    def _use_format(self, code: str) -> None:
+        self._format = self._wanted if code == self._wanted.code else RowFormat(code, self.dim)
+        self._row_bytes = self._format.row_bytes
+
+    def _set_code(self, code: str) -> None:
+        self._con.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('dtype', ?)", (code,))
+
+    @property
+    def code(self) -> str:
+        """The form of the rows now (``compact`` moves them to the one asked for)."""
+        return self._format.code
 
     def _add_column(self, column: str, ctype: str) -> None:
         self._con.execute(f"ALTER TABLE tokens ADD COLUMN {column} {ctype}")
@@ -243,7 +284,7 @@ class TokenStore:
             return
         with self._lock:
             kinds, add_kinds = self._numbering(units for *_, units in rows)
-            blobs = [np.ascontiguousarray(t, dtype=self.dtype).tobytes() for _, _, t, _ in rows]
+            blobs = [self._format.encode(t) for _, _, t, _ in rows]
             start = self._end
             data = b"".join(blobs)
             written = 0
@@ -381,18 +422,15 @@ class TokenStore:
         except sqlite3.Error as exc:  # still left out of every read: counted once above
             log.debug("token copy %s: could not drop damaged rows: %s", self.path, exc)
 
-    def tokens(self, rows: TokenRows, ids: Sequence[str]) -> list[np.ndarray]:
-        """The ``[n, dim]`` vectors (views, in the store's dtype) of ``ids``, rows of ``rows``."""
-        return [rows._parts[pid].view(self.dtype).reshape(-1, self.dim) for pid in ids]
+    def batch(self, rows: TokenRows, ids: Sequence[str]) -> np.ndarray:
+        """The vectors of ``ids`` (rows of ``rows``) one after another: one new
+        C-contiguous float32 ``[sum n, dim]`` array, expanded in one pass."""
+        return self._format.expand([rows._parts[pid] for pid in ids])
 
     def get(self, ids: Sequence[str]) -> dict[str, tuple[int, np.ndarray]]:
         """``id -> (version, float32 [n, dim] copy)`` of the rows found whole."""
         rows = self.read(ids)
-        found = list(rows.rows)
-        return {
-            pid: (rows.rows[pid][0], np.array(t, dtype=np.float32))
-            for pid, t in zip(found, self.tokens(rows, found))
-        }
+        return {pid: (row[0], self._format.expand([rows._parts[pid]])) for pid, row in rows.rows.items()}
 
     def _view(self) -> np.ndarray:
         """The data file as bytes, mapped again when it has grown."""
@@ -430,7 +468,7 @@ class TokenStore:
     def seal(self, truth: dict[str, tuple[Any, np.ndarray, Sequence[Unit]]]) -> tuple[int, int]:
         """Give rows without a checksum one where they hold what the engine does:
         ``truth`` is ``id -> (version, vectors, units)`` read from the engine. A row
-        at that version whose vectors (in the store's dtype) and units are the same is
+        at that version whose vectors (in the store's form) and units are the same is
         sealed, any other such row deleted (the engine is read for it). Once no row is
         left without a checksum, the store's ``unchecked`` mark goes. Returns the
         counts sealed and deleted."""
@@ -454,7 +492,7 @@ class TokenStore:
                         part is not None
                         and type(units) is bytes
                         and version == expected_version
-                        and part.tobytes() == np.ascontiguousarray(vectors, dtype=self.dtype).tobytes()
+                        and part.tobytes() == self._format.encode(vectors)
                         and all(u.kind in self._kinds for u in expected_units)
                         and units == UnitTable.encode(expected_units, self._kinds)
                     )
@@ -497,20 +535,23 @@ class TokenStore:
 
     def compact(self) -> bool:
         """Rewrite the data file with the live rows only, once dead bytes are a quarter
-        of it or rows are in an older form (their vectors in a blob, their units JSON
-        text: turned to the binary form). Returns whether it rewrote.
+        of it, rows are in an older form (their vectors in a blob, their units JSON
+        text: turned to the binary form) or in another code than the one asked for
+        (turned to it: a checked row gets the checksum of its new bytes). Returns
+        whether it rewrote.
 
         The new file is written and synced under a new name, then one transaction
         points every row at it; a crash before that commit leaves the old file in use
         (the new one is removed at the next open)."""
         with self._lock:
             stats = self.stats()
-            if not stats["old_rows"] and stats["dead_bytes"] <= _COMPACT_WHEN_DEAD * max(self._end, 1):
+            convert = self._format is not self._wanted
+            if not convert and not stats["old_rows"] and stats["dead_bytes"] <= _COMPACT_WHEN_DEAD * max(self._end, 1):
                 return False
             name = f"{self.path.name}.{secrets.token_hex(4)}.bin"
             path = self.path.parent / name
             view = self._view()
-            moved: list[tuple[int, bytes | str | None, str]] = []
+            moved: list[tuple[int, bytes | str | None, Any, str]] = []
             damaged: set[str] = set()  # the engine's vectors are read for these until they are written again
             pos = 0
             # old rows' blobs are read one at a time: a store of them can be larger than memory
@@ -538,20 +579,28 @@ class TokenStore:
                     if part is None:
                         damaged.add(pid)
                         continue
-                    size = n * self._row_bytes
-                    out.write(part if type(part) is bytes else part.tobytes())
+                    raw = part if type(part) is bytes else part.tobytes()
                     if pid in parsed:
                         units = UnitTable.encode(parsed[pid], kinds)
-                    moved.append((pos, units, pid))
-                    pos += size
+                    if convert:
+                        raw = self._wanted.encode(self._format.expand([np.frombuffer(raw, dtype=np.uint8)]))
+                        if checksum is not None:  # checked just now, by _part
+                            checksum = _checksum(raw, units)
+                    out.write(raw)
+                    moved.append((pos, units, checksum, pid))
+                    pos += len(raw)
                 out.flush()
                 os.fsync(out.fileno())
 
             def body() -> None:
                 add_kinds()
                 self._con.executemany("DELETE FROM tokens WHERE id = ?", [(pid,) for pid in damaged])
-                self._con.executemany("UPDATE tokens SET pos = ?, data = x'', units = ? WHERE id = ?", moved)
+                self._con.executemany(
+                    "UPDATE tokens SET pos = ?, data = x'', units = ?, checksum = ? WHERE id = ?", moved
+                )
                 self._set_meta(name, pos)
+                if convert:
+                    self._set_code(self._wanted.code)
 
             try:
                 self._transaction(body)
@@ -561,6 +610,7 @@ class TokenStore:
             fd = os.open(path, os.O_RDWR)
             os.close(self._fd)
             self._fd, self._data_path, self._end, self._map = fd, path, pos, None
+            self._use_format(self._wanted.code)
             self._use_numbering(kinds)
             self._remove_other_data_files()
             self._count_damaged(sorted(damaged - {pid for pid, _ in self._damaged_seen}))

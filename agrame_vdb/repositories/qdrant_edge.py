@@ -39,12 +39,13 @@ Edge hands multivectors back as nested Python lists, ~200 ms to build plus ~150 
 into numpy. A base64 copy in the payload still cost ~75 ms (CPython decodes base64
 at ~110 MB/s here), made writes ~35% slower and added ~1000 bytes per token on
 disk. So with ``token_copy=True`` (the default) the token vectors also go, as raw
-float32 (float16 for float16 collections) bytes, into a side store tied to the
-payload by a version stamp (``_token_store``: a memory-mapped data file and a
-SQLite index). The engine's vectors stay the truth: a row whose stamp does not
-match the payload (a crash between the two writes, a restored snapshot) is ignored
-and the engine's vectors are read instead. ``token_copy=False`` keeps only the
-engine's copy. Every write gets a new stamp (with or without the side store):
+bytes, into a side store tied to the payload by a version stamp (``_token_store``:
+a memory-mapped data file and a SQLite index): float32, float16 for float16
+collections, int8 with a float32 scale per token for int8 collections
+(``_row_format``: read back within 1/254 of values in [-1, 1]). The engine's
+vectors stay the truth: a row whose stamp does not match the payload (a crash
+between the two writes, a restored snapshot) is ignored and the engine's vectors
+are read instead. ``token_copy=False`` keeps only the engine's copy. Every write gets a new stamp (with or without the side store):
 ``fetch_tokens`` and ``candidates(with_versions=True)`` report it as the passage's
 version.
 
@@ -55,6 +56,20 @@ Edge to build the units' nested lists), then the rows at those stamps: the vecto
 gathered from the memory map into one array (~2 ms), the units into one
 :class:`~agrame_vdb.unit_table.UnitTable` (~0.3 ms). Kept as SQLite blobs and JSON
 units, the same read took ~9.5 ms.
+
+Storage per dtype (``benchmarks/storage.py``: bytes per token on disk, 2,000
+passages of ~130 128-d tokens): the engine keeps the token multivector as float32,
+Float16 (float16 collections) or Turbo8 (int8 collections: TurboQuant 8-bit codes
+and no float32 originals, ~133 bytes a token; Edge's MaxSim scores the codes; read
+back, a value is off by up to ~0.045 * |x| / sqrt(dim), 0.003 for unit-norm
+tokens). An int8 collection created before Turbo8 keeps its shard (float32
+originals with int8 scalar quantization, rescored); its token copy moves from
+float32 to the int8 form at the next ``optimize()`` (``migrate convert`` rebuilds
+the shard). Measured in all: float32 1207, float16 695, int8 447 bytes a token, of
+which the engine's WAL is 163: a fixed ~40-60 MB a collection (two 32 MiB
+segments, partly written), whatever the dtype. Edge has no setting for its size,
+only ``wal_enabled``, which is left on: without a WAL, writes are durable only at
+``flush()`` and the shard has no lock (a second process opens it unhindered).
 
 Writes pass vectors as lists, which Edge converts about twice as fast as numpy
 arrays. ``optimize()`` builds the pooled HNSW index (Edge never optimises by
@@ -106,6 +121,7 @@ from ._alias_file import AliasFile
 from ._codec import copy_dtype, units_from_json, units_from_text
 from . import _placement
 from ._options import TokenCopyOptions, parse_options
+from ._row_format import I8_ATOL
 from ._token_store import TokenStore, new_version
 from .base import RepositoryBase
 
@@ -119,6 +135,20 @@ LEXICAL = "lexical"
 #: a lexical collection's optimizers: vacuum every segment with a deleted point, so
 #: that optimize() leaves no deleted point in the IDF statistics
 _LEXICAL_OPTIMIZERS = {"deleted_threshold": 0.0, "vacuum_min_vector_number": 0}
+
+#: the engine's storage of the token multivector per schema dtype (float32: Edge's
+#: default): int8 collections keep only TurboQuant 8-bit codes (~dim + 4 bytes a
+#: token, no float32 originals), which Edge's MaxSim scores directly
+_TOKEN_DATATYPES = {"float16": qe.VectorStorageDatatype.Float16, "int8": qe.VectorStorageDatatype.Turbo8}
+#: the largest error of a token vector value in [-1, 1] read back from a Turbo8
+#: multivector (int8 collections, where the engine's vectors are read: no token
+#: copy, or a copy row that gives way): it grows with the vector's norm, about
+#: 0.045 * |x| / sqrt(dim) at most, measured for dim 16 to 768 (0.041 for +-1
+#: entries; 0.0033 for unit-norm 128-d tokens), rounded up
+_TURBO8_ATOL = 0.05
+
+#: the token copy's row form per schema dtype (``_row_format``)
+_COPY_CODES = {"float32": "f4", "float16": "f2", "int8": "i8"}
 
 _INDEX_TYPES = {
     "keyword": qe.PayloadSchemaType.Keyword,
@@ -224,7 +254,9 @@ class QdrantEdgeRepository(RepositoryBase):
             persistent=True,
             exclusive=True,
             filter_ops=frozenset(("eq", "in", "range", "and", "or", "not")),
-            fetch_atol={"float32": 0.0, "float16": 1e-3, "int8": 0.0},
+            # int8: the token copy is within I8_ATOL, the engine's Turbo8 codes (read
+            # where the copy gives way, or without one) within _TURBO8_ATOL
+            fetch_atol={"float32": 0.0, "float16": 1e-3, "int8": max(I8_ATOL, _TURBO8_ATOL)},
             approximate_first_stage=True,
             versions=True,
             lexical=True,
@@ -242,12 +274,7 @@ class QdrantEdgeRepository(RepositoryBase):
             distance=qe.Distance.Dot,
             multivector_config=qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim),
             hnsw_config=qe.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10000),
-            datatype=qe.VectorStorageDatatype.Float16 if schema.dtype == "float16" else None,
-            quantization_config=(
-                qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=qc.SCALAR_QUANTILE, always_ram=True)
-                if schema.dtype == "int8"
-                else None
-            ),
+            datatype=_TOKEN_DATATYPES.get(schema.dtype),
             memory=qe.Memory.Cold if schema.on_disk else None,
         )
         pooled = qe.EdgeVectorParams(
@@ -299,8 +326,10 @@ class QdrantEdgeRepository(RepositoryBase):
 
     def _open_token_store(self, schema: CollectionSchema) -> TokenStore:
         path = self._dir(schema.name) / TOKEN_FILE
+        # int8 collections' copies were float32 before the i8 form: optimize() moves them
+        code, legacy = _COPY_CODES.get(schema.dtype, "f4"), copy_dtype(schema.dtype)
         try:
-            return TokenStore(path, schema.dim, copy_dtype(schema.dtype))
+            return TokenStore(path, schema.dim, code, legacy=legacy)
         except sqlite3.DatabaseError as exc:
             # only a copy: set it aside and start afresh (fetch reads the engine until rewritten)
             aside = path.with_name(f"{TOKEN_FILE}.unreadable-{int(time.time())}")
@@ -308,7 +337,7 @@ class QdrantEdgeRepository(RepositoryBase):
                 if Path(f"{path}{suffix}").exists():
                     os.replace(f"{path}{suffix}", f"{aside}{suffix}")
             warnings.warn(f"token store {path} unreadable ({exc}); moved to {aside}, starting a new one", stacklevel=2)
-            return TokenStore(path, schema.dim, copy_dtype(schema.dtype))
+            return TokenStore(path, schema.dim, code, legacy=legacy)
 
     def _tokens(self, schema: CollectionSchema) -> TokenStore | None:
         self._shard(schema)
@@ -513,7 +542,9 @@ class QdrantEdgeRepository(RepositoryBase):
         """
         shard = self._shard(schema)
         store = self._tokens(schema)
-        tokens: dict[str, np.ndarray] = {}
+        tokens: dict[str, np.ndarray] = {}  # the engine's vectors of the passages it was read for
+        copied: dict[str, slice] = {}  # where the side store's rows lie in ``flat``
+        flat = np.zeros((0, schema.dim), np.float32)
         units: dict[str, Any] = {}  # binary units (bytes), JSON text (an old row), or Unit tuples
         read: dict[str, Any] = {}  # the version each passage was read at
         if store is None:
@@ -543,8 +574,10 @@ class QdrantEdgeRepository(RepositoryBase):
                     legacy.append(pid)
                 else:
                     units[pid] = row[2]
-            if rows is not None:
-                tokens.update(zip(kept, store.tokens(rows, kept)))
+            if rows is not None and kept:  # expanded to float32 in one pass
+                flat = store.batch(rows, kept)
+                ends = np.cumsum([rows.rows[pid][1] for pid in kept]).tolist()
+                copied = {pid: slice(end - rows.rows[pid][1], end) for pid, end in zip(kept, ends)}
             if legacy:
                 for r in shard.retrieve(legacy, [qc.P_UNITS, qc.P_TV], False):
                     pid, payload = str(r.id), r.payload or {}
@@ -561,14 +594,20 @@ class QdrantEdgeRepository(RepositoryBase):
                 units[pid] = units_from_json(payload.get(qc.P_UNITS, ()))
                 read[pid] = payload.get(qc.P_TV)
         found = [pid for pid in found if pid in units]  # less any deleted between the reads
-        parts = [tokens[pid] for pid in found]
+        if not tokens and found == list(copied):  # all from the side store: as expanded
+            vectors = flat
+            lengths = [copied[pid].stop - copied[pid].start for pid in found]
+        else:
+            parts = [tokens[pid] if pid in tokens else flat[copied[pid]] for pid in found]
+            vectors = np.concatenate(parts) if parts else np.zeros((0, schema.dim), np.float32)
+            lengths = [len(t) for t in parts]
         offsets = np.zeros(len(found) + 1, dtype=np.int64)
-        np.cumsum([len(t) for t in parts], out=offsets[1:])
+        np.cumsum(lengths, out=offsets[1:])
         present = set(found)
         return TokenBatch(
             tuple(found),
             tuple(i for i in ids if i not in present),
-            np.concatenate(parts).astype(np.float32, copy=False) if parts else np.zeros((0, schema.dim), np.float32),
+            vectors,
             offsets,
             _unit_table([units[pid] for pid in found], store.kinds if store is not None else ()),
             tuple(read[pid] for pid in found),
