@@ -40,8 +40,9 @@ SCHEMA_VERSION = 2
 
 DType = Literal["float32", "float16", "int8"]
 #: Storage types of token vectors: full float32, float16 (half the bytes, about
-#: 2.4e-4 absolute error on unit-norm vectors), or int8 scalar quantization (the
-#: engine keeps the float32 originals for rescoring and for fetch).
+#: 2.4e-4 absolute error on unit-norm vectors), or int8 (Qdrant Edge: 8-bit codes in
+#: the engine and an int8 token copy with a scale per token, read back within 1/254;
+#: Qdrant server and local mode: scalar quantization beside float32 originals).
 DTYPES: tuple[str, ...] = ("float32", "float16", "int8")
 #: Types a metadata field can be indexed as (payload indexes) for fast filtering.
 FIELD_TYPES: tuple[str, ...] = ("keyword", "integer", "float", "bool")

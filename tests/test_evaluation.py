@@ -444,3 +444,14 @@ def test_evaluate_reports_first_stage_recall_once_per_collection_and_keeps_its_f
     for a, b in zip(results, plain):
         assert (a.passage, a.unit) == (b.passage, b.unit)
     assert by_name["passage-span-q"].candidates == 2 and [r.candidates for r in maxsim] == [2, 2, 2]
+
+
+def test_evaluate_stores_token_vectors_as_asked(plain_encoder):
+    """--storage: the evaluation collections hold float16 (or int8) token vectors; a bad value is refused first."""
+    ds = _tiny_dataset()
+    repo = connect("memory://")
+    kw = {"configurations": ["passage-span-q"], "candidates": 2, "recall_at": (), "keep": True}
+    evaluate(ds, plain_encoder, repo, storage="float16", **kw)
+    assert repo.open_collection("agrame_eval_passages").dtype == "float16"
+    with pytest.raises(InvalidInputError, match="storage"):
+        evaluate(ds, plain_encoder, repo, storage="int4", **kw)

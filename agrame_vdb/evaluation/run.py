@@ -14,6 +14,7 @@ from typing import Any
 
 from ..documents import Document, PassageInput
 from ..errors import InvalidInputError
+from ..schema import DTYPES
 from .datasets import EvalDataset, UnitKey
 from .metrics import mean_metrics
 from .recall import RECALL_AT, FirstStageRecall, check_recall_at, first_stage_recall
@@ -119,7 +120,7 @@ def _unit_documents(dataset: EvalDataset) -> tuple[list[Any], dict[tuple[str, in
     return docs, back
 
 
-def _index(docs: list[Any], repository: Any, collection: str, encoder: Any, batch_size: int) -> int:
+def _index(docs: list[Any], repository: Any, collection: str, encoder: Any, batch_size: int, storage: str = "float32") -> int:
     from ..chunking import ChunkingOptions
     from ..indexer import IndexJob
 
@@ -127,7 +128,7 @@ def _index(docs: list[Any], repository: Any, collection: str, encoder: Any, batc
         repository.drop_collection(collection)
     summary = IndexJob(
         docs, repository, collection, encoder=encoder, chunking=ChunkingOptions(sentences=False),
-        encode_batch_size=batch_size, batch_size=max(256, batch_size),
+        encode_batch_size=batch_size, batch_size=max(256, batch_size), storage_dtype=storage,
     ).run()
     if summary.rejected:
         raise InvalidInputError(f"indexing {collection} rejected {summary.rejected} documents: {summary.rejects_sample[:3]}")
@@ -152,6 +153,7 @@ def evaluate(
     plain_encoder: Any = None,
     first_stage: str | None = None,
     recall_at: Sequence[int] = RECALL_AT,
+    storage: str = "float32",
 ) -> list[ConfigurationResult]:
     """Index ``dataset`` into ``repository`` and rank its queries in each configuration.
 
@@ -166,18 +168,21 @@ def evaluate(
     ``maxsim``; None: the planner's default) is the first stage they come from. ``recall_at``: the ``N``
     of the first-stage recall measured once per whole-passage collection
     (:func:`~agrame_vdb.evaluation.recall.first_stage_recall`; empty: none).
+    ``storage`` is the collections' token-vector storage (float32, float16, int8).
     Collections are dropped afterwards unless ``keep``.
     """
     from ..redact import redact_url
 
     store = redact_url(store)  # a label of the results: never its credentials
+    if storage not in DTYPES:
+        raise InvalidInputError(f"storage must be one of {DTYPES}, got {storage!r}")
     unknown = [c for c in configurations if c not in CONFIGURATIONS]
     if unknown:
         raise InvalidInputError(f"unknown configuration {unknown[0]!r}; use one of {list(CONFIGURATIONS)}")
     if not dataset.queries:
         raise InvalidInputError(f"{dataset.name} has no queries to evaluate")
     run = _Run(dataset, repository, candidates, alpha, k, store, batch_size, on_query, model_name,
-               first_stage, check_recall_at(recall_at))
+               first_stage, check_recall_at(recall_at), storage)
     names = [f"{collection_prefix}_{what}" for what in ("passages", "units", "plain")]
     results: list[ConfigurationResult] = []
     try:
@@ -213,6 +218,7 @@ class _Run:
     model_name: str
     first_stage: str | None = None
     recall_at: tuple[int, ...] = RECALL_AT
+    storage: str = "float32"
 
     def _planner(self, collection: str, encoder: Any, n_passages: int) -> tuple[Any, int]:
         from ..planner import Planner, TokenCache
@@ -233,7 +239,7 @@ class _Run:
 
         started = time.perf_counter()
         data = self.dataset
-        n_passages = _index(_documents(data), self.repository, collection, encoder, self.batch_size)
+        n_passages = _index(_documents(data), self.repository, collection, encoder, self.batch_size, self.storage)
         q_all, sq_all = encode_queries(encoder, [q.text for q in data.queries], both=True)
         assert sq_all is not None
         planner, n = self._planner(collection, encoder, n_passages)
@@ -270,7 +276,7 @@ class _Run:
         started = time.perf_counter()
         data = self.dataset
         docs, back = _unit_documents(data)
-        n_units = _index(docs, self.repository, collection, encoder, self.batch_size)
+        n_units = _index(docs, self.repository, collection, encoder, self.batch_size, self.storage)
         q_all, _ = encode_queries(encoder, [q.text for q in data.queries], both=False)
         planner, n = self._planner(collection, encoder, n_units)
         pid_of_doc = {p.doc_id: p.id for p in data.passages}
