@@ -3,12 +3,13 @@ whose best unit supports it, when that passage wins by a margin.
 
 Each sentence of the answer is a query (``[Q']``) over the units (sentences,
 propositions, any kind) of the passages the answer was generated from. A passage's
-support for a sentence is its best unit's score ``S(q',u) + alpha * S(q,p)``,
-divided by the query length (so it is a mean similarity per query token, about
-``[-1, 1]``, comparable across answers). The best passage is cited when it beats
-every other passage by at least ``margin`` (and reaches ``min_score``, if set);
-with one passage only ``min_score`` applies. At ``granularity="passage"`` the unit
-is the whole passage, scored with ``[Q]``.
+support for a sentence is its best unit's score ``S(q',u) + alpha * S(q,p)`` (plus
+``beta * W * C(u,q')`` where the model ranks that unit kind with coverage, as search
+does: see :class:`~agrame_vdb.planner.Planner`), divided by the query length (so it
+is a mean similarity per query token, about ``[-1, 1]``, comparable across answers).
+The best passage is cited when it beats every other passage by at least ``margin``
+(and reaches ``min_score``, if set); with one passage only ``min_score`` applies.
+At ``granularity="passage"`` the unit is the whole passage, scored with ``[Q]``.
 
 Limits: an answer of more than ``MAX_ANSWER_CHARS`` characters (200,000) or
 ``MAX_ANSWER_SENTENCES`` sentences (1,000) is rejected with
@@ -44,6 +45,7 @@ from .encoder import EncodedPassage, MultiVectorEncoder, encode_queries, encoder
 from .errors import InvalidInputError
 from .maxsim import granular_maxsim, pack
 from .planner import PASSAGE, check_granularity
+from .planner.rank import query_rows
 from .planner.results import to_json
 from .repository import StoredPassage
 from .units import Passage, Span, Unit, split_sentences
@@ -196,6 +198,7 @@ def cite(
     margin: float = DEFAULT_MARGIN,
     min_score: float | None = None,
     alpha: float = 0.0,
+    coverage: float | None = None,
     marker: str = "[{n}]",
 ) -> CitedAnswer:
     """Attach citations to ``answer`` from ``passages`` (texts are encoded and split
@@ -203,7 +206,9 @@ def cite(
 
     ``margin`` is how much the best passage's normalised score must exceed every
     other passage's; ``min_score`` an optional floor on it; ``alpha`` adds the
-    passage score as in ranking; ``marker`` formats the citation mark (``{n}`` is the
+    passage score as in ranking; ``coverage`` is the weight ``beta`` of the units'
+    coverage term (None: the encoder's ``config.unit_coverage`` for the granularity,
+    0 where it names none); ``marker`` formats the citation mark (``{n}`` is the
     passage's 1-based position in ``passages``).
     """
     if not isinstance(answer, str) or not answer.strip():
@@ -214,6 +219,12 @@ def cite(
             raise InvalidInputError(f"{name} must be a finite number, got {value!r}")
     if margin < 0:
         raise InvalidInputError(f"margin must be >= 0, got {margin!r}")
+    if coverage is None:
+        beta = encoder.config.unit_coverage.get(kind, 0.0) if kind != PASSAGE else 0.0
+    elif isinstance(coverage, bool) or not isinstance(coverage, (int, float)) or not math.isfinite(coverage) or coverage < 0:
+        raise InvalidInputError(f"coverage must be a finite number >= 0, got {coverage!r}")
+    else:
+        beta = float(coverage) if kind != PASSAGE else 0.0
     if not isinstance(marker, str) or "{n}" not in marker:
         raise InvalidInputError(f"marker must be a format string with {{n}}, got {marker!r}")
     if len(answer) > MAX_ANSWER_CHARS:
@@ -242,12 +253,20 @@ def cite(
     cited: list[CitedSentence] = []
     for b0 in range(0, len(texts), CITE_BATCH):
         q, sq = encode_queries(encoder, texts[b0 : b0 + CITE_BATCH], both=unit_mode)
-        lq = (sq if sq is not None else q).shape[1]
-        scores = granular_maxsim(torch.from_numpy(q), packed, torch.from_numpy(sq) if sq is not None else None)
+        sub = sq if sq is not None else q
+        lq = sub.shape[1]
+        weights = query_rows(sub) if unit_mode and beta > 0 else None  # [B, lq]: the real tokens
+        scores = granular_maxsim(
+            torch.from_numpy(q), packed, torch.from_numpy(sq) if sq is not None else None,
+            subquery_mask=weights, coverage=weights is not None,
+        )
         p_scores = scores.passage.float().cpu().numpy().astype(np.float64)  # [B, P]
         if unit_mode:
             u_scores = scores.unit.float().cpu().numpy().astype(np.float64)  # [B, U]
             u_passage = scores.unit_passage.cpu().numpy()
+            if weights is not None:  # beta * W * C(u, q'), W per sentence
+                c_scores = scores.unit_coverage.float().cpu().numpy().astype(np.float64)
+                u_scores = u_scores + beta * weights.sum(1, dtype=np.float64)[:, None] * c_scores
         for b in range(q.shape[0]):
             best = _best_units(p_scores[b], u_scores[b] if unit_mode else None, u_passage if unit_mode else None,
                                flat, len(prepared), alpha, lq)

@@ -15,6 +15,13 @@ reduces the (few) pieces to passages and, through a ``(unit, piece)`` pair list,
 to units. Positions outside a unit never enter its max (no ``0`` or ``-1e4`` fill:
 scores can be negative). It runs on the candidates' device unless told another.
 
+With ``coverage=True`` it also gives each unit's *coverage by the query*
+``C(u, q') = mean over the unit's tokens t of max over the [Q'] rows i with weight > 0
+of q'_i . d_t``: the max over rows of each token is taken in the same chunked loop
+(one value per token and query, never a token-by-row matrix), then summed per unit
+from prefix sums. Span MaxSim alone always prefers a unit that is a superset of
+another; the coverage's mean does not.
+
 A hand-computed case (2-d vectors, negative scores):
 
 >>> q = [[1.0, 0.0], [0.0, 1.0]]
@@ -75,6 +82,7 @@ class MaxSimScores:
     unit_passage: torch.Tensor  # [U] int64: passage index of each unit
     passage_argmax: torch.Tensor | None = None  # [B, P, Lq] int64
     unit_argmax: torch.Tensor | None = None  # [B, U, Lq'] int64
+    unit_coverage: torch.Tensor | None = None  # [B, U] float32 (coverage=True): C(u, q')
 
 
 def _query(value: ArrayLike, what: str, dim: int) -> torch.Tensor:
@@ -136,18 +144,40 @@ def _chunk_sim(tokens: torch.Tensor, c0: int, c1: int, queries_t: torch.Tensor) 
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
+@dataclass(frozen=True, slots=True)
+class _Cover:
+    """Which ``sim`` columns the coverage reads: ``batch`` sub-queries of ``length``
+    rows from ``start``; ``valid`` [B, length] (None: every row) the rows with weight > 0."""
+
+    start: int
+    batch: int
+    length: int
+    valid: torch.Tensor | None
+
+    def token_best(self, sim: torch.Tensor) -> torch.Tensor:
+        """[N, R] similarities -> [N, B] float32: each token's max over each sub-query's valid rows."""
+        rows = sim[:, self.start : self.start + self.batch * self.length].reshape(-1, self.batch, self.length)
+        if self.valid is not None:
+            rows = rows.masked_fill(~self.valid, float("-inf"))
+        return rows.amax(-1).float()
+
+
 def _piece_maxima(
-    packed: PackedPassages, queries: torch.Tensor, chunk: int, with_argmax: bool
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    packed: PackedPassages, queries: torch.Tensor, chunk: int, with_argmax: bool, cover: _Cover | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Max over each piece's tokens of ``tokens @ queries.T``: [n_pieces, R], and the
-    first global token position reaching it (``with_argmax``), ``chunk`` tokens at a time."""
+    first global token position reaching it (``with_argmax``), ``chunk`` tokens at a time;
+    with ``cover``, each token's max over each sub-query's rows too ([T, B] float32)."""
     tokens, bounds = packed.tokens, packed.piece_bounds
     width, queries_t = queries.shape[0], queries.T
     piece_max = tokens.new_full((len(bounds) - 1, width), float("-inf"))
     piece_arg = torch.full(piece_max.shape, _NO_POSITION, device=tokens.device) if with_argmax else None
+    token_best = None if cover is None else torch.empty((tokens.shape[0], cover.batch), device=tokens.device)
     for c0 in range(0, tokens.shape[0], chunk):
         c1 = min(tokens.shape[0], c0 + chunk)
         sim = _chunk_sim(tokens, c0, c1, queries_t)  # [c1 - c0, R]
+        if token_best is not None:
+            token_best[c0:c1] = cover.token_best(sim)  # type: ignore[union-attr]
         p0 = int(np.searchsorted(bounds, c0, side="right")) - 1  # the pieces this chunk touches
         p1 = int(np.searchsorted(bounds, c1, side="left"))
         local = packed.token_piece[c0:c1] - p0
@@ -160,7 +190,43 @@ def _piece_maxima(
         better = best > piece_max[p0:p1]  # strictly: an earlier chunk keeps a tie
         piece_max[p0:p1] = torch.where(better, best, piece_max[p0:p1])
         piece_arg[p0:p1] = torch.where(better, first, piece_arg[p0:p1])
-    return piece_max, piece_arg
+    return piece_max, piece_arg, token_best
+
+
+def _distinct_pairs(packed: PackedPassages) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (unit, piece) pairs, each once and sorted (a unit given overlapping ranges
+    lists a piece twice: its max does not mind, its mean would)."""
+    n_pieces = len(packed.piece_bounds) - 1
+    key = packed.pair_unit * n_pieces + packed.pair_piece
+    if len(key) < 2 or bool((key[1:] > key[:-1]).all()):
+        return packed.pair_unit, packed.pair_piece
+    key = torch.unique(key)
+    return key // n_pieces, key % n_pieces
+
+
+def _unit_coverage(packed: PackedPassages, token_best: torch.Tensor, has_rows: torch.Tensor) -> torch.Tensor:
+    """[T, B] per-token maxima -> [B, U] float32: the mean over each unit's tokens (0
+    for a query without a row of weight > 0). Sums are differences of float64 prefix
+    sums over all tokens, then over each unit's pieces: computed once, whatever the
+    chunks were, and in one order on every device."""
+    device, n_units = token_best.device, packed.n_units
+    values = torch.where(has_rows, token_best, 0.0).double()  # a query without rows: -inf -> 0
+    prefix = values.new_zeros((values.shape[0] + 1, values.shape[1]))
+    torch.cumsum(values, 0, out=prefix[1:])
+    bounds = torch.from_numpy(packed.piece_bounds).to(device)
+    piece_sum = prefix[bounds[1:]] - prefix[bounds[:-1]]  # [n_pieces, B]
+    piece_len = (bounds[1:] - bounds[:-1]).double().unsqueeze(1)
+    pair_unit, pair_piece = _distinct_pairs(packed)
+    per_pair = torch.cat([piece_sum, piece_len], 1)[pair_piece]  # [n_pairs, B + 1]
+    if len(pair_unit) == n_units:  # one piece each: pair k is unit k
+        sums = per_pair
+    else:
+        pair_prefix = per_pair.new_zeros((per_pair.shape[0] + 1, per_pair.shape[1]))
+        torch.cumsum(per_pair, 0, out=pair_prefix[1:])
+        ends = torch.cumsum(torch.bincount(pair_unit, minlength=n_units), 0)
+        starts = torch.cat([ends.new_zeros(1), ends[:-1]])
+        sums = pair_prefix[ends] - pair_prefix[starts]
+    return (sums[:, :-1] / sums[:, -1:]).float().T.contiguous()
 
 
 def granular_maxsim(
@@ -171,6 +237,7 @@ def granular_maxsim(
     query_mask: ArrayLike | None = None,
     subquery_mask: ArrayLike | None = None,
     return_argmax: bool = False,
+    coverage: bool = False,
     max_chunk_tokens: int | None = None,
     device: torch.device | str | None = None,
 ) -> MaxSimScores:
@@ -185,6 +252,10 @@ def granular_maxsim(
     multiple of 64, at least 64; default: about 256k similarities per chunk). On CPU
     the results are bit-identical for every chunk size; on CUDA, cuBLAS may pick
     another kernel for another shape, so they agree to rounding.
+
+    ``coverage=True`` adds ``unit_coverage`` [B, U]: each unit's mean over its tokens
+    (every token of its pieces, once) of the max over the ``[Q']`` rows with weight > 0
+    of ``token . row`` (0 for a sub-query without such a row).
     """
     target = torch.device(device) if device is not None else candidates.device
     packed = candidates.to(target)
@@ -217,7 +288,11 @@ def granular_maxsim(
         raise InvalidInputError(f"max_chunk_tokens must be >= 1, got {max_chunk_tokens}")
     chunk = max(_ALIGN, max_chunk_tokens // _ALIGN * _ALIGN)
 
-    piece_max, piece_arg = _piece_maxima(packed, queries, chunk, return_argmax)
+    cover = None
+    if coverage and n_units:
+        valid = sq_weights > 0
+        cover = _Cover(sub_row, batch, lsq, None if bool(valid.all()) else valid)
+    piece_max, piece_arg, token_best = _piece_maxima(packed, queries, chunk, return_argmax, cover)
     p_max = _segment_max(piece_max[:, :n_q], packed.piece_passage, packed.n_passages)
     sub_rows = slice(sub_row, sub_row + batch * lsq)
     u_max = piece_max[packed.pair_piece, sub_rows]
@@ -238,7 +313,13 @@ def granular_maxsim(
         starts = torch.from_numpy(packed.offsets[:-1]).to(target)
         passage_argmax = _per_query(p_arg - starts.unsqueeze(1), batch, lq)
         unit_argmax = _per_query(u_arg - starts[packed.unit_passage].unsqueeze(1), batch, lsq)
-    return MaxSimScores(passage, unit, packed.unit_passage, passage_argmax, unit_argmax)
+    unit_coverage = None
+    if coverage:
+        if token_best is None:  # no units
+            unit_coverage = passage.new_zeros((batch, 0))
+        else:
+            unit_coverage = _unit_coverage(packed, token_best, (sq_weights > 0).any(1))
+    return MaxSimScores(passage, unit, packed.unit_passage, passage_argmax, unit_argmax, unit_coverage)
 
 
 def _per_query(values: torch.Tensor, batch: int, length: int) -> torch.Tensor:

@@ -36,14 +36,18 @@ unexpected object) falls back to torch itself, as the loader reads it.
 from __future__ import annotations
 
 import json
+import math
+import numbers
 import pickle
 import zipfile
 from collections import OrderedDict
-from dataclasses import dataclass, fields, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from .errors import InvalidInputError, ModelLoadError
+from .units import is_unit_kind
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -55,6 +59,7 @@ __all__ = [
     "ACTIVATIONS",
     "DTYPE_NAMES",
     "EncoderConfig",
+    "check_unit_coverage",
     "ModelFiles",
     "ModelSettings",
     "model_directory",
@@ -105,6 +110,27 @@ DTYPE_NAMES = {
 }
 
 
+def check_unit_coverage(value: Any, what: str = "unit_coverage") -> dict[str, float]:
+    """``value`` as a checked ``{unit kind: beta}`` dict: kinds as unit kinds are named
+    (not ``"passage"``: coverage ranks units), betas finite numbers >= 0.
+
+    >>> check_unit_coverage({"proposition": 0.25})
+    {'proposition': 0.25}
+    """
+    if not isinstance(value, Mapping):
+        raise InvalidInputError(f"{what} must map unit kinds to weights, e.g. {{'proposition': 0.25}}, got {value!r}")
+    out: dict[str, float] = {}
+    for kind, beta in value.items():
+        if not is_unit_kind(kind) or kind == "passage":
+            raise InvalidInputError(
+                f"{what} keys must be unit kinds such as 'sentence' or 'proposition' (lower-case identifiers), got {kind!r}"
+            )
+        if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not math.isfinite(beta) or beta < 0:
+            raise InvalidInputError(f"{what}[{kind!r}] must be a finite number >= 0, got {beta!r}")
+        out[kind] = float(beta)
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class EncoderConfig:
     """How text becomes token vectors (the layout itself: :mod:`agrame_vdb.layout`).
@@ -114,8 +140,12 @@ class EncoderConfig:
     a model trained without markers (the plain base) is fed none, and one without a
     sub-passage marker ranks units with its ``[Q]`` query. ``query_augmentation``
     pads queries with ``[MASK]`` to ``query_maxlen`` (ColBERT); without it a query
-    keeps only its own tokens. Indexer, planner, cite, eval and training all read
-    these settings from the model, so a model is always used as it was trained.
+    keeps only its own tokens. ``unit_coverage`` maps a unit kind to the weight
+    ``beta`` of the coverage term units of that kind are ranked with
+    (``S(q',u) + alpha * S(q,p) + beta * W * C(u,q')``, see
+    :class:`~agrame_vdb.planner.Planner`); empty: none. Indexer, planner, cite, eval
+    and training all read these settings from the model, so a model is always used as
+    it was trained.
     """
 
     dim: int = 128
@@ -127,6 +157,10 @@ class EncoderConfig:
     attend_to_mask_tokens: bool = False
     base: str | None = None
     query_augmentation: bool = True
+    unit_coverage: dict[str, float] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "unit_coverage", check_unit_coverage(self.unit_coverage))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EncoderConfig:
@@ -290,7 +324,10 @@ def locate(model: str | Path | None = None, *, projection: str | Path | None = N
 
 def _agrame_files(path: Path) -> ModelFiles:
     raw = read_json(path / "agrame_config.json")
-    config = EncoderConfig.from_dict(raw)
+    try:
+        config = EncoderConfig.from_dict(raw)
+    except InvalidInputError as exc:
+        raise ModelLoadError(f"{path / 'agrame_config.json'}: {exc}") from exc
     base = resolve_base(config.base, path) if config.base else path
     tokenizer = base if not (path / "tokenizer.json").is_file() else path
     projection = path / "projection.safetensors"

@@ -40,6 +40,7 @@ __all__ = [
     "TruncatedUnit",
     "AlignedUnits",
     "passage_id",
+    "is_unit_kind",
     "split_sentences",
     "sentence_spans",
     "units_from_char_spans",
@@ -61,6 +62,12 @@ _PASSAGE_NAMESPACE = uuid.UUID("5b0f6f0e-3f57-4c53-9a35-6a0b6c1f7a11")
 # PropSegmEnt's word tokens: every run of alphanumeric characters, and every other
 # non-space character on its own ("_" is not alphanumeric).
 _WORD_RE = re.compile(r"[^\W_]+|[^\s]")
+
+
+def is_unit_kind(kind: Any) -> bool:
+    """Whether ``kind`` names a unit kind: a lower-case identifier (``"sentence"``,
+    ``"proposition"``, ``"custom"``, ...) of at most 64 characters."""
+    return isinstance(kind, str) and _KIND_RE.fullmatch(kind) is not None
 
 
 def passage_id(doc_id: str, index: int) -> str:

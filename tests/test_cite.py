@@ -80,6 +80,45 @@ def test_scores_are_the_best_unit_maxsim_per_query_token(encoder, cited, encoded
             assert s.passage_scores[p] == pytest.approx(best, abs=1e-5)
 
 
+@pytest.mark.parametrize("which", ["encoder", "plain_encoder"])
+def test_coverage_adds_each_units_coverage_by_the_sentence(request, which, monkeypatch):
+    """Independent reference: (S(q',u) + alpha * S(q,p) + beta * W * C(u,q')) / Lq per unit,
+    C the mean over the unit's tokens of their best real query token (rows not all zero:
+    the plain model zeroes its padding), W the real tokens of that sentence."""
+    import dataclasses
+
+    enc = request.getfixturevalue(which)
+    encoded = enc.encode_passages([Passage.create(f"passage-{i + 1}", 0, t) for i, t in enumerate(PASSAGES)])
+    got = cite(ANSWER, encoded, enc, alpha=0.3, coverage=0.5, margin=0.0)
+    q, sq = encode_queries(enc, [s.text for s in got.sentences], both=True)
+    for b, s in enumerate(got.sentences):
+        real = np.any(sq[b] != 0, axis=1)
+        for p, e in enumerate(encoded):
+            d = e.token_vectors.T.astype(np.float64)
+            sim = sq[b].astype(np.float64) @ d
+            s_p = (q[b].astype(np.float64) @ d).max(axis=1).sum()
+            best = max(
+                sim[:, u.token_positions].max(axis=1).sum() + 0.3 * s_p
+                + 0.5 * real.sum() * sim[real][:, u.token_positions].max(axis=0).mean()
+                for u in e.units
+            ) / sq.shape[1]
+            assert s.passage_scores[p] == pytest.approx(best, abs=1e-5)
+    if which == "plain_encoder":
+        assert not np.any(sq[0] != 0, axis=1).all()  # padding rows were there to leave out
+    # the encoder's setting is what cite uses by default; coverage=0 turns it off
+    without = cite(ANSWER, encoded, enc, alpha=0.3, margin=0.0)
+    monkeypatch.setattr(enc, "config", dataclasses.replace(enc.config, unit_coverage={"sentence": 0.5}))
+    by_setting = cite(ANSWER, encoded, enc, alpha=0.3, margin=0.0)
+    assert [x.passage_scores for x in by_setting.sentences] == [x.passage_scores for x in got.sentences]
+    off = cite(ANSWER, encoded, enc, alpha=0.3, margin=0.0, coverage=0)
+    assert [x.passage_scores for x in off.sentences] == [x.passage_scores for x in without.sentences]
+    passages = cite(ANSWER, encoded, enc, granularity="passage")  # whole passages: no units, no coverage
+    monkeypatch.undo()
+    assert [x.passage_scores for x in passages.sentences] == [
+        x.passage_scores for x in cite(ANSWER, encoded, enc, granularity="passage").sentences
+    ]
+
+
 def test_json_and_text_output(cited):
     data = json.loads(json.dumps(cited.to_json()))
     assert data["text"] == cited.text and len(data["sentences"]) == 4 and len(data["sources"]) == 3
@@ -172,6 +211,9 @@ def test_bad_input(encoder):
         cite(ANSWER, PASSAGES, encoder, marker="[n]")
     with pytest.raises(InvalidInputError):
         cite(ANSWER, [3], encoder)  # type: ignore[list-item]
+    for bad in (-0.5, float("nan"), float("inf"), "0.5", True):
+        with pytest.raises(InvalidInputError, match="coverage"):
+            cite(ANSWER, PASSAGES, encoder, coverage=bad)  # type: ignore[arg-type]
 
 
 runner = CliRunner()

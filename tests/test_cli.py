@@ -28,7 +28,7 @@ def test_info_describes_the_default_model():
     info = json.loads(result.output)
     assert info["format"] == "agrame" and info["dim"] == 384  # the plain base: its own token states
     assert info["markers"] == {"query": None, "document": None, "subpassage": None}
-    assert info["query_augmentation"] is False and info["projection"] is False
+    assert info["query_augmentation"] is False and info["projection"] is False and info["unit_coverage"] == {}
     assert info["device"] == "cpu" and info["dtype"] in ("float32", "bfloat16")  # auto, resolved for this CPU
 
 

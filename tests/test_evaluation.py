@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from agrame_vdb import connect
+from agrame_vdb.encoder import encode_queries
 from agrame_vdb.errors import InvalidInputError
 from agrame_vdb.evaluation import (
     CONFIGURATIONS,
@@ -296,6 +297,41 @@ def test_evaluate_runs_every_configuration_through_the_planner_like_a_brute_forc
     assert by_name["passage-span-q'+alpha"].alpha == 0.5 and by_name["passage-span-q"].alpha is None
     table = results_table(results)
     assert table.count("\n") == 1 + len(CONFIGURATIONS) and "passage-span-q'+alpha (α=0.5)" in table
+
+
+def test_the_models_unit_coverage_ranks_its_configurations_and_never_the_plain_base(encoder, monkeypatch):
+    """A model with a coverage weight for the unit kind: its span configurations add
+    beta * W * C(u,q') (a brute force says which units win), the plain-base baseline does
+    not, even when the plain encoder given is that very model."""
+    import dataclasses
+
+    ds = _tiny_dataset()
+    configs = ["plain-base", "passage-span-q'", "passage-span-q'+alpha"]
+    [plain_before, *_] = evaluate(ds, encoder, connect("memory://"), configurations=["plain-base"], alpha=0.5, candidates=0,
+                                  plain_encoder=encoder, recall_at=())
+    monkeypatch.setattr(encoder, "config", dataclasses.replace(encoder.config, unit_coverage={"sentence": 2.0}))
+    results = evaluate(ds, encoder, connect("memory://"), configurations=configs, alpha=0.5, candidates=0,
+                       plain_encoder=encoder, recall_at=())
+    by_name = {r.configuration: r for r in results}
+    assert dict(by_name["plain-base"].unit) == dict(plain_before.unit)
+    assert dict(by_name["passage-span-q'+alpha"].unit) != dict(plain_before.unit)  # the term reorders units here
+    encoded = encoder.encode_passages(list(ds.passages), [list(u) for u in ds.units], sentences=False)
+    q, sq = encode_queries(encoder, [x.text for x in ds.queries], both=True)
+    for config, a in (("passage-span-q'", 0.0), ("passage-span-q'+alpha", 0.5)):
+        runs = []
+        for i, query in enumerate(ds.queries):
+            real = np.any(sq[i] != 0, axis=1)
+            scored = []
+            for e in encoded:
+                d = e.token_vectors.astype(np.float64).T
+                sim, s_p = sq[i].astype(np.float64) @ d, (q[i].astype(np.float64) @ d).max(axis=1).sum()
+                for u in e.units:
+                    pos = u.token_positions
+                    total = sim[:, pos].max(axis=1).sum() + a * s_p + 2.0 * real.sum() * sim[real][:, pos].max(axis=0).mean()
+                    scored.append((total, (e.passage.id, u.index)))
+            runs.append(([k for _, k in sorted(scored, key=lambda x: -x[0])][:10], query.unit_qrels))
+        assert by_name[config].unit == pytest.approx(mean_metrics(runs), abs=1e-9), config
+    assert "no coverage term" in CONFIGURATIONS["plain-base"] and "unit_coverage" in CONFIGURATIONS["passage-span-q'+alpha"]
 
 
 def test_eval_command_prints_one_json_object_per_configuration(tmp_path):

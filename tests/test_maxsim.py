@@ -299,9 +299,121 @@ def test_cuda_matches_cpu():
                                                                    gpu.passage_argmax, gpu.unit_argmax))),
         q, sq, docs, units, tol=1e-4,
     )
+    cover = granular_maxsim(torch.from_numpy(q).cuda(), packed.to("cuda"), sq, coverage=True, max_chunk_tokens=64)
+    assert cover.unit_coverage.is_cuda and torch.equal(cover.unit.cpu(), gpu.unit.cpu())
+    np.testing.assert_allclose(cover.unit_coverage.cpu().numpy(), coverage_reference(sq, docs, units), rtol=0, atol=1e-4)
     bf16 = granular_maxsim(q, pack(docs, units, device="cuda", dtype=torch.bfloat16), sq)
     assert_matches(MaxSimScores(bf16.passage.cpu(), bf16.unit.cpu(), bf16.unit_passage.cpu()), q, sq, docs, units,
                    tol=0.5)
+
+
+# ----------------------------------------------------------------------------- coverage
+
+
+def coverage_reference(subquery: np.ndarray, docs: list[np.ndarray], units: list[list[Ranges]], subweights=None):
+    """[B, U] in float64: each unit's mean over its distinct token positions of the max over
+    the sub-query rows with weight > 0 of row . token (0 for a sub-query without such a row)."""
+    batch, lsq = subquery.shape[:2]
+    subweights = np.ones((batch, lsq)) if subweights is None else np.asarray(subweights, dtype=np.float64)
+    out = []
+    for b in range(batch):
+        rows = [i for i in range(lsq) if subweights[b, i] > 0]
+        values = []
+        for p, units_p in enumerate(units):
+            d = docs[p].astype(np.float64)
+            for ranges in units_p:
+                positions = sorted({t for s, e in ranges for t in range(s, e)})
+                if not rows:
+                    values.append(0.0)
+                    continue
+                best = [max(float(subquery[b, i].astype(np.float64) @ d[t]) for i in rows) for t in positions]
+                values.append(sum(best) / len(best))
+        out.append(values)
+    return np.array(out).reshape(batch, -1)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_coverage_equals_a_brute_force_for_every_chunk_size(seed):
+    rng = np.random.default_rng(100 + seed)
+    docs, units = random_case(rng, n_passages=40, dim=16, max_len=50)
+    q = rng.standard_normal((3, 7, 16)).astype(np.float32)
+    sq = rng.standard_normal((3, 5, 16)).astype(np.float32)
+    weights = rng.uniform(0.0, 2.0, size=(3, 5)).astype(np.float32)
+    weights[0, [1, 3]] = 0.0  # padding rows: they never take part in a token's max
+    weights[2] = [1, 0, 0, 0, 0]
+    packed = pack(docs, units)
+    assert packed.tokens.shape[0] > 400
+    want = coverage_reference(sq, docs, units, weights)
+    plain = granular_maxsim(q, packed, sq, subquery_mask=weights, return_argmax=True)
+    assert plain.unit_coverage is None
+    first = None
+    for chunk in (None, 1, 64, 100, 320, 10**6):
+        got = granular_maxsim(q, packed, sq, subquery_mask=weights, coverage=True, return_argmax=True, max_chunk_tokens=chunk)
+        assert got.unit_coverage is not None and got.unit_coverage.dtype == torch.float32
+        assert got.unit_coverage.shape == (3, packed.n_units)
+        np.testing.assert_allclose(got.unit_coverage.numpy(), want, rtol=0, atol=1e-5)
+        for a, b in zip((got.passage, got.unit, got.passage_argmax, got.unit_argmax),
+                        (plain.passage, plain.unit, plain.passage_argmax, plain.unit_argmax)):
+            assert torch.equal(a, b)  # the rest is what it was without coverage
+        if first is None:
+            first = got.unit_coverage
+        assert torch.equal(got.unit_coverage, first)  # bit-identical whatever the chunks
+    without_argmax = granular_maxsim(q, packed, sq, subquery_mask=weights, coverage=True, max_chunk_tokens=64)
+    assert torch.equal(without_argmax.unit_coverage, first) and torch.equal(without_argmax.unit, plain.unit)
+
+
+def test_coverage_with_a_shared_query_a_bool_mask_and_a_query_without_rows():
+    rng = np.random.default_rng(110)
+    docs, units = random_case(rng, n_passages=8, dim=8)
+    q = rng.standard_normal((3, 6, 8)).astype(np.float32)
+    mask = np.array([[1, 1, 1, 0, 0, 0], [0, 0, 0, 0, 0, 0], [1, 0, 1, 0, 1, 1]], dtype=bool)
+    got = granular_maxsim(q, pack(docs, units), query_mask=mask, coverage=True)
+    np.testing.assert_allclose(got.unit_coverage.numpy(), coverage_reference(q, docs, units, mask), rtol=0, atol=1e-5)
+    assert not got.unit_coverage[1].any()  # no row of weight > 0: 0
+    unbatched = granular_maxsim(q[0], pack(docs, units), coverage=True)
+    np.testing.assert_allclose(unbatched.unit_coverage.numpy(), coverage_reference(q[:1], docs, units), rtol=0, atol=1e-5)
+
+
+def test_coverage_counts_each_token_of_a_unit_once():
+    """Units with several pieces, ranges that overlap or repeat (pack_token_ranges keeps them
+    as given): every token of the unit enters its mean once."""
+    from agrame_vdb.maxsim import pack_token_ranges
+
+    rng = np.random.default_rng(111)
+    docs = [rng.standard_normal((n, 8)).astype(np.float32) for n in (9, 5, 12)]
+    ranges_of = [[[(0, 4), (2, 6)], [(1, 2), (1, 2), (7, 9)]], [[(0, 5)], [(3, 4), (0, 2), (1, 3)]], [[(4, 11), (0, 1)]]]
+    flat = [(p, u, r) for p, us in enumerate(ranges_of) for u, rs in enumerate(us) for r in rs]
+    unit_keys = sorted({(p, u) for p, u, _ in flat})
+    offsets = np.concatenate([[0], np.cumsum([d.shape[0] for d in docs])])
+    packed = pack_token_ranges(
+        np.concatenate(docs), offsets, [p for p, _ in unit_keys], [unit_keys.index((p, u)) for p, u, _ in flat],
+        [r for _, _, r in flat],
+    )
+    sq = rng.standard_normal((2, 4, 8)).astype(np.float32)
+    for chunk in (None, 1):
+        got = granular_maxsim(sq, packed, coverage=True, max_chunk_tokens=chunk)
+        np.testing.assert_allclose(got.unit_coverage.numpy(), coverage_reference(sq, docs, ranges_of), rtol=0, atol=1e-5)
+        merged = granular_maxsim(sq, pack(docs, ranges_of), coverage=True, max_chunk_tokens=chunk)
+        assert torch.equal(got.unit_coverage, merged.unit_coverage) and torch.equal(got.unit, merged.unit)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_coverage_in_half_precision(dtype):
+    rng = np.random.default_rng(112)
+    docs, units = random_case(rng, n_passages=10, dim=32)
+    docs = [d / np.linalg.norm(d, axis=1, keepdims=True) for d in docs]
+    q = rng.standard_normal((2, 8, 32)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=-1, keepdims=True)
+    got = granular_maxsim(torch.from_numpy(q).to(dtype), pack(docs, units, dtype=dtype), coverage=True)
+    assert got.unit_coverage.dtype == torch.float32
+    np.testing.assert_allclose(got.unit_coverage.numpy(), coverage_reference(q, docs, units), rtol=0, atol=0.01)
+
+
+def test_coverage_without_units():
+    rng = np.random.default_rng(113)
+    docs, _ = random_case(rng, n_passages=3, dim=8)
+    got = granular_maxsim(rng.standard_normal((2, 3, 8)).astype(np.float32), pack(docs), coverage=True)
+    assert got.unit_coverage is not None and got.unit_coverage.shape == (2, 0)
 
 
 @settings(max_examples=60, deadline=None)
@@ -326,10 +438,11 @@ def test_property_any_units(lengths, seed, lq, chunk, data):
         for n in lengths
     ]
     q = rng.integers(-2, 3, size=(2, lq, 3)).astype(np.float32)
-    result = granular_maxsim(q, pack(docs, units), return_argmax=True, max_chunk_tokens=chunk)
+    result = granular_maxsim(q, pack(docs, units), return_argmax=True, coverage=True, max_chunk_tokens=chunk)
     passage, unit, *_ = reference(q, q, docs, units)
     np.testing.assert_array_equal(result.passage.numpy(), passage)  # small ints: exact
     np.testing.assert_array_equal(result.unit.numpy(), unit)
+    np.testing.assert_allclose(result.unit_coverage.numpy(), coverage_reference(q, docs, units), rtol=1e-6, atol=1e-6)
 
 
 def test_convenience_functions():

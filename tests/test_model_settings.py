@@ -118,6 +118,7 @@ def test_plain_base_configuration_is_the_plain_model_ranked_with_alpha(encoder, 
     assert dict(via_config.unit) == dict(direct.unit) and dict(via_config.passage) == dict(direct.passage)
     plain = plain_base_encoder(encoder)
     assert plain.projection is None and plain.config.query_augmentation is False and plain.marker_ids == {}
+    assert plain.config.unit_coverage == {}
 
 
 def test_settings_round_trip_through_a_saved_checkpoint(tmp_path):
@@ -131,6 +132,40 @@ def test_settings_round_trip_through_a_saved_checkpoint(tmp_path):
     assert not (tmp_path / "m" / "markers.safetensors").exists()
     ids = query_tokens(tokenizer, cfg, ["a question"])["input_ids"]
     assert ids.shape == (1, 24) and not (ids == tokenizer.mask_token_id).any()
+
+
+def test_unit_coverage_round_trips_through_a_saved_checkpoint_and_old_configs_have_none(tmp_path):
+    import json
+
+    from agrame_vdb.checkpoints import save_checkpoint
+    from agrame_vdb.errors import InvalidInputError, ModelLoadError
+    from agrame_vdb.model_settings import read_settings
+
+    checkpoint = load_checkpoint("plain-base")
+    assert checkpoint.config.unit_coverage == {}  # its config file names none
+    assert "unit_coverage" not in json.loads((PACKAGED_MODELS["plain-base"] / "agrame_config.json").read_text())
+    checkpoint.config = dataclasses.replace(checkpoint.config, unit_coverage={"proposition": 0.25, "sentence": 0})
+    directory = save_checkpoint(checkpoint, tmp_path / "m", include_transformer=False)
+    written = json.loads((directory / "agrame_config.json").read_text())
+    assert written["unit_coverage"] == {"proposition": 0.25, "sentence": 0.0}
+    assert read_settings(directory).config.unit_coverage == {"proposition": 0.25, "sentence": 0.0}
+    assert MultiVectorEncoder.load(directory, device="cpu").config.unit_coverage == {"proposition": 0.25, "sentence": 0.0}
+    assert EncoderConfig.from_dict({"dim": 128}).unit_coverage == {}
+    hash(EncoderConfig(unit_coverage={"proposition": 0.25}))  # still a frozen, hashable record
+    for bad in ({"proposition": -1}, {"proposition": "high"}, {"Sentence": 1.0}, [["proposition", 0.25]], None):
+        (directory / "agrame_config.json").write_text(json.dumps({**written, "unit_coverage": bad}))
+        with pytest.raises(ModelLoadError, match="agrame_config.json.*unit_coverage"):
+            read_settings(directory)
+        with pytest.raises(InvalidInputError, match="unit_coverage"):
+            EncoderConfig(unit_coverage=bad)  # type: ignore[arg-type]
+
+
+def test_only_the_trained_plain_qprime_model_ranks_propositions_with_coverage():
+    from agrame_vdb.model_settings import read_settings
+
+    assert read_settings("minilm-plain-qprime").config.unit_coverage == {"proposition": 0.25}
+    assert read_settings("plain-base").config.unit_coverage == {}  # the baseline: span MaxSim and alpha
+    assert read_settings("minilm-frozen-128").config.unit_coverage == {}
 
 
 def test_marker_settings_default_as_before_for_old_configs():
@@ -180,7 +215,7 @@ def test_propsegment_training_never_takes_the_hypothesis_document_as_a_negative(
         assert not {text_of[pid] for pid in q.excluded} & {p.text for p in e.passages}
 
 
-@pytest.mark.parametrize("module", ["agrame_vdb.layout", "agrame_vdb.encoder"])
+@pytest.mark.parametrize("module", ["agrame_vdb.layout", "agrame_vdb.encoder", "agrame_vdb.model_settings"])
 def test_doctests(module):
     import doctest
     import importlib

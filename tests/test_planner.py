@@ -191,6 +191,96 @@ def test_results_equal_an_exhaustive_search_when_candidates_cover_the_corpus(pla
                 assert r.score == pytest.approx(r.unit_score + alpha * r.passage_score, abs=1e-4)
 
 
+def brute_force_coverage(q, sq, corpus, granularity, alpha, beta, k=10):
+    """Units scored in float64 by ``S(q',u) + alpha * S(q,p) + beta * W * C(u,q')``: ``C`` the
+    mean over the unit's tokens of the max over the [Q'] rows that are not all zero, ``W``
+    their count; rows (score, coverage term, passage id, unit index), best first."""
+    real = np.any(sq != 0, axis=1)
+    w = int(real.sum())
+    rows = []
+    for p in corpus:
+        d = p.tokens.astype(np.float64)
+        s_p = float((q.astype(np.float64) @ d.T).max(axis=1).sum())
+        sim = sq.astype(np.float64) @ d.T
+        for u in p.units:
+            if u.kind == granularity:
+                pos = u.token_positions
+                term = beta * w * float(sim[real][:, pos].max(axis=0).mean())
+                rows.append((float(sim[:, pos].max(axis=1).sum()) + alpha * s_p + term, term, p.id, u.index))
+    rows.sort(key=lambda r: (-r[0], r[2], r[3]))
+    return rows[:k]
+
+
+@pytest.mark.parametrize("granularity", ["sentence", "proposition"])
+@pytest.mark.parametrize("alpha", [1.0, 0.0])
+def test_coverage_ranks_units_as_a_brute_force(memory_repo, encoder, corpus, queries, granularity, alpha):
+    q, sq = queries
+    betas = {"sentence": 0.5, "proposition": 0.25}
+    planner = Planner(memory_repo, COLLECTION, encoder, device="cpu", unit_coverage=betas)
+    changed = False
+    for b in range(len(QUERIES)):
+        padded = sq[b].copy()
+        padded[20:] = 0.0  # a model without query augmentation zeroes its padding rows: W = 20
+        for sub in (sq[b], padded):
+            got = planner.search_vectors(q[b], sub, granularity=granularity, k=8, candidates=len(corpus), alpha=alpha)
+            want = brute_force_coverage(q[b], sub, corpus, granularity, alpha, betas[granularity], k=8)
+            assert ranking(got) == [(pid, idx) for _, _, pid, idx in want]
+            np.testing.assert_allclose([r.score for r in got], [s for s, _, _, _ in want], rtol=1e-5, atol=1e-4)
+            np.testing.assert_allclose([r.coverage for r in got], [c for _, c, _, _ in want], rtol=1e-5, atol=1e-4)
+            for r in got:
+                assert r.score == pytest.approx(r.unit_score + alpha * r.passage_score + r.coverage, abs=1e-4)
+                assert r.to_json()["coverage"] == r.coverage
+            changed |= ranking(got) != [(pid, idx) for _, pid, idx in brute_force(q[b], sub, corpus, granularity, alpha, k=8)]
+    assert changed  # the term does reorder units here
+    # passages are ranked as they always were, and say nothing of coverage
+    got = planner.search_vectors(q[0], granularity="passage", k=5, candidates=len(corpus))
+    assert ranking(got) == [(pid, idx) for _, pid, idx in brute_force(q[0], sq[0], corpus, "passage", k=5)]
+    assert all(r.coverage is None and "coverage" not in r.to_json() for r in got)
+
+
+def test_the_encoders_unit_coverage_is_used_and_an_override_replaces_it(memory_repo, encoder, corpus, queries, monkeypatch):
+    import dataclasses
+
+    q, sq = queries
+    assert encoder.config.unit_coverage == {}
+    plain = Planner(memory_repo, COLLECTION, encoder, device="cpu")
+    assert plain.unit_coverage == {}
+    monkeypatch.setattr(encoder, "config", dataclasses.replace(encoder.config, unit_coverage={"proposition": 0.25}))
+    planner = Planner(memory_repo, COLLECTION, encoder, device="cpu")
+    assert planner.unit_coverage == {"proposition": 0.25}
+    off = Planner(memory_repo, COLLECTION, encoder, device="cpu", unit_coverage={})
+    for b in range(len(QUERIES)):
+        got = planner.search_vectors(q[b], sq[b], granularity="proposition", k=8, candidates=len(corpus))
+        want = brute_force_coverage(q[b], sq[b], corpus, "proposition", 1.0, 0.25, k=8)
+        assert ranking(got) == [(pid, idx) for _, _, pid, idx in want]
+        # another kind, and a planner told to use none, rank as they always did
+        for pl, kind in ((planner, "sentence"), (off, "proposition"), (plain, "proposition")):
+            got = pl.search_vectors(q[b], sq[b], granularity=kind, k=8, candidates=len(corpus))
+            assert ranking(got) == [(pid, idx) for _, pid, idx in brute_force(q[b], sq[b], corpus, kind, k=8)]
+            assert all(r.coverage is None and "coverage" not in r.to_json() for r in got)
+    # text search encodes the query and ranks with the encoder's setting too
+    got = planner.search(QUERIES[0], "proposition", k=8, candidates=len(corpus))
+    assert ranking(got) == [(pid, idx) for _, _, pid, idx in brute_force_coverage(q[0], sq[0], corpus, "proposition", 1.0, 0.25, k=8)]
+    # without an encoder, the override is the only source
+    bare = Planner(memory_repo, COLLECTION, device="cpu", unit_coverage={"proposition": 0.25})
+    got = bare.search_vectors(q[1], sq[1], granularity="proposition", k=8, candidates=len(corpus))
+    assert ranking(got) == [(pid, idx) for _, _, pid, idx in brute_force_coverage(q[1], sq[1], corpus, "proposition", 1.0, 0.25, k=8)]
+    assert Planner(memory_repo, COLLECTION, device="cpu").unit_coverage == {}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"proposition": -0.1}, {"proposition": float("nan")}, {"proposition": float("inf")}, {"proposition": "0.25"},
+        {"proposition": True}, {"proposition": None}, {"Proposition": 0.25}, {"passage": 0.25}, {"": 0.25},
+        {1: 0.25}, {"prop osition": 0.25}, [("proposition", 0.25)], 0.25, "proposition",
+    ],
+)
+def test_bad_unit_coverage_is_refused(memory_repo, encoder, bad):
+    with pytest.raises(InvalidInputError, match="unit_coverage"):
+        Planner(memory_repo, COLLECTION, encoder, device="cpu", unit_coverage=bad)
+
+
 def test_text_search_encodes_with_both_markers(planner, corpus, queries):
     q, sq = queries
     got = planner.search(QUERIES[0], "sentence", k=5, candidates=len(corpus))

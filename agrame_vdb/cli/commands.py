@@ -321,7 +321,7 @@ def info(model: ModelOption = None, device: DeviceOption = "auto", dtype: DtypeO
         "query_maxlen": cfg.query_maxlen, "doc_maxlen": cfg.doc_maxlen,
         "markers": {"query": cfg.query_marker, "document": cfg.doc_marker, "subpassage": cfg.subpassage_marker},
         "query_augmentation": cfg.query_augmentation, "projection": settings.has_projection,
-        "device": device, "dtype": shown_dtype,
+        "unit_coverage": cfg.unit_coverage, "device": device, "dtype": shown_dtype,
     }, indent=2))
 
 

@@ -25,13 +25,16 @@ __all__ = ["CONFIGURATIONS", "plain_base_encoder", "ConfigurationResult", "evalu
 #: The configurations :func:`evaluate` compares, with what each one does.
 CONFIGURATIONS: Mapping[str, str] = MappingProxyType({
     "plain-base": "the model's base transformer used plainly (its own token states: no markers, no query "
-                  "augmentation, no projection), passages encoded whole; units ranked by S(q,u) + alpha * S(q,p), "
-                  "passages by S(q,p): the baseline",
+                  "augmentation, no projection), passages encoded whole; units ranked by S(q,u) + alpha * S(q,p) "
+                  "(no coverage term), passages by S(q,p): the baseline",
     "sentence-encoding": "each unit encoded on its own as a passage; units ranked by S(q,u) with [Q], "
                          "passages by their best unit",
-    "passage-span-q": "passages encoded whole; units ranked by span MaxSim S(q,u) with the [Q] query",
-    "passage-span-q'": "passages encoded whole; units ranked by S(q',u) with the [Q'] query",
-    "passage-span-q'+alpha": "passages encoded whole; units ranked by S(q',u) + alpha * S(q,p)",
+    "passage-span-q": "passages encoded whole; units ranked by span MaxSim S(q,u) with the [Q] query "
+                      "(+ beta * W * C(u,q) where the model's unit_coverage sets beta for the unit kind)",
+    "passage-span-q'": "passages encoded whole; units ranked by S(q',u) with the [Q'] query "
+                       "(+ beta * W * C(u,q') where the model's unit_coverage sets beta for the unit kind)",
+    "passage-span-q'+alpha": "passages encoded whole; units ranked by S(q',u) + alpha * S(q,p) "
+                             "(+ beta * W * C(u,q') where the model's unit_coverage sets beta for the unit kind)",
 })
 #: The configurations that rank units inside whole-passage encodings of the model itself.
 _SPAN_CONFIGURATIONS = ("passage-span-q", "passage-span-q'", "passage-span-q'+alpha")
@@ -40,8 +43,10 @@ _SPAN_CONFIGURATIONS = ("passage-span-q", "passage-span-q'", "passage-span-q'+al
 def plain_base_encoder(encoder: Any) -> Any:
     """The plain form of ``encoder``'s base transformer: its own token states (no
     markers, no query augmentation, no projection), as it was trained, with the
-    encoder's lengths. A model that names no base (its transformer saved whole) is
-    taken to be built on the packaged base (the ``plain-base`` model's)."""
+    encoder's lengths, and no coverage term in unit ranking (``unit_coverage`` empty:
+    the baseline is span MaxSim and alpha only). A model that names no base (its
+    transformer saved whole) is taken to be built on the packaged base (the
+    ``plain-base`` model's)."""
     from ..checkpoints import PACKAGED_MODELS, EncoderConfig, load_checkpoint, resolve_base
     from ..encoder import MultiVectorEncoder
 
@@ -54,7 +59,7 @@ def plain_base_encoder(encoder: Any) -> Any:
     checkpoint.config = EncoderConfig(
         dim=int(checkpoint.transformer.config.hidden_size), query_maxlen=encoder.config.query_maxlen,
         doc_maxlen=encoder.config.doc_maxlen, query_marker=None, doc_marker=None, subpassage_marker=None,
-        query_augmentation=False, base=base,
+        query_augmentation=False, base=base, unit_coverage={},
     )
     return MultiVectorEncoder(checkpoint, device=encoder.device, dtype=encoder.dtype)
 
@@ -188,7 +193,7 @@ def evaluate(
     try:
         if "plain-base" in configurations:
             plain = plain_encoder if plain_encoder is not None else plain_base_encoder(encoder)
-            [found] = run.span(plain, names[2], ["passage-span-q'+alpha"], "plain base")
+            [found] = run.span(plain, names[2], ["passage-span-q'+alpha"], "plain base", unit_coverage={})
             results.append(dataclasses.replace(found, configuration="plain-base"))
         if "sentence-encoding" in configurations:
             results.append(run.unit_encoding(encoder, names[1]))
@@ -220,20 +225,27 @@ class _Run:
     recall_at: tuple[int, ...] = RECALL_AT
     storage: str = "float32"
 
-    def _planner(self, collection: str, encoder: Any, n_passages: int) -> tuple[Any, int]:
+    def _planner(
+        self, collection: str, encoder: Any, n_passages: int, unit_coverage: Mapping[str, float] | None = None
+    ) -> tuple[Any, int]:
         from ..planner import Planner, TokenCache
 
         n = min(self.candidates, n_passages) if self.candidates else n_passages
         stage = {} if self.first_stage is None else {"first_stage": self.first_stage}
-        planner = Planner(self.repository, collection, encoder, candidates=n, cache=TokenCache(2 << 30), device="cpu", **stage)
+        planner = Planner(self.repository, collection, encoder, candidates=n, cache=TokenCache(2 << 30), device="cpu",
+                          unit_coverage=unit_coverage, **stage)
         return planner, n
 
     def _tick(self, what: str, i: int) -> None:
         if self.on_query is not None:
             self.on_query(what, i + 1, len(self.dataset.queries))
 
-    def span(self, encoder: Any, collection: str, configs: Sequence[str], what: str) -> list[ConfigurationResult]:
-        """Passages encoded whole by ``encoder``; units ranked inside them in each of ``configs``."""
+    def span(
+        self, encoder: Any, collection: str, configs: Sequence[str], what: str,
+        unit_coverage: Mapping[str, float] | None = None,
+    ) -> list[ConfigurationResult]:
+        """Passages encoded whole by ``encoder``; units ranked inside them in each of ``configs``
+        (with ``unit_coverage``; None: the encoder's)."""
         from ..encoder import encode_queries
         from ..planner import PASSAGE
 
@@ -242,7 +254,7 @@ class _Run:
         n_passages = _index(_documents(data), self.repository, collection, encoder, self.batch_size, self.storage)
         q_all, sq_all = encode_queries(encoder, [q.text for q in data.queries], both=True)
         assert sq_all is not None
-        planner, n = self._planner(collection, encoder, n_passages)
+        planner, n = self._planner(collection, encoder, n_passages, unit_coverage)
         runs: dict[str, list[tuple[list[Hashable], Mapping[Hashable, int]]]] = {c: [] for c in configs}
         passage_runs = []
         for i, query in enumerate(data.queries):

@@ -150,6 +150,7 @@ class Pipeline:
                     passage_text=p.text,
                     metadata=p.metadata,
                     first_stage_score=row.stage_score,
+                    coverage=row.coverage,
                     matches=None if matches is None else matches[rank - 1],
                 )
             )

@@ -1,4 +1,4 @@
-"""The checked settings of one search: granularity, k, candidates, alpha, filter, first stage."""
+"""The checked settings of one search: granularity, k, candidates, alpha, coverage, filter, first stage."""
 
 from __future__ import annotations
 
@@ -96,6 +96,8 @@ class Plan:
     dense_limit: int | None = None
     lexical_limit: int | None = None
     rrf_k: int = 60
+    #: units: the weight ``beta`` of the coverage term ``beta * W * C(u, q')`` (0: none)
+    coverage: float = 0.0
 
     @property
     def units(self) -> bool:

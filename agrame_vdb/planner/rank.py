@@ -1,6 +1,9 @@
 """Scoring and ranking: the candidates' token vectors packed on the scoring device,
 granular MaxSim over them, and units ranked across passages by
-``S(q',u) + alpha * S(q,p)``."""
+``S(q',u) + alpha * S(q,p)``, plus ``beta * W * C(u,q')`` where the plan sets a
+coverage weight ``beta`` (``C``: the unit's coverage by the ``[Q']`` query, the mean
+over its tokens of their best query token; ``W``: the query's real tokens, the rows
+that are not all zero, so ``W * C`` is on the scale of ``S``)."""
 
 from __future__ import annotations
 
@@ -18,15 +21,16 @@ from .cache import Entry
 from .fetch import Loaded
 from .plan import Plan
 
-__all__ = ["RankedRow", "Scorer"]
+__all__ = ["RankedRow", "Scorer", "query_rows"]
 
 
 class RankedRow(NamedTuple):
     """One ranked passage (``unit`` None) or unit, before its passage is read whole.
 
     ``score`` is what the ranking sorts on (``passage_score`` for a passage,
-    ``unit_score + alpha * passage_score`` for a unit); ``stage_score`` and
-    ``stage`` are the first-stage candidate's score and kind.
+    ``unit_score + alpha * passage_score + coverage`` for a unit); ``stage_score``
+    and ``stage`` are the first-stage candidate's score and kind; ``coverage`` the
+    term ``beta * W * C(u,q')`` (None where the plan ranks without it).
     """
 
     passage_id: str
@@ -36,6 +40,13 @@ class RankedRow(NamedTuple):
     score: float
     stage_score: float | None
     stage: str
+    coverage: float | None = None
+
+
+def query_rows(query: np.ndarray) -> np.ndarray:
+    """A ``[Lq, dim]`` query's token weights: 1 for a real token, 0 for a row of zeros
+    (the padding a model without query augmentation zeroes), float32 ``[Lq]``."""
+    return np.any(query != 0, axis=-1).astype(np.float32)
 
 
 class Scorer:
@@ -67,8 +78,14 @@ class Scorer:
             tokens = torch.cat(parts)
         return pack_concatenated(tokens, offsets, units)
 
-    def maxsim(self, q: Any, packed: Any, sq: Any = None, *, return_argmax: bool = False) -> Any:
-        return granular_maxsim(q, packed, sq, return_argmax=return_argmax, max_chunk_tokens=self.max_chunk_tokens)
+    def maxsim(
+        self, q: Any, packed: Any, sq: Any = None, *, return_argmax: bool = False, subquery_mask: Any = None,
+        coverage: bool = False,
+    ) -> Any:
+        return granular_maxsim(
+            q, packed, sq, subquery_mask=subquery_mask, return_argmax=return_argmax, coverage=coverage,
+            max_chunk_tokens=self.max_chunk_tokens,
+        )
 
     def rank(self, plan: Plan, cands: list[Candidate], loaded: Loaded, q: np.ndarray, sq: np.ndarray | None) -> list[RankedRow]:
         """The candidates' passages (or their units of the plan's kind) scored, best first, ``plan.k`` at most.
@@ -113,7 +130,11 @@ class Scorer:
             if not ids:
                 return []
             packed = self.pack([loaded.entry(i) for i in ids], unit_lists if plan.units else None)
-        scores = self.maxsim(q, packed, sq if plan.units and sq is not None else None)
+        beta = plan.coverage if plan.units else 0.0
+        weights = query_rows(sq if sq is not None else q) if beta > 0 else None
+        scores = self.maxsim(
+            q, packed, sq if plan.units and sq is not None else None, subquery_mask=weights, coverage=beta > 0
+        )
         p_scores = scores.passage[0].float().cpu().numpy().astype(np.float64)
         rank_of = np.arange(len(ids))  # ids are sorted: position is the id order
         if not plan.units:
@@ -125,11 +146,16 @@ class Scorer:
         u_scores = scores.unit[0].float().cpu().numpy().astype(np.float64)
         u_passage = scores.unit_passage.cpu().numpy()
         total = u_scores + plan.alpha * p_scores[u_passage]
+        coverage = None
+        if weights is not None:
+            c_scores = scores.unit_coverage[0].float().cpu().numpy().astype(np.float64)
+            coverage = beta * float(weights.sum()) * c_scores
+            total = total + coverage
         order = np.lexsort((unit_index, u_passage, -total))[: plan.k]
         return [
             RankedRow(
                 ids[u_passage[j]], unit_of(j), float(u_scores[j]), float(p_scores[u_passage[j]]),
-                float(total[j]), *stage_of[ids[u_passage[j]]],
+                float(total[j]), *stage_of[ids[u_passage[j]]], None if coverage is None else float(coverage[j]),
             )
             for j in order.tolist()
         ]

@@ -75,7 +75,9 @@ class SearchResult:
 
     ``score`` is what the ranking sorts on: ``passage_score`` (``S(q,p)`` with
     ``[Q]``) at passage granularity, ``unit_score + alpha * passage_score`` for
-    units (``unit_score`` is ``S(q',u)`` with ``[Q']``). ``text`` is the unit's
+    units (``unit_score`` is ``S(q',u)`` with ``[Q']``), plus ``coverage`` where the
+    units are ranked with it: the term ``beta * W * C(u,q')`` (None, and left out of
+    the JSON, where they are not). ``text`` is the unit's
     text (its spans joined by a space) or the passage text; ``char_spans`` are the
     half-open ``[start, end)`` offsets of the unit (or ``[(0, len)]`` for a passage)
     into ``passage_text``. ``first_stage_score`` is the candidate's score from the
@@ -98,11 +100,14 @@ class SearchResult:
     passage_text: str
     metadata: JsonMapping
     first_stage_score: float | None = None
+    coverage: float | None = None
     matches: tuple[TokenMatch, ...] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """Every field; ``matches`` only when they were asked for."""
-        return to_json(self, exclude={"matches"} if self.matches is None else None)
+        """Every field; ``coverage`` only where units are ranked with it, ``matches``
+        only when they were asked for."""
+        left_out = {name for name in ("coverage", "matches") if getattr(self, name) is None}
+        return to_json(self, exclude=left_out or None)
 
 
 @dataclass(frozen=True, slots=True)

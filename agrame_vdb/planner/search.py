@@ -16,6 +16,7 @@ import torch
 from ..encoder import MultiVectorEncoder, encode_queries, resolve_device, resolve_dtype
 from ..errors import InvalidInputError, LexicalUnavailableError, UnsupportedOperationError
 from ..fusion import RRF_K, check_rrf_k
+from ..model_settings import check_unit_coverage
 from ..schema import no_lexical_hint
 from ..repository import Filter
 from .cache import TokenCache
@@ -38,10 +39,18 @@ class Planner:
     vectors to :meth:`search_vectors`. ``candidates`` is how many passages the
     first stage returns (and are scored), ``prefetch`` the pooled prefetch of the
     engine-MaxSim first stage (default ``max(4 * candidates, 400)``), ``alpha`` the
-    weight of the passage score in unit ranking. ``device`` is where scoring runs
-    (``"auto"``: CUDA when present), ``dtype`` the scoring dtype (float32; float16
-    or bfloat16 on a GPU). ``cache`` is an optional :class:`TokenCache`; ``executor``
-    runs the async methods' searches (default: asyncio's).
+    weight of the passage score in unit ranking. ``unit_coverage`` maps unit kinds to
+    the weight ``beta`` of a coverage term: units of such a kind are ranked by
+    ``S(q',u) + alpha * S(q,p) + beta * W * C(u,q')``, where ``C(u,q')`` is the mean
+    over the unit's tokens of their best similarity to a ``[Q']`` query token and
+    ``W`` the query's real tokens (its rows that are not all zero), so that a unit is
+    not preferred for merely holding more tokens (a sentence over its propositions).
+    None (the default) takes the encoder's ``config.unit_coverage`` (none without an
+    encoder); a mapping replaces it (``{}``: span MaxSim and alpha only). ``device``
+    is where scoring runs (``"auto"``: CUDA when present), ``dtype`` the scoring
+    dtype (float32; float16 or bfloat16 on a GPU). ``cache`` is an optional
+    :class:`TokenCache`; ``executor`` runs the async methods' searches (default:
+    asyncio's).
     """
 
     def __init__(
@@ -53,6 +62,7 @@ class Planner:
         candidates: int = 200,
         prefetch: int | None = None,
         alpha: float = 1.0,
+        unit_coverage: Mapping[str, float] | None = None,
         first_stage: str = "auto",
         dense_candidates: int | None = None,
         lexical_candidates: int | None = None,
@@ -77,6 +87,9 @@ class Planner:
         self.candidates = check_int(candidates, "candidates", 1)
         self.prefetch = None if prefetch is None else check_int(prefetch, "prefetch", 1)
         self.alpha = check_alpha(alpha)
+        if unit_coverage is None:
+            unit_coverage = getattr(getattr(encoder, "config", None), "unit_coverage", None) or {}
+        self.unit_coverage = check_unit_coverage(unit_coverage)
         self.first_stage = self._check_first_stage(first_stage)
         self._auto_stage = first_stage == "auto"
         self.dense_candidates = None if dense_candidates is None else check_int(dense_candidates, "dense_candidates", 1)
@@ -164,9 +177,10 @@ class Planner:
             pre = min(MAX_CANDIDATES, max(4 * n, 400)) if pre is None else pre
             if pre < n:
                 raise InvalidInputError(f"prefetch ({pre}) must be >= candidates ({n})")
+        kind = check_granularity(granularity)
         return Plan(
             collection=self.collection,
-            granularity=check_granularity(granularity),
+            granularity=kind,
             k=check_int(k, "k", 1),
             candidates=n,
             prefetch=pre if stage == "maxsim" else None,
@@ -177,6 +191,7 @@ class Planner:
             dense_limit=self.dense_candidates,
             lexical_limit=self.lexical_candidates,
             rrf_k=self.rrf_k,
+            coverage=self.unit_coverage.get(kind, 0.0) if kind != PASSAGE else 0.0,
         )
 
     # ------------------------------------------------------------------ public API
