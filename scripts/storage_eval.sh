@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Quality of compressed token storage (development data): the default model's figures with
+# the evaluation collections in float32, float16 and int8, WikiQA-dev and SciFact held-out.
+#   scripts/storage_eval.sh OUT [DATA]
+set -euo pipefail
+out=${1:?output folder}; data=${2:-${AGRAME_DATA:-../shared/data}}
+mkdir -p "$out"
+for storage in float32 float16 int8; do
+  for set in wikiqa scifact; do
+    if [ "$set" = scifact ]; then d=(--dataset scifact --path "$data/scifact" --split heldout)
+    else d=(--dataset wikiqa --path "$data/wikiqa/WikiQA-dev.tsv"); fi
+    [ -s "$out/$set-$storage.jsonl" ] && continue
+    agrame-vdb eval "${d[@]}" --model plain-base --configuration plain-base --storage "$storage" --recall-at none \
+      --device cpu --json > "$out/$set-$storage.tmp" && mv "$out/$set-$storage.tmp" "$out/$set-$storage.jsonl"
+  done
+done
