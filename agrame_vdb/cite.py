@@ -219,12 +219,10 @@ def cite(
             raise InvalidInputError(f"{name} must be a finite number, got {value!r}")
     if margin < 0:
         raise InvalidInputError(f"margin must be >= 0, got {margin!r}")
-    if coverage is None:
-        beta = encoder.config.unit_coverage.get(kind, 0.0) if kind != PASSAGE else 0.0
-    elif isinstance(coverage, bool) or not isinstance(coverage, (int, float)) or not math.isfinite(coverage) or coverage < 0:
+    if coverage is not None and (
+        isinstance(coverage, bool) or not isinstance(coverage, (int, float)) or not math.isfinite(coverage) or coverage < 0
+    ):
         raise InvalidInputError(f"coverage must be a finite number >= 0, got {coverage!r}")
-    else:
-        beta = float(coverage) if kind != PASSAGE else 0.0
     if not isinstance(marker, str) or "{n}" not in marker:
         raise InvalidInputError(f"marker must be a format string with {{n}}, got {marker!r}")
     if len(answer) > MAX_ANSWER_CHARS:
@@ -238,6 +236,10 @@ def cite(
             f"the answer has {len(sentences):,} sentences; cite takes at most {MAX_ANSWER_SENTENCES:,} "
             "(MAX_ANSWER_SENTENCES): cite it in parts"
         )
+    if kind == PASSAGE:
+        beta = 0.0
+    else:  # the model's own setting unless one is given (read once the answer is known to fit)
+        beta = encoder.config.unit_coverage.get(kind, 0.0) if coverage is None else float(coverage)
     prepared = _prepare(passages, encoder)
     texts = [s.text_in(answer) for s in sentences]
     unit_mode = kind != PASSAGE
