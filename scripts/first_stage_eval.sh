@@ -20,4 +20,4 @@ run() {  # name, then eval arguments
 run pooled --configuration plain-base --first-stage pooled --recall-at none
 run lexical --configuration plain-base --first-stage lexical --recall-at none
 run hybrid --configuration plain-base --configuration sentence-encoding --first-stage hybrid --recall-at 50,200,1000
-run exhaustive --configuration plain-base --configuration sentence-encoding --candidates 0 --recall-at none
+run exhaustive --configuration plain-base --candidates 0 --recall-at none

@@ -160,6 +160,21 @@ def test_lexical_first_stage_reaches_a_rare_term(encoded, plain_encoder):
     assert [r.doc_id for r in lexical.search("brca7", k=3, filter=Not(Eq("n", 2))).results] == []
 
 
+def test_the_hybrid_branch_sizes_reach_the_repository(encoded, plain_encoder):
+    repo = _repo(encoded, True)
+    seen = []
+    real = repo.hybrid_candidates
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs)
+        return real(*args, **kwargs)
+
+    repo.hybrid_candidates = spy
+    Planner(repo, "c", plain_encoder, candidates=3, dense_candidates=2, lexical_candidates=4, rrf_k=7,
+            device="cpu").search("brca7", k=1)
+    assert [(s["limit"], s["dense_limit"], s["lexical_limit"], s["rrf_k"]) for s in seen] == [(3, 2, 4, 7)]
+
+
 def test_search_vectors_takes_the_query_text_for_the_lexical_stages(encoded, plain_encoder):
     from agrame_vdb.encoder import encode_queries
 
@@ -257,3 +272,9 @@ def test_cli_index_search_and_migrate_convert_lexical(tmp_path):
     assert [h["doc_id"] for h in hits] == ["d2"]  # the only passage with the word
     hybrid = run(app, ["search", "brca7 locus", "-c", "live", "--store", store, "--json", "--device", "cpu"])
     assert hybrid.exit_code == 0 and json.loads(hybrid.output)[0]["doc_id"] == "d2"
+    narrow = run(app, ["search", "brca7", "-c", "live", "--store", store, "--json", "--device", "cpu", "-k", "1",
+                       "--candidates", "1", "--dense-candidates", "1", "--lexical-candidates", "1"])
+    assert narrow.exit_code == 0, narrow.output
+    assert len(json.loads(narrow.output)) == 1
+    bad = run(app, ["search", "x", "-c", "live", "--store", store, "--dense-candidates", "0", "--device", "cpu"])
+    assert bad.exit_code == 2 and "dense_candidates" in bad.output

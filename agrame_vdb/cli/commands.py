@@ -98,6 +98,8 @@ def search(
     filter: Annotated[Optional[str], typer.Option("--filter", help='Metadata filter as JSON, e.g. \'{"lang": "en", "year": {"$gte": 2000}}\'.')] = None,
     first_stage: Annotated[str, typer.Option("--first-stage", help="auto (hybrid where the collection has lexical vectors, else pooled), pooled, lexical (BM25), hybrid (pooled + lexical, reciprocal rank fusion) or maxsim (a pooled prefetch reranked by the engine).")] = "auto",
     prefetch: Annotated[Optional[int], typer.Option("--prefetch", help="Pooled prefetch of the maxsim first stage.")] = None,
+    dense_candidates: Annotated[Optional[int], typer.Option("--dense-candidates", help="Hybrid: pooled candidates fused (default: --candidates).")] = None,
+    lexical_candidates: Annotated[Optional[int], typer.Option("--lexical-candidates", help="Hybrid: lexical candidates fused (default: --candidates).")] = None,
     queries: Annotated[Optional[Path], typer.Option("--queries", help='JSON Lines of {"id": ..., "text": ...}: one output line per query.')] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON: an array of results (one line per query with --queries).")] = False,
     explain: Annotated[bool, typer.Option("--explain", help="Print the time of each step (encode, candidates, fetch, rerank).")] = False,
@@ -131,7 +133,7 @@ def search(
         encoder = MultiVectorEncoder.load(model, device=device, dtype=dtype)
         planner = Planner(
             repository, collection, encoder, candidates=candidates, alpha=alpha, first_stage=first_stage,
-            prefetch=prefetch, device=device,
+            prefetch=prefetch, dense_candidates=dense_candidates, lexical_candidates=lexical_candidates, device=device,
         )
         pages: list[dict[str, Any]] = []
         for start in range(0, len(batch), batch_size):
