@@ -42,24 +42,30 @@ def test_docker_compose_config_when_available():
     assert out.returncode == 0, out.stderr
 
 
+def check_service(name: str, svc: dict) -> str:
+    """A compose service's known keys, pinned image, healthcheck and port forms; its image."""
+    assert set(svc) <= SERVICE_KEYS, f"{name}: unknown keys {set(svc) - SERVICE_KEYS}"
+    image = svc["image"]
+    repo, _, tag = image.rpartition(":")
+    assert repo and tag and tag != "latest" and re.search(r"\d", tag), f"{name}: image {image} is not pinned"
+    hc = svc["healthcheck"]
+    assert isinstance(hc["test"], list) and hc["test"][0] in ("CMD", "CMD-SHELL") and len(hc["test"]) > 1
+    for key in ("interval", "timeout", "start_period"):
+        if key in hc:
+            assert DURATION.match(hc[key]), f"{name}: healthcheck {key}={hc[key]!r}"
+    assert isinstance(hc["retries"], int) and hc["retries"] > 0
+    for port in svc.get("ports", []):
+        assert re.fullmatch(r"\d+:\d+", port), f"{name}: port {port!r}"
+    return image
+
+
 def test_services_are_pinned_and_healthchecked(compose):
     assert "version" not in compose  # obsolete in the compose spec
     assert set(compose) <= {"name", "services", "volumes", "networks", "configs", "secrets"}
     services = compose["services"]
     assert {"qdrant", "milvus", "etcd", "minio"} <= set(services)
     for name, svc in services.items():
-        assert set(svc) <= SERVICE_KEYS, f"{name}: unknown keys {set(svc) - SERVICE_KEYS}"
-        image = svc["image"]
-        repo, _, tag = image.rpartition(":")
-        assert repo and tag and tag != "latest" and re.search(r"\d", tag), f"{name}: image {image} is not pinned"
-        hc = svc["healthcheck"]
-        assert isinstance(hc["test"], list) and hc["test"][0] in ("CMD", "CMD-SHELL") and len(hc["test"]) > 1
-        for key in ("interval", "timeout", "start_period"):
-            if key in hc:
-                assert DURATION.match(hc[key]), f"{name}: healthcheck {key}={hc[key]!r}"
-        assert isinstance(hc["retries"], int) and hc["retries"] > 0
-        for port in svc.get("ports", []):
-            assert re.fullmatch(r"\d+:\d+", port), f"{name}: port {port!r}"
+        check_service(name, svc)
     assert services["qdrant"]["image"].startswith("qdrant/qdrant:v1.16.")
     assert services["milvus"]["image"].startswith("milvusdb/milvus:v2.6.")
 

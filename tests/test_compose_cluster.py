@@ -11,14 +11,13 @@ Milvus's distributed components on one etcd and one object storage.
 
 from __future__ import annotations
 
-import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from .test_compose import DURATION, SERVICE_KEYS
+from .test_compose import check_service
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read docker-compose.cluster.yml")
 
@@ -52,19 +51,9 @@ def test_services_are_pinned_healthchecked_and_the_images_of_docker_compose_yml(
     standalone = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
     pins = {svc["image"].rpartition(":")[0]: svc["image"] for svc in standalone.values()}
     for name, svc in cluster["services"].items():
-        assert set(svc) <= SERVICE_KEYS, f"{name}: unknown keys {set(svc) - SERVICE_KEYS}"
-        image = svc["image"]
-        repo, _, tag = image.rpartition(":")
-        assert repo and tag and tag != "latest" and re.search(r"\d", tag), f"{name}: image {image} is not pinned"
+        image = check_service(name, svc)
+        repo = image.rpartition(":")[0]
         assert pins.get(repo) == image, f"{name}: {image}, but docker-compose.yml pins {pins.get(repo)}"
-        hc = svc["healthcheck"]
-        assert isinstance(hc["test"], list) and hc["test"][0] in ("CMD", "CMD-SHELL") and len(hc["test"]) > 1
-        for key in ("interval", "timeout", "start_period"):
-            if key in hc:
-                assert DURATION.match(hc[key]), f"{name}: healthcheck {key}={hc[key]!r}"
-        assert isinstance(hc["retries"], int) and hc["retries"] > 0
-        for port in svc.get("ports", []):
-            assert re.fullmatch(r"\d+:\d+", port), f"{name}: port {port!r}"
         assert isinstance(svc.get("command", []), (list, str))
     host_ports = [p.split(":")[0] for svc in cluster["services"].values() for p in svc.get("ports", [])]
     assert len(host_ports) == len(set(host_ports)), f"a host port is published twice: {host_ports}"
