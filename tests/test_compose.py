@@ -93,8 +93,9 @@ def test_image_pins_are_written_once(compose):
     assert seen >= 1  # backends/milvus/README.md names the Milvus image
 
 
-def test_volumes_and_configs_exist(compose):
-    declared = set(compose.get("volumes") or {})
+def check_volumes(compose: dict) -> tuple[set[str], set[str]]:
+    """Mounted files exist and named volumes are declared; (declared, used) named volumes."""
+    declared, used = set(compose.get("volumes") or {}), set()
     for name, svc in compose["services"].items():
         for volume in svc.get("volumes", []):
             source, target = volume.split(":")[:2]
@@ -103,6 +104,12 @@ def test_volumes_and_configs_exist(compose):
                 assert (ROOT / source).is_file(), f"{name} mounts {source}, which is not in the repository"
             else:
                 assert source in declared, f"{name} uses volume {source!r}, not declared at the top level"
+                used.add(source)
+    return declared, used
+
+
+def test_volumes_and_configs_exist(compose):
+    check_volumes(compose)
 
 
 def test_dependencies_wait_for_healthy_services(compose):

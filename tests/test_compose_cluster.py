@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from .test_compose import check_service
+from .test_compose import check_service, check_volumes
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read docker-compose.cluster.yml")
 
@@ -60,17 +60,7 @@ def test_services_are_pinned_healthchecked_and_the_images_of_docker_compose_yml(
 
 
 def test_volumes_and_configs_exist(cluster):
-    declared = set(cluster.get("volumes") or {})
-    used = set()
-    for name, svc in cluster["services"].items():
-        for volume in svc.get("volumes", []):
-            source, target = volume.split(":")[:2]
-            assert target.startswith("/"), f"{name}: {volume}"
-            if source.startswith("./"):
-                assert (ROOT / source).is_file(), f"{name} mounts {source}, which is not in the repository"
-            else:
-                assert source in declared, f"{name} uses volume {source!r}, not declared at the top level"
-                used.add(source)
+    declared, used = check_volumes(cluster)
     assert used == declared, f"declared but unused: {declared - used}"
 
 
