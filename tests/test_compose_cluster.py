@@ -11,13 +11,11 @@ Milvus's distributed components on one etcd and one object storage.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from .test_compose import check_service, check_volumes
+from .test_compose import check_compose_config, check_service, check_volumes
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read docker-compose.cluster.yml")
 
@@ -34,15 +32,7 @@ def cluster() -> dict:
 
 
 def test_docker_compose_config_when_available():
-    docker = shutil.which("docker")
-    if docker is None:
-        pytest.skip("no docker CLI on this machine")
-    probe = subprocess.run([docker, "compose", "version"], capture_output=True, text=True)
-    if probe.returncode != 0:
-        pytest.skip(f"the docker CLI has no compose plugin here ({(probe.stderr or probe.stdout).strip()[:120]})")
-    out = subprocess.run([docker, "compose", "-f", str(CLUSTER), "config", "--quiet"], capture_output=True, text=True,
-                         cwd=ROOT)
-    assert out.returncode == 0, out.stderr
+    check_compose_config(CLUSTER)
 
 
 def test_services_are_pinned_healthchecked_and_the_images_of_docker_compose_yml(cluster):
