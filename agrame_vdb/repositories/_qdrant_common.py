@@ -39,7 +39,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..filters import And, Eq, Filter, In, Not, Or, Range
-from ..records import StoredPassage
+from ..records import Candidate, StoredPassage
 from ..schema import CollectionSchema
 from ..validation import BUILTIN_FIELDS
 from ._codec import copy_dtype, decode_tokens, encode_tokens, units_from_json, units_to_json
@@ -178,3 +178,16 @@ def _condition(f: Filter, d: FilterDialect) -> Any:
     if isinstance(f, Range):
         return d.range(field_key(f.field), f.gt, f.gte, f.lt, f.lte)
     return translate_filter(f, d)
+
+
+def candidates(points: Any, stage: str, versions: bool) -> list[Candidate]:
+    """Candidates from a query's scored points, with each one's write version (the
+    payload's ``tokens_version``) where ``versions`` asked for it."""
+    return [Candidate(str(p.id), float(p.score), stage, (p.payload or {}).get(P_TV) if versions else None) for p in points]
+
+
+def rrf_constant(k: int) -> int:
+    """Qdrant's RRF constant for the library's ``k`` (:func:`agrame_vdb.fusion.rrf`): Qdrant
+    scores a hit at position ``i`` (from 0) ``1 / (k' + i)``, the library at rank ``i + 1``
+    ``1 / (k + i + 1)``, so ``k' = k + 1`` gives the same scores."""
+    return k + 1

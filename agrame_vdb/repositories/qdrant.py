@@ -388,7 +388,7 @@ class QdrantRepository(RepositoryBase):
                 search_params=self._search_params(schema),
             )
             stage = "maxsim"
-        return _hits(res.points, stage, versions)
+        return qc.candidates(res.points, stage, versions)
 
     def _lexical_candidates(
         self, schema: CollectionSchema, query: SparseVector, limit: int, filter: Filter | None, *, versions: bool = False
@@ -402,7 +402,7 @@ class QdrantRepository(RepositoryBase):
             limit=limit,
             with_payload=[qc.P_TV] if versions else False,
         )
-        return _hits(res.points, "lexical", versions)
+        return qc.candidates(res.points, "lexical", versions)
 
     def _hybrid_candidates(
         self,
@@ -426,11 +426,11 @@ class QdrantRepository(RepositoryBase):
                                 params=self._search_params(schema)),
                 models.Prefetch(query=_sparse(query), using=qc.LEXICAL, filter=f, limit=lexical_limit),
             ],
-            query=models.RrfQuery(rrf=models.Rrf(k=rrf_k + 1)),  # Qdrant's k counts positions from 0
+            query=models.RrfQuery(rrf=models.Rrf(k=qc.rrf_constant(rrf_k))),
             limit=limit,
             with_payload=[qc.P_TV] if versions else False,
         )
-        return _hits(res.points, "hybrid", versions)
+        return qc.candidates(res.points, "hybrid", versions)
 
     def _fetch(self, schema: CollectionSchema, ids: list[str]) -> dict[str, StoredPassage]:
         records = self._call(
@@ -551,13 +551,6 @@ def _placement_of(server: bool, **given: int | None) -> dict[str, int]:
             "replicas of a shard than there are"
         )
     return placement
-
-
-def _hits(points: Sequence[Any], stage: str, versions: bool) -> list[Candidate]:
-    """Candidates from scored points (their write version read from the payload)."""
-    return [
-        Candidate(str(p.id), float(p.score), stage, (p.payload or {}).get(qc.P_TV) if versions else None) for p in points
-    ]
 
 
 def _sparse(vector: SparseVector) -> models.SparseVector:

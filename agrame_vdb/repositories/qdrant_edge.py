@@ -130,8 +130,6 @@ __all__ = ["QdrantEdgeRepository", "from_url"]
 SCHEMA_FILE = "collection.json"
 SHARD_DIR = "shard"
 TOKEN_FILE = "tokens.sqlite"
-#: the named sparse vector of a lexical collection
-LEXICAL = "lexical"
 #: a lexical collection's optimizers: vacuum every segment with a deleted point, so
 #: that optimize() leaves no deleted point in the IDF statistics
 _LEXICAL_OPTIMIZERS = {"deleted_threshold": 0.0, "vacuum_min_vector_number": 0}
@@ -284,7 +282,7 @@ class QdrantEdgeRepository(RepositoryBase):
             return qe.EdgeConfig(vectors={qc.TOKENS: tokens, qc.POOLED: pooled})
         return qe.EdgeConfig(
             vectors={qc.TOKENS: tokens, qc.POOLED: pooled},
-            sparse_vectors={LEXICAL: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
+            sparse_vectors={qc.LEXICAL: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
             optimizers=qe.EdgeOptimizersConfig(**_LEXICAL_OPTIMIZERS),
         )
 
@@ -393,7 +391,7 @@ class QdrantEdgeRepository(RepositoryBase):
         vectors = qc.vectors_as_lists(p)
         lexical = self._lexical_vector(schema, p)
         if lexical is not None:
-            vectors[LEXICAL] = qe.SparseVector(list(lexical.indices), list(lexical.values))
+            vectors[qc.LEXICAL] = _sparse(lexical)
         return vectors
 
     def _delete(self, schema: CollectionSchema, ids: list[str]) -> None:
@@ -448,19 +446,11 @@ class QdrantEdgeRepository(RepositoryBase):
                 params=params,
             )
             stage = "maxsim"
-        return self._hits(shard, req, stage, versions)
-
-    @staticmethod
-    def _hits(shard: Any, req: Any, stage: str, versions: bool) -> list[Candidate]:
-        if not versions:
-            return [Candidate(str(h.id), float(h.score), stage) for h in shard.query(req)]
-        return [
-            Candidate(str(h.id), float(h.score), stage, (h.payload or {}).get(qc.P_TV)) for h in shard.query(req)
-        ]
+        return qc.candidates(shard.query(req), stage, versions)
 
     @staticmethod
     def _sparse_query(query: SparseVector) -> Any:
-        return qe.Query.Nearest(qe.SparseVector(list(query.indices), list(query.values)), using=LEXICAL)
+        return qe.Query.Nearest(_sparse(query), using=qc.LEXICAL)
 
     def _lexical_candidates(
         self, schema: CollectionSchema, query: SparseVector, limit: int, filter: Filter | None, *, versions: bool = False
@@ -471,7 +461,7 @@ class QdrantEdgeRepository(RepositoryBase):
             filter=qc.translate_filter(filter, _DIALECT),
             with_payload=[qc.P_TV] if versions else False,
         )
-        return self._hits(self._shard(schema), req, "lexical", versions)
+        return qc.candidates(self._shard(schema).query(req), "lexical", versions)
 
     def _hybrid_candidates(
         self,
@@ -486,7 +476,6 @@ class QdrantEdgeRepository(RepositoryBase):
         *,
         versions: bool = False,
     ) -> list[Candidate]:
-        # Edge's RRF counts positions from 0, the library's ranks from 1: k' = rrf_k + 1
         f = qc.translate_filter(filter, _DIALECT)
         req = qe.QueryRequest(
             limit=limit,
@@ -494,10 +483,10 @@ class QdrantEdgeRepository(RepositoryBase):
                 qe.Prefetch(limit=dense_limit, query=qe.Query.Nearest(pooled.tolist(), using=qc.POOLED), filter=f),
                 qe.Prefetch(limit=lexical_limit, query=self._sparse_query(query), filter=f),
             ],
-            query=qe.Fusion.Rrf(k=rrf_k + 1),
+            query=qe.Fusion.Rrf(k=qc.rrf_constant(rrf_k)),
             with_payload=[qc.P_TV] if versions else False,
         )
-        return self._hits(self._shard(schema), req, "hybrid", versions)
+        return qc.candidates(self._shard(schema).query(req), "hybrid", versions)
 
     def _fetch(self, schema: CollectionSchema, ids: list[str]) -> dict[str, StoredPassage]:
         shard = self._shard(schema)
@@ -690,3 +679,7 @@ class QdrantEdgeRepository(RepositoryBase):
                     errors.append(f"{name}: {exc}")
             if errors:
                 raise RepositoryError("closing Qdrant Edge shards failed: " + "; ".join(errors))
+
+
+def _sparse(vector: SparseVector) -> Any:
+    return qe.SparseVector(list(vector.indices), list(vector.values))
