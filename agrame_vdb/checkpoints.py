@@ -7,6 +7,7 @@ transformer, tokenizer and projection from them, and writes the agrame format.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from dataclasses import asdict, dataclass, replace
@@ -24,6 +25,7 @@ from .model_settings import (  # noqa: F401  (re-exported: the names this module
     FORMATS,
     MARKERS_FILE,
     PACKAGED_MODELS,
+    SUBPASSAGE_LAYERS_FILE,
     EncoderConfig,
     ModelFiles,
     check_activation,
@@ -52,6 +54,9 @@ __all__ = [
     "save_checkpoint",
     "resolve_base",
     "MARKERS_FILE",
+    "SUBPASSAGE_LAYERS_FILE",
+    "subpassage_copy",
+    "own_layers",
     "marker_rows",
     "apply_marker_rows",
 ]
@@ -85,7 +90,11 @@ class Projection(nn.Module):
 
 @dataclass
 class Checkpoint:
-    """A loaded model: transformer, tokenizer, projection and settings."""
+    """A loaded model: transformer, tokenizer, projection and settings.
+
+    ``subpassage_transformer``: the transformer ``[Q']`` queries run through when the
+    model has its own layers for them (:data:`SUBPASSAGE_LAYERS_FILE`); None: the
+    transformer itself."""
 
     transformer: Any
     tokenizer: Any
@@ -93,6 +102,7 @@ class Checkpoint:
     config: EncoderConfig
     format: str
     path: Path
+    subpassage_transformer: Any = None
 
 
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -164,7 +174,48 @@ def _load_agrame(files: ModelFiles, dtype: torch.dtype) -> Checkpoint:
     projection = _load_projection_file(files.projection, files.activation) if files.projection is not None else None
     if (files.path / MARKERS_FILE).is_file():
         apply_marker_rows(model, tokenizer, _read_marker_rows(files.path / MARKERS_FILE))
-    return _checkpoint(files, model, tokenizer, projection)
+    checkpoint = _checkpoint(files, model, tokenizer, projection)
+    layers = files.path / SUBPASSAGE_LAYERS_FILE
+    if layers.is_file():
+        checkpoint = replace(checkpoint, subpassage_transformer=subpassage_copy(model, _load_state_dict(layers), layers))
+    return checkpoint
+
+
+def subpassage_copy(transformer: Any, tensors: dict[str, torch.Tensor], where: Path | str = "the layers") -> Any:
+    """A copy of ``transformer`` with ``tensors`` (state-dict names) in place: the
+    transformer of ``[Q']`` queries. Every tensor must name one of its weights, in its shape."""
+    state = transformer.state_dict()
+    unknown = sorted(k for k in tensors if k not in state)
+    if unknown:
+        raise ModelLoadError(f"{where} names weights the transformer does not have: {unknown[:4]}")
+    wrong = sorted(k for k, v in tensors.items() if tuple(v.shape) != tuple(state[k].shape))
+    if wrong:
+        raise ModelLoadError(f"{where}: {wrong[0]} has shape {tuple(tensors[wrong[0]].shape)}, "
+                             f"the transformer's is {tuple(state[wrong[0]].shape)}")
+    sub = copy.deepcopy(transformer)
+    sub.load_state_dict({k: v.to(dtype=state[k].dtype, device=state[k].device) for k, v in tensors.items()}, strict=False)
+    _share_untouched(sub, transformer, "", tuple(tensors))
+    return sub.eval()
+
+
+def own_layers(transformer: Any, sub: Any) -> dict[str, torch.Tensor]:
+    """The tensors of ``[Q']``'s transformer ``sub`` that are its own (not shared with
+    ``transformer``), by state-dict name; empty without one."""
+    if sub is None:
+        return {}
+    shared = {v.data_ptr() for v in transformer.state_dict().values()}
+    return {k: v for k, v in sub.state_dict().items() if v.data_ptr() not in shared}
+
+
+def _share_untouched(sub: nn.Module, original: nn.Module, prefix: str, keys: tuple[str, ...]) -> None:
+    """Put ``original``'s own submodules back into its copy ``sub`` wherever ``keys`` change
+    nothing inside them (the embeddings and lower layers), so they are held once."""
+    for name, child in original.named_children():
+        inside = f"{prefix}{name}."
+        if not any(k.startswith(inside) for k in keys):
+            setattr(sub, name, child)
+        else:
+            _share_untouched(getattr(sub, name), child, inside, keys)
 
 
 def marker_token_id(tokenizer: Any, token: str) -> int:
@@ -333,6 +384,8 @@ def save_checkpoint(
     rows (``markers.safetensors``: the transformer's current input-embedding rows of
     the three markers, or ``markers`` when given) are written and ``config.base``
     must name the transformer (as the shipped default does), so the files stay small.
+    A ``subpassage_transformer`` is written as the tensors it does not share with the
+    transformer (:func:`own_layers`), in :data:`SUBPASSAGE_LAYERS_FILE`.
     """
     from safetensors.torch import save_file
 
@@ -359,5 +412,11 @@ def save_checkpoint(
             _write_marker_rows(directory / MARKERS_FILE, rows)
     elif (directory / MARKERS_FILE).is_file():  # the saved transformer carries its rows: no stale file
         (directory / MARKERS_FILE).unlink()
+    layers = directory / SUBPASSAGE_LAYERS_FILE
+    own = own_layers(checkpoint.transformer, checkpoint.subpassage_transformer)
+    if own:
+        save_file({k: v.detach().float().contiguous().cpu() for k, v in own.items()}, str(layers))
+    elif layers.is_file():  # never a stale file from another model
+        layers.unlink()
     (directory / "agrame_config.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     return directory

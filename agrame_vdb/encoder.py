@@ -39,7 +39,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .checkpoints import Checkpoint, EncoderConfig, Projection, load_checkpoint, resolve_dtype, save_checkpoint
+from .checkpoints import (
+    Checkpoint,
+    EncoderConfig,
+    Projection,
+    load_checkpoint,
+    own_layers,
+    resolve_dtype,
+    save_checkpoint,
+    subpassage_copy,
+)
 from .errors import InvalidInputError, ModelLoadError
 from .layout import (  # noqa: F401  (MAX_CHARS_PER_TOKEN, usable_prefix: re-exported)
     MAX_CHARS_PER_TOKEN,
@@ -129,7 +138,13 @@ class MultiVectorEncoder:
         self.projection: Projection | None = (
             self._placed(checkpoint.projection) if checkpoint.projection is not None else None
         )
-        self.checkpoint = replace(checkpoint, transformer=self.transformer, projection=self.projection)
+        own = own_layers(checkpoint.transformer, checkpoint.subpassage_transformer)
+        # the [Q'] transformer: the placed transformer with its own tensors in place (the rest shared)
+        self.subpassage_transformer = (
+            subpassage_copy(self.transformer, own) if checkpoint.subpassage_transformer is not None else None
+        )
+        self.checkpoint = replace(checkpoint, transformer=self.transformer, projection=self.projection,
+                                  subpassage_transformer=self.subpassage_transformer)
         max_positions = getattr(self.transformer.config, "max_position_embeddings", 512) or 512
         config = checkpoint.config
         if config.doc_maxlen > max_positions:
@@ -170,7 +185,8 @@ class MultiVectorEncoder:
     def save(self, path: str | Path, *, include_transformer: bool = True) -> Path:
         """Save in the agrame format (see :func:`agrame_vdb.checkpoints.save_checkpoint`)."""
         return save_checkpoint(
-            Checkpoint(self.transformer, self.tokenizer, self.projection, self.config, "agrame", Path(path)),
+            Checkpoint(self.transformer, self.tokenizer, self.projection, self.config, "agrame", Path(path),
+                       self.subpassage_transformer),
             path,
             include_transformer=include_transformer,
         )
@@ -199,19 +215,47 @@ class MultiVectorEncoder:
         return ids, mask
 
     # ---------------------------------------------------------------- encoding
-    def embed(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Normalised token vectors ``[B, L, dim]`` (float32), with gradients if enabled."""
-        hidden = self.transformer(
-            input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device)
-        ).last_hidden_state
+    def embed(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, kinds: str | Sequence[str] = "document"
+    ) -> torch.Tensor:
+        """Normalised token vectors ``[B, L, dim]`` (float32), with gradients if enabled.
+
+        ``kinds`` says what the rows are (``document``, ``query`` or ``subpassage``; one
+        for all rows or one per row): the projection applies to the rows the model's
+        ``projection_scope`` names (:meth:`EncoderConfig.projects`)."""
+        per_row = [kinds] * input_ids.shape[0] if isinstance(kinds, str) else list(kinds)
+        if len(per_row) != input_ids.shape[0]:
+            raise InvalidInputError(f"got {len(per_row)} kinds for {input_ids.shape[0]} rows")
+        hidden = self._states(input_ids.to(self.device), attention_mask.to(self.device), per_row)
         if self.projection is not None:
-            hidden = self.projection(hidden)
+            projected = torch.tensor([self.config.projects(k) for k in per_row], device=hidden.device)
+            if bool(projected.all()):
+                hidden = self.projection(hidden)
+            elif bool(projected.any()):
+                hidden = torch.where(projected[:, None, None], self.projection(hidden), hidden)
         return F.normalize(hidden.float(), p=2, dim=-1)
 
-    def embed_queries(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Query token vectors ``[B, query_maxlen, dim]``: :meth:`embed`, with the padding
-        rows of a model without query augmentation zeroed (they add 0 to every MaxSim)."""
-        vectors = self.embed(input_ids, attention_mask)
+    def _states(self, ids: torch.Tensor, mask: torch.Tensor, kinds: list[str]) -> torch.Tensor:
+        """Last hidden states; ``[Q']`` rows through the model's own ``[Q']`` transformer when it has one."""
+        sub = [k == "subpassage" for k in kinds]
+        if self.subpassage_transformer is None or not any(sub):
+            return self.transformer(input_ids=ids, attention_mask=mask).last_hidden_state
+        if all(sub):
+            return self.subpassage_transformer(input_ids=ids, attention_mask=mask).last_hidden_state
+        rows = torch.tensor(sub, device=ids.device)
+        first = self.transformer(input_ids=ids[~rows], attention_mask=mask[~rows]).last_hidden_state
+        hidden = first.new_empty((ids.shape[0], ids.shape[1], first.shape[-1]))
+        hidden[~rows] = first
+        hidden[rows] = self.subpassage_transformer(input_ids=ids[rows], attention_mask=mask[rows]).last_hidden_state
+        return hidden
+
+    def embed_queries(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, kinds: str | Sequence[str] = "query"
+    ) -> torch.Tensor:
+        """Query token vectors ``[B, query_maxlen, dim]``: :meth:`embed` (``kinds``: ``query``
+        for ``[Q]`` rows, ``subpassage`` for ``[Q']`` rows), with the padding rows of a
+        model without query augmentation zeroed (they add 0 to every MaxSim)."""
+        vectors = self.embed(input_ids, attention_mask, kinds)
         if not self.config.query_augmentation:
             vectors = vectors * attention_mask.to(vectors.device, vectors.dtype)[..., None]
         return vectors
@@ -224,13 +268,14 @@ class MultiVectorEncoder:
         ``subpassage=True`` uses the ``[Q']`` marker (for sentence and proposition
         ranking) instead of ``[Q]``.
         """
-        batch = self.tokenize_queries(texts, "subpassage" if subpassage else "query")
+        kind = "subpassage" if subpassage else "query"
+        batch = self.tokenize_queries(texts, kind)
         _check_batch_size(batch_size)
         parts = []
         with torch.inference_mode():
             for start in range(0, batch["input_ids"].shape[0], batch_size):
                 sl = slice(start, start + batch_size)
-                parts.append(self.embed_queries(batch["input_ids"][sl], batch["attention_mask"][sl]).cpu())
+                parts.append(self.embed_queries(batch["input_ids"][sl], batch["attention_mask"][sl], kind).cpu())
         return torch.cat(parts).numpy()
 
     def encode_passages(
@@ -319,11 +364,13 @@ def encode_queries(encoder: MultiVectorEncoder, texts: Sequence[str], *, both: b
         if both_passes:
             sub = encoder.tokenize_queries(texts, "subpassage")
     ids, mask = batch["input_ids"], batch["attention_mask"]
+    n = len(texts)
+    kinds = ["query"] * n
     if both_passes:
         ids, mask = torch.cat([ids, sub["input_ids"]]), torch.cat([mask, sub["attention_mask"]])
+        kinds += ["subpassage"] * n
     with torch.inference_mode():
-        out = encoder.embed_queries(ids, mask).cpu().numpy()
-    n = len(texts)
+        out = encoder.embed_queries(ids, mask, kinds).cpu().numpy()
     if not both:
         return out, None
     return out[:n], (out[n:] if both_passes else out)

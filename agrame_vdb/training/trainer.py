@@ -15,6 +15,7 @@ The same seed, config and data give the same model on the same machine.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -35,7 +36,7 @@ from ..errors import InvalidInputError
 from ..progress import counter_bar
 from .config import DataSource, TrainConfig, data_directory, load_config, resolve_path
 from .data import TrainExample, examples_from_dataset, read_training_file
-from .loss import LossParts, kl_to_target, multi_granular_loss, targets_from_labels, targets_from_scores
+from .loss import LossParts, graded_contrastive_loss, kl_to_target, multi_granular_loss, targets_from_labels, targets_from_scores
 from .model import PassageCache, TrainableModel
 from .resume import ResumeState
 from .scoring import padded_passage_scores, padded_unit_scores
@@ -64,6 +65,7 @@ def untrained_checkpoint(
     layout: str = "colbert",
     subpassage_marker: str | None = "[unused2]",
     projection_init: str = "random",
+    projection_scope: str = "all",
 ) -> Checkpoint:
     """The base transformer with a fresh projection (see :class:`TrainConfig`).
 
@@ -86,9 +88,12 @@ def untrained_checkpoint(
         weight = q.T.contiguous()
     if layout == "plain":
         config = EncoderConfig(dim=dim, base=base, query_marker=None, doc_marker=None,
-                               subpassage_marker=subpassage_marker, query_augmentation=False)
+                               subpassage_marker=subpassage_marker, query_augmentation=False,
+                               projection_scope=projection_scope)
     else:
-        config = EncoderConfig(dim=dim, base=base)
+        config = EncoderConfig(dim=dim, base=base, projection_scope=projection_scope)
+    if projection_scope != "all" and dim != hidden:
+        raise InvalidInputError(f"projection_scope {projection_scope!r} needs dim = the hidden size {hidden}, got {dim}")
     return Checkpoint(loaded.transformer, loaded.tokenizer, Projection(weight), config, "agrame", directory)
 
 
@@ -140,6 +145,10 @@ class Batch:
     unit_mask: torch.Tensor  # [N, U, L]
     unit_valid: torch.Tensor  # [N, U]
     unit_targets: torch.Tensor  # [N, U]
+    passage_grades: torch.Tensor | None = None  # [B, P] graded labels
+    passage_graded: torch.Tensor | None = None  # [B] the query's targets come from its labels
+    unit_grades: torch.Tensor | None = None  # [N, U] graded unit labels
+    unit_graded: torch.Tensor | None = None  # [N] the unit targets come from labels
 
 
 @dataclass(frozen=True)
@@ -177,7 +186,7 @@ class Trainer:
     # ------------------------------------------------------------------ batches
     def collate(self, examples: Sequence[TrainExample]) -> Batch:
         cfg = self.config
-        frozen = self.model.regime == "frozen"
+        frozen = self.model.regime != "full"  # passages from the cache
         B = len(examples)
         P = max(len(e.passages) for e in examples)
         docs = [[self.cache.get(p.text) for p in e.passages] for e in examples]
@@ -196,6 +205,7 @@ class Trainer:
         targets = torch.zeros(B, P)
         unit_pairs: list[tuple[int, int]] = []
         unit_rows: list[tuple[list[list[int] | None], torch.Tensor]] = []
+        unit_labelled: list[torch.Tensor | None] = []  # the graded labels of each row (None: teacher scores)
         for b, (example, row) in enumerate(zip(examples, docs, strict=True)):
             for p, (passage, doc) in enumerate(zip(example.passages, row, strict=True)):
                 n = len(doc.ids)
@@ -228,18 +238,24 @@ class Trainer:
                     unit_t = targets_from_labels(values[None], smoothing=cfg.label_smoothing)[0]
                 unit_pairs.append((b, p))
                 unit_rows.append(([positions[i] for i in keep], unit_t))
+                unit_labelled.append(None if passage.unit_scores is not None else values)
         U = max((len(pos) for pos, _ in unit_rows), default=1)
         N = len(unit_rows)
         unit_mask = torch.zeros(N, U, L, dtype=torch.bool)
         unit_valid = torch.zeros(N, U, dtype=torch.bool)
         unit_targets = torch.zeros(N, U)
+        unit_grades = torch.zeros(N, U)
         for n, (positions, unit_t) in enumerate(unit_rows):
             for u, pos in enumerate(positions):
                 unit_mask[n, u, pos] = True  # type: ignore[index]
                 unit_valid[n, u] = True
             unit_targets[n, : len(positions)] = unit_t
+            if unit_labelled[n] is not None:
+                unit_grades[n, : len(positions)] = unit_labelled[n]
         return Batch([e.query for e in examples], ids, hidden, doc_mask, passage_mask, targets, unit_pairs,
-                      unit_mask, unit_valid, unit_targets)
+                      unit_mask, unit_valid, unit_targets, labels,
+                      torch.tensor([not e.uses_teacher for e in examples], dtype=torch.bool),
+                      unit_grades, torch.tensor([g is not None for g in unit_labelled], dtype=torch.bool))
 
     # ------------------------------------------------------------------ loss
     def loss(self, batch: Batch) -> LossParts:
@@ -259,9 +275,12 @@ class Trainer:
             docs = model.project(hidden).reshape(B, P, L, -1)
         doc_mask = batch.doc_mask.to(device)
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train_dtype == "bfloat16")
-        with autocast:
+        # the [Q] states need no graph when nothing trained reaches them (a frozen
+        # transformer and no [Q] marker row): their gradient would be exactly zero
+        q_graph = model.regime == "full" or "query" in model.trained_markers
+        with autocast, (contextlib.nullcontext() if q_graph else torch.no_grad()):
             q_hidden, q_mask = model.query_states(batch.queries, "query")
-        q = model.project_queries(q_hidden, q_mask)
+        q = model.project_queries(q_hidden, q_mask, "query")
         passage_scores = padded_passage_scores(q, docs, doc_mask)
         distill = None
         if cfg.distill_weight > 0 and batch.doc_hidden is not None:
@@ -278,6 +297,9 @@ class Trainer:
             unit_targets = torch.zeros(B, P, U, device=device).index_put((bs, ps), batch.unit_targets.to(device))
             unit_mask = torch.zeros(B, P, U, dtype=torch.bool, device=device).index_put((bs, ps), batch.unit_valid.to(device))
             has = torch.zeros(B, P, dtype=torch.bool, device=device).index_put((bs, ps), torch.ones(len(bs), dtype=torch.bool, device=device))
+        graded = None
+        if cfg.graded_weight > 0:
+            graded = cfg.graded_weight * self._graded(batch, passage_scores, scores if batch.unit_pairs else None)
         parts = multi_granular_loss(
             passage_scores,
             batch.passage_targets.to(device),
@@ -289,9 +311,33 @@ class Trainer:
             temperature=cfg.temperature,
             sentence_weight=cfg.sentence_weight,
         )
-        if distill is None:
-            return parts
-        return LossParts(parts.total + distill, parts.passage + distill, parts.sentence)
+        if distill is not None:
+            parts = LossParts(parts.total + distill, parts.passage + distill, parts.sentence)
+        if graded is not None:
+            parts = LossParts(parts.total + graded[0] + graded[1], parts.passage + graded[0], parts.sentence + graded[1])
+        return parts
+
+    def _graded(self, batch: Batch, passage_scores: torch.Tensor, unit_scores: torch.Tensor | None) -> torch.Tensor:
+        """The graded contrastive loss (GR2) at passage and unit level, each summed over
+        the rows whose targets come from labels and divided by the batch size: ``[2]``."""
+        cfg = self.config
+        device = passage_scores.device
+        B = passage_scores.shape[0]
+        passage_term = unit_term = passage_scores.new_zeros(())
+        rows = batch.passage_graded.to(device)  # type: ignore[union-attr]
+        if bool(rows.any()):
+            passage_term = graded_contrastive_loss(
+                passage_scores[rows], batch.passage_grades.to(device)[rows],  # type: ignore[union-attr]
+                mask=batch.passage_mask.to(device)[rows], temperature=cfg.temperature, order_weight=cfg.graded_order_weight,
+            ).sum() / B
+        if unit_scores is not None:
+            rows = batch.unit_graded.to(device)  # type: ignore[union-attr]
+            if bool(rows.any()):
+                unit_term = graded_contrastive_loss(
+                    unit_scores[rows], batch.unit_grades.to(device)[rows],  # type: ignore[union-attr]
+                    mask=batch.unit_valid.to(device)[rows], temperature=cfg.temperature, order_weight=cfg.graded_order_weight,
+                ).sum() / B
+        return torch.stack([passage_term, unit_term])
 
     def _plain_distillation(
         self, batch: Batch, passage_scores: torch.Tensor, doc_mask: torch.Tensor, q_hidden: torch.Tensor, q_mask: torch.Tensor
@@ -312,10 +358,15 @@ class Trainer:
 
     def step(self, examples: Sequence[TrainExample]) -> LossParts:
         """One optimizer step on ``examples``; returns the loss before the step."""
-        self.model.train(self.model.regime == "full")
+        self.model.set_training(True)
         batch = self.collate(examples)
         parts = self.loss(batch)
         self.optimizer.zero_grad(set_to_none=True)
+        if not parts.total.requires_grad:
+            # nothing trained reaches this loss (projection_scope 'subpassage_query' and a
+            # batch without unit targets): no step, the schedule still moves on
+            self.scheduler.step()
+            return parts
         parts.total.backward()
         if self.config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], self.config.grad_clip)
@@ -325,7 +376,7 @@ class Trainer:
 
     def evaluate(self, examples: Sequence[TrainExample]) -> dict[str, float]:
         """Mean losses over ``examples`` without gradients."""
-        self.model.eval()
+        self.model.set_training(False)
         totals = {"loss": 0.0, "loss_psg": 0.0, "loss_sent": 0.0}
         n = 0
         with torch.no_grad():
@@ -359,16 +410,17 @@ def train(
 
     if config.init == "untrained":
         checkpoint = untrained_checkpoint(config.base, config.dim, config.seed, layout=config.layout,
-                                          subpassage_marker=config.subpassage_marker, projection_init=config.projection_init)
+                                          subpassage_marker=config.subpassage_marker, projection_init=config.projection_init,
+                                          projection_scope=config.projection_scope)
     else:
         checkpoint = load_checkpoint(resolve_path(config.init, root))
     encoder = MultiVectorEncoder(checkpoint, device=device, dtype="float32")
-    model = TrainableModel(encoder, config.regime)
+    model = TrainableModel(encoder, config.regime, config.query_layers)
     cache_dtype = torch.bfloat16 if config.cache_dtype == "bfloat16" else torch.float32
     cache = PassageCache(
         encoder,
         doc_maxlen=config.doc_maxlen,
-        with_hidden=config.regime == "frozen",
+        with_hidden=config.regime != "full",
         dtype=cache_dtype,
         directory=resolve_path(config.cache_dir, root) if config.cache_dir else None,
         model_key=(f"{config.init}|{config.base}|{config.layout}" if config.init == "untrained"
@@ -395,8 +447,8 @@ def train(
     cached_at = time.perf_counter()
     log.info("cached %d passages in %.1fs", len(texts), cached_at - started)
     if config.projection_init == "pca" and config.init == "untrained":
-        if not config.regime == "frozen":
-            raise InvalidInputError("projection_init 'pca' needs the frozen regime (it reads the cached passage states)")
+        if config.regime == "full":
+            raise InvalidInputError("projection_init 'pca' needs the frozen or query regime (it reads the cached passage states)")
         states = [cache.get(t).hidden for t in texts[:2048]]
         with torch.no_grad():
             model.projection.linear.weight.copy_(pca_projection([h for h in states if h is not None], config.dim))
