@@ -6,7 +6,8 @@ positions, with the ``[Q']`` query. Both come out of one matmul over the candida
 tokens and one segment max.
 
 The kernel scores candidates in the packed layout (:mod:`agrame_vdb.packing`:
-token vectors concatenated, each passage cut into *pieces* at every passage and
+token vectors concatenated, as a float matrix or as stored rows decoded one chunk
+at a time, each passage cut into *pieces* at every passage and
 unit-range boundary; :func:`pack`, :func:`pack_concatenated` and
 :func:`pack_token_ranges` are importable from here too). It computes
 ``sim = tokens @ [Q; Q']^T`` in chunks of tokens, takes the
@@ -45,7 +46,17 @@ import numpy as np
 import torch
 
 from .errors import InvalidInputError
-from .packing import ArrayLike, PackedPassages, UnitLike, float_tensor, pack, pack_concatenated, pack_token_ranges
+from .packing import (
+    ArrayLike,
+    PackedPassages,
+    UnitLike,
+    float_tensor,
+    pack,
+    pack_concatenated,
+    pack_token_ranges,
+    select_passages,
+)
+from .token_rows import EncodedTokens
 
 __all__ = [
     "PackedPassages",
@@ -53,6 +64,7 @@ __all__ = [
     "pack",
     "pack_concatenated",
     "pack_token_ranges",
+    "select_passages",
     "granular_maxsim",
     "passage_scores",
     "unit_scores",
@@ -133,14 +145,23 @@ def _first_at_max(
     return first.scatter_reduce_(0, index, candidates, "amin", include_self=True)
 
 
-def _chunk_sim(tokens: torch.Tensor, c0: int, c1: int, queries_t: torch.Tensor) -> torch.Tensor:
-    """``tokens[c0:c1] @ queries_t``, every matmul on a multiple of ``_ALIGN`` rows."""
-    body = c0 + (c1 - c0) // _ALIGN * _ALIGN
-    parts = [tokens[c0:body] @ queries_t] if body > c0 else []
-    if body < c1:
-        tail = tokens.new_zeros((_ALIGN, tokens.shape[1]))
-        tail[: c1 - body] = tokens[body:c1]
-        parts.append((tail @ queries_t)[: c1 - body])
+def _chunk_rows(tokens: torch.Tensor | EncodedTokens, c0: int, c1: int, dtype: torch.dtype) -> torch.Tensor:
+    """Token rows ``c0:c1`` as a ``[c1 - c0, dim]`` tensor: a view of a float matrix,
+    or encoded rows decoded (the only expansion of an encoded batch: one chunk)."""
+    if isinstance(tokens, EncodedTokens):
+        return tokens.chunk(c0, c1, dtype)
+    return tokens[c0:c1]
+
+
+def _chunk_sim(rows: torch.Tensor, queries_t: torch.Tensor) -> torch.Tensor:
+    """``rows @ queries_t``, every matmul on a multiple of ``_ALIGN`` rows."""
+    n = rows.shape[0]
+    body = n // _ALIGN * _ALIGN
+    parts = [rows[:body] @ queries_t] if body > 0 else []
+    if body < n:
+        tail = rows.new_zeros((_ALIGN, rows.shape[1]))
+        tail[: n - body] = rows[body:]
+        parts.append((tail @ queries_t)[: n - body])
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
@@ -167,15 +188,16 @@ def _piece_maxima(
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Max over each piece's tokens of ``tokens @ queries.T``: [n_pieces, R], and the
     first global token position reaching it (``with_argmax``), ``chunk`` tokens at a time;
-    with ``cover``, each token's max over each sub-query's rows too ([T, B] float32)."""
-    tokens, bounds = packed.tokens, packed.piece_bounds
-    width, queries_t = queries.shape[0], queries.T
-    piece_max = tokens.new_full((len(bounds) - 1, width), float("-inf"))
-    piece_arg = torch.full(piece_max.shape, _NO_POSITION, device=tokens.device) if with_argmax else None
-    token_best = None if cover is None else torch.empty((tokens.shape[0], cover.batch), device=tokens.device)
-    for c0 in range(0, tokens.shape[0], chunk):
-        c1 = min(tokens.shape[0], c0 + chunk)
-        sim = _chunk_sim(tokens, c0, c1, queries_t)  # [c1 - c0, R]
+    with ``cover``, each token's max over each sub-query's rows too ([T, B] float32).
+    Encoded candidates are decoded one chunk at a time."""
+    tokens, bounds, device = packed.tokens, packed.piece_bounds, packed.device
+    width, queries_t, n_tokens = queries.shape[0], queries.T, packed.n_tokens
+    piece_max = torch.full((len(bounds) - 1, width), float("-inf"), dtype=queries.dtype, device=device)
+    piece_arg = torch.full(piece_max.shape, _NO_POSITION, device=device) if with_argmax else None
+    token_best = None if cover is None else torch.empty((n_tokens, cover.batch), device=device)
+    for c0 in range(0, n_tokens, chunk):
+        c1 = min(n_tokens, c0 + chunk)
+        sim = _chunk_sim(_chunk_rows(tokens, c0, c1, queries.dtype), queries_t)  # [c1 - c0, R]
         if token_best is not None:
             token_best[c0:c1] = cover.token_best(sim)  # type: ignore[union-attr]
         p0 = int(np.searchsorted(bounds, c0, side="right")) - 1  # the pieces this chunk touches
@@ -185,7 +207,7 @@ def _piece_maxima(
             _segment_max_into(piece_max[p0:p1], local, sim)
             continue
         best = _segment_max(sim, local, p1 - p0)
-        positions = torch.arange(c0, c1, device=tokens.device).unsqueeze(1).expand(-1, width)
+        positions = torch.arange(c0, c1, device=device).unsqueeze(1).expand(-1, width)
         first = _first_at_max(sim, best, local, positions)
         better = best > piece_max[p0:p1]  # strictly: an earlier chunk keeps a tie
         piece_max[p0:p1] = torch.where(better, best, piece_max[p0:p1])
@@ -253,13 +275,20 @@ def granular_maxsim(
     the results are bit-identical for every chunk size; on CUDA, cuBLAS may pick
     another kernel for another shape, so they agree to rounding.
 
+    The candidates' tokens may be encoded rows (:class:`~agrame_vdb.token_rows.EncodedTokens`:
+    float16, int8 with a scale per token, sign bits): each chunk is decoded inside
+    the chunk loop, so no more than one chunk is ever expanded (peak memory: one
+    chunk in the scoring dtype, not every candidate), with the same values as
+    expanding them all first (float16, int8) or as their sign vectors ``+-1 /
+    sqrt(dim)`` (sign bits: the first pass of a binary collection's two).
+
     ``coverage=True`` adds ``unit_coverage`` [B, U]: each unit's mean over its tokens
     (every token of its pieces, once) of the max over the ``[Q']`` rows with weight > 0
     of ``token . row`` (0 for a sub-query without such a row).
     """
     target = torch.device(device) if device is not None else candidates.device
     packed = candidates.to(target)
-    dim, dtype = packed.dim, packed.tokens.dtype
+    dim, dtype = packed.dim, packed.dtype
     q = _query(query, "query", dim)
     batch, lq = q.shape[0], q.shape[1]
     q_weights = _weights(query_mask, "query_mask", batch, lq, target)

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from .errors import InvalidInputError
+from .token_rows import EncodedTokens
 from .units import Unit
 
 __all__ = [
@@ -44,6 +45,7 @@ __all__ = [
     "pack",
     "pack_concatenated",
     "pack_token_ranges",
+    "select_passages",
     "float_tensor",
 ]
 
@@ -62,7 +64,7 @@ class PackedPassages:
     host arrays (they steer the chunk loop).
     """
 
-    tokens: torch.Tensor  # [T, dim]
+    tokens: torch.Tensor | EncodedTokens  # [T, dim]: a float matrix, or rows as stored
     offsets: np.ndarray  # [P+1] int64: passage p is tokens[offsets[p]:offsets[p+1]]
     unit_offsets: np.ndarray  # [P+1] int64: units of passage p
     unit_passage: torch.Tensor  # [U] int64: passage of each unit
@@ -83,6 +85,17 @@ class PackedPassages:
     @property
     def dim(self) -> int:
         return int(self.tokens.shape[1])
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype scoring runs in: the matrix's, or what encoded rows decode to."""
+        if isinstance(self.tokens, EncodedTokens):
+            return self.tokens.dtype or torch.float32
+        return self.tokens.dtype
 
     @property
     def device(self) -> torch.device:
@@ -306,13 +319,18 @@ def pack_token_ranges(
 
 
 def _concatenated(
-    tokens: ArrayLike, offsets: ArrayLike, device: torch.device | str | None, dtype: torch.dtype | None
-) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """The checked ``[T, dim]`` matrix on ``device``, its int64 offsets and passage lengths."""
-    matrix = float_tensor(tokens, "tokens")
-    if matrix.dim() != 2 or matrix.shape[1] == 0:
-        raise InvalidInputError(f"tokens must be a [T, dim] matrix, got shape {tuple(matrix.shape)}")
-    matrix = matrix.to(device=device, dtype=dtype)
+    tokens: ArrayLike | EncodedTokens, offsets: ArrayLike, device: torch.device | str | None, dtype: torch.dtype | None
+) -> tuple[torch.Tensor | EncodedTokens, np.ndarray, np.ndarray]:
+    """The checked ``[T, dim]`` matrix (or encoded rows) on ``device``, its int64
+    offsets and passage lengths."""
+    matrix: torch.Tensor | EncodedTokens
+    if isinstance(tokens, EncodedTokens):
+        matrix = tokens.to(device, dtype)
+    else:
+        matrix = float_tensor(tokens, "tokens")
+        if matrix.dim() != 2 or matrix.shape[1] == 0:
+            raise InvalidInputError(f"tokens must be a [T, dim] matrix, got shape {tuple(matrix.shape)}")
+        matrix = matrix.to(device=device, dtype=dtype)
     try:
         bounds = np.asarray(offsets.cpu() if isinstance(offsets, torch.Tensor) else offsets)
     except (TypeError, ValueError) as exc:
@@ -336,7 +354,7 @@ def _concatenated(
 
 
 def _packed(
-    matrix: torch.Tensor,
+    matrix: torch.Tensor | EncodedTokens,
     bounds: np.ndarray,
     unit_offsets: np.ndarray,
     unit_passage: np.ndarray,
@@ -356,23 +374,25 @@ def _packed(
     pair_unit = np.repeat(range_unit, counts)
     within = np.arange(int(counts.sum()), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
     pair_piece = np.repeat(first, counts) + within
-
-    on = matrix.device
-
-    def index(values: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(values, dtype=np.int64)).to(on)
-
-    return PackedPassages(
-        tokens=matrix,
-        offsets=bounds,
-        unit_offsets=unit_offsets,
-        unit_passage=index(unit_passage),
-        piece_bounds=piece_bounds,
-        token_piece=index(token_piece),
-        piece_passage=index(piece_passage),
-        pair_unit=index(pair_unit),
-        pair_piece=index(pair_piece),
+    return _on_device(
+        matrix, bounds, unit_offsets, piece_bounds,
+        unit_passage=unit_passage, token_piece=token_piece, piece_passage=piece_passage,
+        pair_unit=pair_unit, pair_piece=pair_piece,
     )
+
+
+def _on_device(
+    tokens: torch.Tensor | EncodedTokens,
+    offsets: np.ndarray,
+    unit_offsets: np.ndarray,
+    piece_bounds: np.ndarray,
+    **index: np.ndarray,
+) -> PackedPassages:
+    """A packing whose index arrays (``unit_passage``, ``token_piece``,
+    ``piece_passage``, ``pair_unit``, ``pair_piece``) go to the tokens' device as int64."""
+    on = tokens.device
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(v, dtype=np.int64)).to(on) for k, v in index.items()}
+    return PackedPassages(tokens=tokens, offsets=offsets, unit_offsets=unit_offsets, piece_bounds=piece_bounds, **tensors)
 
 
 def pack(
@@ -402,3 +422,61 @@ def pack(
     tokens = torch.cat([m.to(device=mats[0].device, dtype=common) for m in mats])  # then one copy to `device`
     offsets = np.concatenate([[0], np.cumsum([m.shape[0] for m in mats])])
     return pack_concatenated(tokens, offsets, units, device=device)
+
+
+def select_passages(
+    packed: PackedPassages, keep: ArrayLike, tokens: torch.Tensor | EncodedTokens | None = None
+) -> tuple[PackedPassages, np.ndarray]:
+    """The packing of passages ``keep`` (indices into ``packed``, increasing) alone,
+    with all their units, as :func:`pack` of those passages would give; and the
+    index in ``packed`` of each unit kept. ``tokens`` are the kept passages' token
+    vectors, one after another (default: their rows of ``packed.tokens``), e.g. the
+    exact copy a binary first pass reranks with.
+
+    >>> p = pack([[[1.0]], [[2.0], [3.0]], [[4.0]]], [[[(0, 1)]], [[(0, 1)], [(1, 2)]], [[(0, 1)]]])
+    >>> q, units = select_passages(p, [1, 2])
+    >>> q.tokens.tolist(), q.offsets.tolist(), q.unit_offsets.tolist(), units.tolist()
+    ([[2.0], [3.0], [4.0]], [0, 2, 3], [0, 2, 3], [1, 2, 3])
+    """
+    kept = np.asarray(keep, dtype=np.int64).reshape(-1)
+    n = packed.n_passages
+    if len(kept) == 0 or kept[0] < 0 or kept[-1] >= n or (np.diff(kept) <= 0).any():
+        raise InvalidInputError(f"keep must be increasing passage indices within [0, {n}), got {kept.tolist()}")
+    lengths = np.diff(packed.offsets)[kept]
+    offsets = np.zeros(len(kept) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    if tokens is None:
+        if isinstance(packed.tokens, EncodedTokens):
+            tokens = packed.tokens.select(kept)
+        else:
+            index = np.concatenate([np.arange(packed.offsets[k], packed.offsets[k + 1]) for k in kept])
+            tokens = packed.tokens.index_select(0, torch.from_numpy(index).to(packed.device))
+    if int(tokens.shape[0]) != int(offsets[-1]):
+        raise InvalidInputError(f"tokens has {int(tokens.shape[0])} rows, the kept passages {int(offsets[-1])}")
+    # the kept passages' pieces, in order; a piece keeps its length
+    new_passage = np.full(n, -1, dtype=np.int64)
+    new_passage[kept] = np.arange(len(kept))
+    piece_passage = packed.piece_passage.cpu().numpy()
+    piece_keep = np.flatnonzero(new_passage[piece_passage] >= 0)
+    piece_len = np.diff(packed.piece_bounds)[piece_keep]
+    piece_bounds = np.zeros(len(piece_keep) + 1, dtype=np.int64)
+    np.cumsum(piece_len, out=piece_bounds[1:])
+    new_piece = np.full(len(piece_passage), -1, dtype=np.int64)
+    new_piece[piece_keep] = np.arange(len(piece_keep))
+    # their units, numbered passage after passage as before
+    unit_passage = packed.unit_passage.cpu().numpy()
+    unit_keep = np.flatnonzero(new_passage[unit_passage] >= 0)
+    new_unit = np.full(len(unit_passage), -1, dtype=np.int64)
+    new_unit[unit_keep] = np.arange(len(unit_keep))
+    unit_offsets = np.zeros(len(kept) + 1, dtype=np.int64)
+    np.cumsum(np.diff(packed.unit_offsets)[kept], out=unit_offsets[1:])
+    pair_unit, pair_piece = packed.pair_unit.cpu().numpy(), packed.pair_piece.cpu().numpy()
+    pair_keep = new_unit[pair_unit] >= 0
+    return _on_device(
+        tokens, offsets, unit_offsets, piece_bounds,
+        unit_passage=new_passage[unit_passage[unit_keep]],
+        token_piece=np.repeat(np.arange(len(piece_keep), dtype=np.int64), piece_len),
+        piece_passage=new_passage[piece_passage[piece_keep]],
+        pair_unit=new_unit[pair_unit[pair_keep]],
+        pair_piece=new_piece[pair_piece[pair_keep]],
+    ), unit_keep

@@ -17,6 +17,7 @@ import numpy as np
 
 from .errors import InvalidInputError, InvalidVectorError, RepositoryError
 from .schema import SCHEMA_VERSION
+from .token_rows import EncodedTokens
 from .units import Unit, passage_id
 from .validation import (
     MAX_EXACT_INT,
@@ -191,9 +192,13 @@ class TokenBatch:
 
     ``ids`` are the passages found, once each, in the order first asked, and
     ``missing`` the ids asked for that are not stored. Passage ``i``'s token
-    vectors are rows ``offsets[i]:offsets[i+1]`` of ``tokens``, one C-contiguous,
-    writable float32 ``[T, dim]`` array (``offsets`` is int64 ``[P+1]``), so the
-    batch goes to :func:`~agrame_vdb.maxsim.pack_concatenated` without a copy;
+    vectors are rows ``offsets[i]:offsets[i+1]`` (``offsets`` is int64 ``[P+1]``) of
+    ``vectors``: one C-contiguous, writable float32 ``[T, dim]`` array, or the rows
+    as stored (:class:`~agrame_vdb.token_rows.EncodedTokens`: float16, int8 with a
+    scale per token, sign bits with an int8 rerank copy), which the planner scores
+    a chunk at a time without expanding them (:attr:`encoded`). :attr:`tokens` is
+    always the float32 array (an encoded batch is expanded once, when first asked);
+    so the batch goes to :func:`~agrame_vdb.maxsim.pack_concatenated` without a copy.
     ``units[i]`` are its units (``units`` may be a
     :class:`~agrame_vdb.unit_table.UnitTable`, which the planner scores from without
     building ``Unit`` records). ``versions[i]`` is the passage's write version: it
@@ -204,28 +209,31 @@ class TokenBatch:
     >>> import numpy as np
     >>> a = StoredPassage.create("d", 0, np.eye(2, dtype=np.float32))
     >>> b = TokenBatch.from_passages([a], ("00000000-0000-4000-8000-000000000000",), dim=2)
-    >>> b.ids == (a.id,), b.offsets.tolist(), b.tokens_of(0).shape
-    (True, [0, 2], (2, 2))
+    >>> b.ids == (a.id,), b.offsets.tolist(), b.tokens_of(0).shape, b.encoded is None
+    (True, [0, 2], (2, 2), True)
     """
 
     ids: tuple[str, ...]
     missing: tuple[str, ...]
-    tokens: np.ndarray
+    vectors: np.ndarray | EncodedTokens
     offsets: np.ndarray
     units: Sequence[tuple[Unit, ...]]
     versions: tuple[int | str | None, ...]
+    _expanded: list[np.ndarray] = field(default_factory=list, init=False, repr=False)
 
     def __post_init__(self) -> None:
         n = len(self.ids)
+        shape = tuple(self.vectors.shape)
         if (
-            self.tokens.ndim != 2
+            len(shape) != 2
             or self.offsets.shape != (n + 1,)
-            or int(self.offsets[-1]) != self.tokens.shape[0]
+            or int(self.offsets[-1]) != shape[0]
             or len(self.units) != n
             or len(self.versions) != n
+            or (isinstance(self.vectors, EncodedTokens) and not np.array_equal(self.vectors.offsets, self.offsets))
         ):
             raise RepositoryError(
-                f"inconsistent token batch: {n} ids, tokens {self.tokens.shape}, offsets {self.offsets.shape}, "
+                f"inconsistent token batch: {n} ids, tokens {shape}, offsets {self.offsets.shape}, "
                 f"{len(self.units)} unit lists, {len(self.versions)} versions"
             )
 
@@ -233,12 +241,30 @@ class TokenBatch:
         return len(self.ids)
 
     @property
+    def encoded(self) -> EncodedTokens | None:
+        """The rows as stored, when the engine handed them over unexpanded."""
+        return self.vectors if isinstance(self.vectors, EncodedTokens) else None
+
+    @property
+    def tokens(self) -> np.ndarray:
+        """Every token vector as one float32 ``[T, dim]`` array (an encoded batch's
+        values: for sign bits, those of their rerank copy), expanded once."""
+        if not isinstance(self.vectors, EncodedTokens):
+            return self.vectors
+        if not self._expanded:
+            self._expanded.append(self.vectors.expand())
+        return self._expanded[0]
+
+    @property
     def n_tokens(self) -> np.ndarray:
         """Token count of each passage, int64 ``[P]``."""
         return np.diff(self.offsets)
 
     def tokens_of(self, i: int) -> np.ndarray:
-        """Passage ``i``'s ``[n_i, dim]`` token vectors (a view into ``tokens``)."""
+        """Passage ``i``'s ``[n_i, dim]`` token vectors (a view into ``tokens``; of an
+        encoded batch not yet expanded, that passage's rows expanded alone)."""
+        if isinstance(self.vectors, EncodedTokens) and not self._expanded:
+            return self.vectors.select([i]).expand()
         return self.tokens[int(self.offsets[i]) : int(self.offsets[i + 1])]
 
     @classmethod

@@ -38,12 +38,16 @@ __all__ = [
 #: 1: the first layout. 2: the schema records the model that encoded the collection.
 SCHEMA_VERSION = 2
 
-DType = Literal["float32", "float16", "int8"]
+DType = Literal["float32", "float16", "int8", "binary"]
 #: Storage types of token vectors: full float32, float16 (half the bytes, about
-#: 2.4e-4 absolute error on unit-norm vectors), or int8 (Qdrant Edge: 8-bit codes in
-#: the engine and an int8 token copy with a scale per token, read back within 1/254;
-#: Qdrant server and local mode: scalar quantization beside float32 originals).
-DTYPES: tuple[str, ...] = ("float32", "float16", "int8")
+#: 2.4e-4 absolute error on unit-norm vectors), int8 (8-bit codes with a float32
+#: scale per token in the token copy, read back within 1/254: Qdrant Edge keeps
+#: Turbo8 codes in the engine, Qdrant server and local mode scalar quantization
+#: beside float32 originals), or binary (the token copy keeps each token's sign bits,
+#: dim / 8 bytes, for a first MaxSim pass over the candidates, and an int8 copy for a
+#: float rerank of the top ones: ``Planner(rerank=...)``; Qdrant Edge, Qdrant server
+#: and local mode, memory). docs/storage.md measures them.
+DTYPES: tuple[str, ...] = ("float32", "float16", "int8", "binary")
 #: Types a metadata field can be indexed as (payload indexes) for fast filtering.
 FIELD_TYPES: tuple[str, ...] = ("keyword", "integer", "float", "bool")
 #: fields a stored schema record must have (the others default as in the class)

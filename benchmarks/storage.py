@@ -1,10 +1,13 @@
-"""Disk bytes per token of a Qdrant Edge store: ``python benchmarks/storage.py [--passages 2000]``.
+"""Disk bytes per token of a Qdrant Edge store and of a qdrant-client local-mode store:
+``python benchmarks/storage.py [--passages 2000] [--engines edge,local]``.
 
-Prints figures, asserts nothing. For each storage dtype (float32, float16, int8) it
-builds a collection of N passages of 100-160 random unit-norm 128-d tokens (5
-sentence units each), written through the repository in batches of 250, then
+Prints figures, asserts nothing. For each storage dtype (float32, float16, int8,
+binary) it builds a collection of N passages of 100-160 random unit-norm 128-d tokens
+(5 sentence units each), written through the repository in batches of 250, then
 ``optimize()``-d and closed, and prints the allocated disk bytes per token (what
-``st_blocks`` says: preallocated but unwritten parts of sparse files do not count):
+``st_blocks`` says: preallocated but unwritten parts of sparse files do not count).
+
+Qdrant Edge (``qdrant-edge://``):
 
 - ``total``; ``less wal`` (the total without the WAL); ``segments`` (the engine's segments: vectors, payload, indexes);
   ``wal`` (the engine's write-ahead log, a fixed-size ring: a cost per collection,
@@ -12,13 +15,26 @@ sentence units each), written through the repository in batches of 250, then
   its SQLite index, with its -wal/-shm); ``other`` (the schema, the shard's config);
   ``apparent``: the total of the files' sizes (``st_size``), preallocated parts
   counted (the WAL's and the segments' 32 MiB files);
+
+qdrant-client local mode (``qdrant-local:///path``: every point pickled into one
+SQLite file, the payload's base64 token copy in it; local mode ignores float16 and
+quantization, so the engine's own vectors are float32 whatever the dtype):
+
+- ``total`` (allocated), ``apparent``, and ``copy b64``: the payload's token copy
+  (``tokens_b64``) per token, measured from the stored payloads (base64: 4/3 of its bytes);
+
+and for both:
+
+- ``1st pass``: the bytes per token the planner's scoring reads for every candidate
+  (the token copy's row, or its sign bits for binary, whose int8 rerank rows are read
+  for the top ``rerank`` candidates only);
 - ``fetch err``: the largest absolute difference between the vectors written
   (float32) and those ``fetch_tokens`` returns, over every passage, after reopening;
 - ``maxsim err``: the largest absolute difference between the engine's MaxSim scores
   (``candidates(tokens=...)``, every passage a candidate) and numpy's MaxSim on the
   written vectors, for a few 32-token queries.
 
-``--detail`` also lists the segments' bytes per token by part (vector storage,
+``--detail`` also lists the Edge segments' bytes per token by part (vector storage,
 quantized vectors, payload, indexes), summed over segments.
 """
 
@@ -32,6 +48,7 @@ import tempfile
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -40,7 +57,10 @@ from agrame_vdb.hardware import cpu_model
 from agrame_vdb.units import Unit
 
 DIM = 128
-DTYPES = ("float32", "float16", "int8")
+DTYPES = ("float32", "float16", "int8", "binary")
+ENGINES = ("edge", "local")
+#: bytes a token of what the first scoring pass reads for every candidate, per dtype
+FIRST_PASS = {"float32": 4 * DIM, "float16": 2 * DIM, "int8": DIM + 4, "binary": DIM // 8}
 PARTS = ("segments", "wal", "copy .bin", "copy sqlite", "other")
 
 
@@ -96,17 +116,43 @@ def maxsim(q: np.ndarray, d: np.ndarray) -> float:
     return float((q.astype(np.float64) @ d.T.astype(np.float64)).max(axis=1).sum())
 
 
-def measure(root: Path, dtype: str, passages: list[StoredPassage], batch: int, queries: int) -> tuple[dict, dict]:
-    url = f"qdrant-edge://{root}"
+def build(url: str, dtype: str, passages: list[StoredPassage], batch: int) -> float:
+    """Write the passages into a new collection ``c`` at ``url``; the seconds it took."""
     repo = connect(url)
-    repo.create_collection(CollectionSchema("c", DIM, dtype=dtype))
-    start = time.perf_counter()
-    for i in range(0, len(passages), batch):
-        repo.upsert("c", passages[i : i + batch])
-    repo.optimize("c")
-    seconds = time.perf_counter() - start
-    repo.close()
+    try:
+        repo.create_collection(CollectionSchema("c", DIM, dtype=dtype))
+        start = time.perf_counter()
+        for i in range(0, len(passages), batch):
+            repo.upsert("c", passages[i : i + batch])
+        repo.optimize("c")
+        return time.perf_counter() - start
+    finally:
+        repo.close()
 
+
+def errors(repo: Any, passages: list[StoredPassage], queries: int) -> dict[str, float]:
+    """The fetch and engine-MaxSim errors of a store (see the module docs)."""
+    ids = [p.id for p in passages]
+    err = 0.0
+    for i in range(0, len(ids), 200):
+        got = repo.fetch_tokens("c", ids[i : i + 200])
+        for j, p in enumerate(passages[i : i + 200]):
+            err = max(err, float(np.abs(got.tokens_of(j) - p.tokens).max()))
+    rng = np.random.default_rng(1)
+    score_err = 0.0
+    by_id = {p.id: p for p in passages}
+    for _ in range(queries):
+        q = rng.standard_normal((32, DIM), dtype=np.float32)
+        q /= np.linalg.norm(q, axis=1, keepdims=True)
+        hits = repo.candidates("c", q.mean(axis=0), tokens=q, limit=20, prefetch=len(passages))
+        score_err = max(score_err, *(abs(h.score - maxsim(q, by_id[h.id].tokens)) for h in hits))
+    return {"fetch err": err, "maxsim err": score_err}
+
+
+def measure(root: Path, dtype: str, passages: list[StoredPassage], batch: int, queries: int) -> tuple[dict, dict]:
+    """One Qdrant Edge collection: bytes per token by part, the errors, the build time."""
+    url = f"qdrant-edge://{root}"
+    seconds = build(url, dtype, passages, batch)
     files = sizes(root / "c")
     n_tokens = sum(p.n_tokens for p in passages)
     by_part = dict.fromkeys(PARTS, 0)
@@ -115,31 +161,55 @@ def measure(root: Path, dtype: str, passages: list[StoredPassage], batch: int, q
         by_part[part_of(rel)] += size
         if rel.startswith("shard/segments/"):
             detail[segment_part(rel)] += size
-
     repo = connect(url)
     try:
-        ids = [p.id for p in passages]
-        err = 0.0
-        for i in range(0, len(ids), 200):
-            got = repo.fetch_tokens("c", ids[i : i + 200])
-            for j, p in enumerate(passages[i : i + 200]):
-                err = max(err, float(np.abs(got.tokens_of(j) - p.tokens).max()))
-        rng = np.random.default_rng(1)
-        score_err = 0.0
-        for _ in range(queries):
-            q = rng.standard_normal((32, DIM), dtype=np.float32)
-            q /= np.linalg.norm(q, axis=1, keepdims=True)
-            hits = repo.candidates("c", q.mean(axis=0), tokens=q, limit=20, prefetch=len(passages))
-            by_id = {p.id: p for p in passages}
-            score_err = max(score_err, *(abs(h.score - maxsim(q, by_id[h.id].tokens)) for h in hits))
+        errs = errors(repo, passages, queries)
     finally:
         repo.close()
     total = sum(by_part.values())
     row = {"total": total / n_tokens, "less wal": (total - by_part["wal"]) / n_tokens}
     row.update({k: v / n_tokens for k, v in by_part.items()})
     row["apparent"] = sum(apparent for _, apparent in files.values()) / n_tokens
-    row.update({"fetch err": err, "maxsim err": score_err, "build s": seconds})
+    row.update({"1st pass": FIRST_PASS[dtype], **errs, "build s": seconds})
     return row, {k: v / n_tokens for k, v in sorted(detail.items())}
+
+
+def measure_local(root: Path, dtype: str, passages: list[StoredPassage], batch: int, queries: int) -> dict:
+    """One qdrant-client local-mode collection (on disk): bytes per token, the payload
+    copy's share, the errors, the build time."""
+    from agrame_vdb.repositories import _qdrant_common as qc
+
+    url = f"qdrant-local://{root}"
+    seconds = build(url, dtype, passages, batch)
+    files = sizes(root)
+    n_tokens = sum(p.n_tokens for p in passages)
+    repo = connect(url)
+    try:
+        copy = 0
+        ids = [p.id for p in passages]
+        for i in range(0, len(ids), 200):
+            for r in repo._client.retrieve("c", ids[i : i + 200], with_payload=[qc.P_TOK]):
+                copy += len(r.payload[qc.P_TOK])
+        errs = errors(repo, passages, queries)
+    finally:
+        repo.close()
+    return {
+        "total": sum(size for size, _ in files.values()) / n_tokens,
+        "apparent": sum(apparent for _, apparent in files.values()) / n_tokens,
+        "copy b64": copy / n_tokens,
+        "1st pass": FIRST_PASS[dtype],
+        **errs,
+        "build s": seconds,
+    }
+
+
+def print_table(title: str, cols: tuple[str, ...], rows: Any) -> None:
+    """Print a table as its rows come: ``rows`` yields ``(dtype, row)``."""
+    print(title)
+    print(f"{'dtype':<8}" + "".join(f"{c:>12}" for c in cols), flush=True)
+    for dtype, row in rows:
+        cells = [f"{row[c]:>12.2e}" if c.endswith(" err") else f"{row[c]:>12.1f}" for c in cols]
+        print(f"{dtype:<8}" + "".join(cells), flush=True)
 
 
 def main() -> None:
@@ -148,29 +218,44 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=250)
     ap.add_argument("--queries", type=int, default=5)
     ap.add_argument("--dtypes", default=",".join(DTYPES))
-    ap.add_argument("--detail", action="store_true", help="list the segments' bytes per token by part")
+    ap.add_argument("--engines", default=",".join(ENGINES), help="edge (Qdrant Edge), local (qdrant-client local mode)")
+    ap.add_argument("--detail", action="store_true", help="list the Edge segments' bytes per token by part")
     ap.add_argument("--dir", type=Path, default=None, help="where to build the stores (default: a temporary directory)")
     args = ap.parse_args()
 
     passages = make_passages(args.passages)
     n_tokens = sum(p.n_tokens for p in passages)
+    dtypes = args.dtypes.split(",")
     print(f"CPU: {cpu_model()}")
     print(f"{args.passages} passages, {n_tokens} tokens ({n_tokens / args.passages:.1f} per passage), dim {DIM}, "
           f"batches of {args.batch}, optimize()d; raw float32 vector: {DIM * 4} B/token")
-    print("bytes/token (allocated blocks)")
-    cols = ("total", "less wal", *PARTS, "apparent", "fetch err", "maxsim err", "build s")
-    print(f"{'dtype':<8}" + "".join(f"{c:>12}" for c in cols))
-    details = {}
-    for dtype in args.dtypes.split(","):
-        root = Path(tempfile.mkdtemp(prefix=f"storage-{dtype}-", dir=args.dir))
-        try:
+    details: dict[str, dict] = {}
+
+    def run(kind: str, fn: Any) -> Any:
+        for dtype in dtypes:
+            root = Path(tempfile.mkdtemp(prefix=f"storage-{kind}-{dtype}-", dir=args.dir))
+            try:
+                yield dtype, fn(root, dtype)
+            finally:
+                shutil.rmtree(root, ignore_errors=True)
+
+    engines = args.engines.split(",")
+    if "edge" in engines:
+
+        def edge(root: Path, dtype: str) -> dict:
             row, details[dtype] = measure(root, dtype, passages, args.batch, args.queries)
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
-        cells = [f"{row[c]:>12.1f}" for c in cols[:-3]] + [f"{row[c]:>12.2e}" for c in cols[-3:-1]] + [f"{row[cols[-1]]:>12.1f}"]
-        print(f"{dtype:<8}" + "".join(cells), flush=True)
+            return row
+
+        cols = ("total", "less wal", *PARTS, "apparent", "1st pass", "fetch err", "maxsim err", "build s")
+        print_table("Qdrant Edge, bytes/token (allocated blocks)", cols, run("edge", edge))
+    if "local" in engines:
+        cols = ("total", "apparent", "copy b64", "1st pass", "fetch err", "maxsim err", "build s")
+        print_table(
+            "qdrant-client local mode, bytes/token (allocated blocks)", cols,
+            run("local", lambda root, dtype: measure_local(root, dtype, passages, args.batch, args.queries)),
+        )
     if args.detail:
-        print("\nsegments by part, bytes/token")
+        print("\nQdrant Edge segments by part, bytes/token")
         for dtype, parts in details.items():
             print(f"  {dtype}: " + ", ".join(f"{k} {v:.1f}" for k, v in parts.items()))
 

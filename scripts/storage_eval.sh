@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Quality of compressed token storage (development data): the default model's figures with
-# the evaluation collections in float32, float16 and int8, WikiQA-dev and SciFact held-out.
-#   scripts/storage_eval.sh OUT [DATA]
+# the evaluation collections in float32, float16, int8 and binary, WikiQA-dev and SciFact held-out.
+#   scripts/storage_eval.sh OUT [DATA]   (STORAGES="float32 binary" for some of them)
 set -euo pipefail
 out=${1:?output folder}; data=${2:-${AGRAME_DATA:-../shared/data}}
 mkdir -p "$out"
-for storage in float32 float16 int8; do
+for storage in ${STORAGES:-float32 float16 int8 binary}; do
   for set in wikiqa scifact; do
     if [ "$set" = scifact ]; then d=(--dataset scifact --path "$data/scifact" --split heldout)
     else d=(--dataset wikiqa --path "$data/wikiqa/WikiQA-dev.tsv"); fi

@@ -136,7 +136,7 @@ def migrate_reindex(
     store: StoreOption = DEFAULT_STORE,
     model: Annotated[Optional[str], typer.Option("--model", help="The new model directory ('default': the shipped one).")] = None,
     source: Annotated[Optional[Path], typer.Option("--source", help="Re-index from this documents file instead of the stored text.")] = None,
-    storage: Annotated[Optional[str], typer.Option("--storage", help="float32, float16 or int8 for the new collection; default: as now.")] = None,
+    storage: Annotated[Optional[str], typer.Option("--storage", help="float32, float16, int8 or binary for the new collection; default: as now.")] = None,
     on_disk: OnDiskOption = None, into: IntoOption = None, drop_old: DropOldOption = False,
     device: DeviceOption = "auto", state_dir: MigrateStateDir = None, json_output: MigrateJson = False,
 ) -> None:
@@ -152,7 +152,7 @@ def migrate_reindex(
 def migrate_convert(
     collection: Annotated[str, typer.Option("--collection", "-c", help="The alias your searches use.")],
     store: StoreOption = DEFAULT_STORE,
-    storage: Annotated[Optional[str], typer.Option("--storage", help="float32, float16 or int8 (scalar quantization).")] = None,
+    storage: Annotated[Optional[str], typer.Option("--storage", help="float32, float16, int8 or binary (sign bits with an int8 rerank copy).")] = None,
     lexical: Annotated[Optional[bool], typer.Option("--lexical/--no-lexical", help="Add BM25 lexical vectors, computed from the stored text (no re-encoding), or leave them out; default: as the collection has them.")] = None,
     on_disk: OnDiskOption = None, into: IntoOption = None, drop_old: DropOldOption = False,
     state_dir: MigrateStateDir = None, json_output: MigrateJson = False,

@@ -173,7 +173,7 @@ def evaluate(
     ``maxsim``; None: the planner's default) is the first stage they come from. ``recall_at``: the ``N``
     of the first-stage recall measured once per whole-passage collection
     (:func:`~agrame_vdb.evaluation.recall.first_stage_recall`; empty: none).
-    ``storage`` is the collections' token-vector storage (float32, float16, int8).
+    ``storage`` is the collections' token-vector storage (float32, float16, int8, binary).
     Collections are dropped afterwards unless ``keep``.
     """
     from ..redact import redact_url

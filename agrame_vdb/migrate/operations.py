@@ -373,7 +373,7 @@ def convert_storage(
     on_page: Callable[[MigrationState], None] | None = None,
 ) -> MigrationResult:
     """Copy the collection behind ``alias`` into a new one with another token-vector
-    storage (``dtype``: float32, float16 or int8 scalar quantization; ``on_disk``)
+    storage (``dtype``: float32, float16, int8 or binary; ``on_disk``)
     or lexical vectors (``lexical``: True for the default :class:`~agrame_vdb.lexical.LexicalSpec`,
     a spec, or False for none; None keeps the source's) and switch the alias to it
     (blue/green; see the module docs). Vectors are copied, not re-encoded: float16

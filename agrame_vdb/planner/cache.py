@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..errors import InvalidInputError
+from ..token_rows import EncodedTokens
 from ..units import Unit
 
 __all__ = ["Entry", "NO_POOLED", "TokenCache"]
@@ -26,7 +27,7 @@ class Entry:
     its write version (the cache's key where the engine has versions), and the pooled
     direction (to check a cached entry against the engine's score where it has none)."""
 
-    tokens: torch.Tensor | np.ndarray
+    tokens: torch.Tensor | np.ndarray | EncodedTokens  # encoded: one passage's rows as stored
     units: tuple[Unit, ...]
     pooled: np.ndarray  # unit-norm float64; empty when unknown
     nbytes: int

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..repository import Candidate, StoredPassage, TokenBatch
+from ..token_rows import EncodedTokens
 from .cache import NO_POOLED, Entry, TokenCache
 from .plan import Plan
 
@@ -38,11 +39,14 @@ def _takes(fn: Any, name: str) -> bool:
     return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
-def _same_tokens(fresh: np.ndarray, scored: torch.Tensor | np.ndarray) -> bool:
+def _same_tokens(fresh: np.ndarray, scored: torch.Tensor | np.ndarray | EncodedTokens) -> bool:
     """Whether a passage's fetched token vectors are the ones scored (held as they
-    were scored: on the scoring device, in its dtype, for a cached entry)."""
+    were scored: on the scoring device, in its dtype, for a cached entry; encoded
+    rows as they were stored, whose values a fetch returns)."""
     if tuple(fresh.shape) != tuple(scored.shape):
         return False
+    if isinstance(scored, EncodedTokens):
+        return bool(np.array_equal(fresh, scored.expand()))
     if isinstance(scored, np.ndarray):
         return bool(np.array_equal(fresh, scored))
     return bool(torch.equal(torch.from_numpy(np.array(fresh, dtype=np.float32)).to(scored.device, scored.dtype), scored))
@@ -66,7 +70,7 @@ class Loaded:
     missing: list[str] = field(default_factory=list)
     whole: bool = False
     batch: TokenBatch | None = None
-    batch_tokens: torch.Tensor | None = None
+    batch_tokens: torch.Tensor | EncodedTokens | None = None
     from_records: set[str] = field(default_factory=set)
     read: set[str] = field(default_factory=set)
     batch_pos: dict[str, int] = field(default_factory=dict)
@@ -197,9 +201,15 @@ class Reader:
         loaded.batch_tokens = big = self.scorer.tensor(batch)  # one copy to the device
         offsets = batch.offsets.tolist()
         for i, pid in enumerate(batch.ids):
-            tokens = big[offsets[i] : offsets[i + 1]].clone()
+            tokens: torch.Tensor | EncodedTokens
+            if isinstance(big, EncodedTokens):  # cached as stored: float16, int8, sign bits and int8
+                tokens = big.select([i])
+                nbytes = tokens.nbytes
+            else:
+                tokens = big[offsets[i] : offsets[i + 1]].clone()
+                nbytes = tokens.numel() * tokens.element_size()
             version = batch.versions[i]
-            entry = Entry(tokens, batch.units[i], NO_POOLED, tokens.numel() * tokens.element_size(), version)
+            entry = Entry(tokens, batch.units[i], NO_POOLED, nbytes, version)
             if version is not None:  # an entry without a version could never be checked
                 cache.put(plan.collection, pid, entry)
             loaded.entries[pid] = entry

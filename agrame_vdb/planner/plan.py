@@ -1,4 +1,4 @@
-"""The checked settings of one search: granularity, k, candidates, alpha, coverage, filter, first stage."""
+"""The checked settings of one search: granularity, k, candidates, alpha, coverage, filter, first stage, rerank."""
 
 from __future__ import annotations
 
@@ -98,6 +98,9 @@ class Plan:
     rrf_k: int = 60
     #: units: the weight ``beta`` of the coverage term ``beta * W * C(u, q')`` (0: none)
     coverage: float = 0.0
+    #: binary collections: how many passages the first (sign-bit) pass hands to the
+    #: exact rerank on the int8 copy
+    rerank: int = 50
 
     @property
     def units(self) -> bool:

@@ -48,7 +48,11 @@ class Planner:
     None (the default) takes the encoder's ``config.unit_coverage`` (none without an
     encoder); a mapping replaces it (``{}``: span MaxSim and alpha only). ``device``
     is where scoring runs (``"auto"``: CUDA when present), ``dtype`` the scoring
-    dtype (float32; float16 or bfloat16 on a GPU). ``cache`` is an optional
+    dtype (float32; float16 or bfloat16 on a GPU). ``rerank`` is, for a collection
+    stored as binary (sign bits), how many passages the first pass (MaxSim against
+    the candidates' sign vectors) hands to the exact rerank on their int8 copy
+    (default ``max(50, 4 * k)``, at most ``candidates``: with fewer candidates, all
+    are scored on the copy alone); other collections are scored once. ``cache`` is an optional
     :class:`TokenCache`; ``executor`` runs the async methods' searches (default:
     asyncio's).
     """
@@ -72,6 +76,7 @@ class Planner:
         cache: TokenCache | None = None,
         max_chunk_tokens: int | None = None,
         executor: Executor | None = None,
+        rerank: int | None = None,
     ) -> None:
         self.repository = repository
         self.collection = collection
@@ -97,6 +102,7 @@ class Planner:
             None if lexical_candidates is None else check_int(lexical_candidates, "lexical_candidates", 1)
         )
         self.rrf_k = check_rrf_k(rrf_k)
+        self.rerank = None if rerank is None else check_int(rerank, "rerank", 1)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype)
         if cache is not None and not isinstance(cache, TokenCache):
@@ -178,10 +184,11 @@ class Planner:
             if pre < n:
                 raise InvalidInputError(f"prefetch ({pre}) must be >= candidates ({n})")
         kind = check_granularity(granularity)
+        top = check_int(k, "k", 1)
         return Plan(
             collection=self.collection,
             granularity=kind,
-            k=check_int(k, "k", 1),
+            k=top,
             candidates=n,
             prefetch=pre if stage == "maxsim" else None,
             alpha=self.alpha if alpha is None else check_alpha(alpha),
@@ -192,6 +199,7 @@ class Planner:
             lexical_limit=self.lexical_candidates,
             rrf_k=self.rrf_k,
             coverage=self.unit_coverage.get(kind, 0.0) if kind != PASSAGE else 0.0,
+            rerank=self.rerank if self.rerank is not None else max(50, 4 * top),
         )
 
     # ------------------------------------------------------------------ public API

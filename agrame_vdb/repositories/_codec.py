@@ -1,12 +1,15 @@
 """Engine-neutral encodings of what engines store beside the vectors.
 
 Units become compact JSON lists; token vectors get a compact binary copy (base64 of
-little-endian float32 or float16 bytes) so a fetch decodes them with one
-``np.frombuffer`` instead of building millions of Python floats.
+their rows in the collection's form, :mod:`agrame_vdb.token_rows`: float32, float16,
+int8 with a float32 scale per token, sign bits with an int8 rerank copy) so a fetch
+decodes them with one ``np.frombuffer`` instead of building millions of Python floats.
 
 >>> import numpy as np
 >>> x = np.array([[0.5, -1.0], [0.25, 2.0]], dtype=np.float32)
 >>> np.array_equal(decode_tokens(encode_tokens(x, "f4"), 2, "f4"), x)
+True
+>>> bool(np.abs(decode_tokens(encode_tokens(x, "i8"), 2, "i8") - x).max() <= 2 * I8_ATOL)
 True
 >>> u = Unit("sentence", 0, ((0, 4),), ((1, 3),))
 >>> units_from_json(units_to_json((u,))) == (u,)
@@ -22,9 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from ..token_rows import ENCODED_CODES, I8_ATOL, EncodedTokens, RowFormat
 from ..units import Unit, trusted_unit
 
 __all__ = [
+    "COPY_CODES",
     "encode_tokens",
     "decode_tokens",
     "join_tokens",
@@ -34,51 +39,61 @@ __all__ = [
     "copy_dtype",
 ]
 
-_DTYPES = {"f4": np.dtype("<f4"), "f2": np.dtype("<f2")}
+#: the token copy's row form per schema dtype
+COPY_CODES = {"float32": "f4", "float16": "f2", "int8": "i8", "binary": "b1"}
 
 
 def copy_dtype(schema_dtype: str) -> str:
-    """The dtype of the binary token copy: float16 for float16 collections, else float32
-    (int8 collections keep float32 originals, so their copy is exact too)."""
-    return "f2" if schema_dtype == "float16" else "f4"
+    """The form of the binary token copy of a collection of ``schema_dtype``: float32,
+    float16, int8 with a scale per token, or sign bits with an int8 rerank copy."""
+    return COPY_CODES[schema_dtype]
 
 
 def encode_tokens(tokens: np.ndarray, code: str) -> str:
-    return base64.b64encode(np.ascontiguousarray(tokens, dtype=_DTYPES[code]).tobytes()).decode("ascii")
+    return base64.b64encode(RowFormat(code, int(np.shape(tokens)[-1])).encode(tokens)).decode("ascii")
 
 
 def decode_tokens(data: str, dim: int, code: str) -> np.ndarray:
-    """A [n, dim] float32 array (read-only for float32 copies)."""
-    arr = np.frombuffer(base64.b64decode(data), dtype=_DTYPES[code]).reshape(-1, dim)
-    return arr if code == "f4" else arr.astype(np.float32)
+    """A [n, dim] float32 array (read-only for float32 copies; ``b1``: the values of
+    its rerank copy)."""
+    raw = np.frombuffer(base64.b64decode(data), dtype=np.uint8)
+    if code == "f4":
+        return raw.view("<f4").reshape(-1, dim)
+    return RowFormat(code, dim).expand([raw])
 
 
-def join_tokens(parts: Sequence[bytes | np.ndarray], lengths: Sequence[int], dim: int, code: str) -> np.ndarray:
-    """One writable, C-contiguous float32 ``[sum(lengths), dim]`` array of per-passage
-    token vectors given as raw bytes in ``code`` (a binary copy) or as float32 arrays.
-
-    Raw float32 bytes are copied once into one buffer (no per-passage arrays); float16
-    ones are converted in one pass.
+def join_tokens(
+    parts: Sequence[bytes | np.ndarray], lengths: Sequence[int], dim: int, code: str
+) -> np.ndarray | EncodedTokens:
+    """Per-passage token vectors given as raw bytes in ``code`` (a binary copy) or as
+    float32 arrays, as one batch: float32 rows copied once into one writable,
+    C-contiguous ``[sum(lengths), dim]`` buffer; float16, int8 and sign-bit rows, when
+    every part is raw bytes, as one :class:`~agrame_vdb.token_rows.EncodedTokens`
+    (scored unexpanded); a mix, expanded to float32 in one pass.
 
     >>> x = np.array([[0.5, -1.0]], dtype=np.float32)
     >>> join_tokens([x.tobytes(), np.array([[2.0, 3.0]], np.float32)], [1, 1], 2, "f4").tolist()
     [[0.5, -1.0], [2.0, 3.0]]
+    >>> join_tokens([RowFormat("f2", 2).encode(x)], [1], 2, "f2").code
+    'f2'
     """
     total = int(sum(lengths))
-    dtype = _DTYPES[code]
-    row = dim * dtype.itemsize
-    if code == "f4" and all(type(p) is bytes for p in parts):
-        buf = bytearray(total * row)
+    fmt = RowFormat(code, dim)
+    raw = all(type(p) is bytes for p in parts)
+    if code in ENCODED_CODES and raw and parts:
+        return fmt.encoded(parts)  # type: ignore[arg-type]
+    if code == "f4" and raw:
+        buf = bytearray(total * fmt.row_bytes)
         view = memoryview(buf)
         pos = 0
         for p in parts:
             view[pos : pos + len(p)] = p  # type: ignore[index]
             pos += len(p)  # type: ignore[arg-type]
-        return np.frombuffer(buf, dtype=dtype).reshape(total, dim)
+        return np.frombuffer(buf, dtype="<f4").reshape(total, dim)
     out = np.empty((total, dim), dtype=np.float32)
     pos = 0
     for p, n in zip(parts, lengths):
-        out[pos : pos + n] = np.frombuffer(p, dtype=dtype).reshape(n, dim) if isinstance(p, bytes) else p
+        out[pos : pos + n] = fmt.expand([np.frombuffer(p, dtype=np.uint8)]) if isinstance(p, bytes) else p
         pos += n
     return out
 

@@ -7,7 +7,9 @@ Collection layout (one per agrame collection):
   a prefetch, never searched by HNSW (building it costs minutes per thousand
   passages). Its storage follows the schema dtype and ``on_disk``: float16; int8
   is scalar quantization with rescoring on float32 originals (qdrant-client), or
-  Turbo8 codes alone (Qdrant Edge, see ``qdrant_edge``).
+  Turbo8 codes alone (Qdrant Edge, see ``qdrant_edge``); binary is 1-bit binary
+  quantization with rescoring on float32 originals (qdrant-client) or Turbo8 codes
+  (Qdrant Edge).
 - named vector ``pooled``: Cosine, HNSW: the first stage.
 - named sparse vector ``lexical`` (only in collections whose schema has
   ``lexical``): the passage's BM25 term-frequency weights
@@ -18,9 +20,10 @@ Collection layout (one per agrame collection):
   ``pooled_b64`` (the pooled vector's float32 bytes, so fetch returns it exactly
   and without engine vectors), and a binary copy of the token vectors so a fetch
   avoids per-float Python objects: in the payload (``tokens_b64`` and
-  ``tokens_dtype``, qdrant-client: float32, float16 for float16 collections) or
-  in a side store whose rows are tied to the payload by ``tokens_version`` (Qdrant
-  Edge, see ``_token_store``: there int8 collections' rows are int8 too). The engine's
+  ``tokens_dtype``, qdrant-client) or in a side store whose rows are tied to the
+  payload by ``tokens_version`` (Qdrant Edge, see ``_token_store``), both in the
+  collection's form (``_codec.COPY_CODES``, :mod:`agrame_vdb.token_rows`: float32,
+  float16, int8 with a scale per token, sign bits and an int8 rerank copy). The engine's
   own vectors stay the source of truth for MaxSim. ``tokens_version`` is a new
   random stamp at every write, on both clients: the passage's write version
   (``TokenBatch.versions``, ``Candidate.version``).

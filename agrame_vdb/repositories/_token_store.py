@@ -6,10 +6,13 @@ shard, the same 200 passages come back in a few ms. Two files:
 
 - ``<name>.<nonce>.bin``: the vectors, appended passage after passage and read
   through one memory map, so a read is a gather of slices into one array, with no
-  per-passage copy. Their form is the store's ``dtype`` code (``_row_format``):
-  little-endian float32 (``f4``), float16 (``f2``, float16 collections) or int8 with
-  a float32 scale per token (``i8``, int8 collections: ``dim + 4`` bytes a token),
-  read back as float32 a batch at a time.
+  per-passage copy. Their form is the store's ``dtype`` code (``agrame_vdb.token_rows``):
+  little-endian float32 (``f4``), float16 (``f2``, float16 collections), int8 with
+  a float32 scale per token (``i8``, int8 collections: ``dim + 4`` bytes a token) or
+  a passage's sign bits then its ``i8`` rows (``b1``, binary collections:
+  ``dim / 8 + dim + 4`` bytes a token). float32 rows are read back as one float32
+  array; the others are handed over as stored (``EncodedTokens``) and expanded by the
+  MaxSim kernel a chunk at a time.
 - ``<name>`` (SQLite): one row per passage: its write ``version``, token count,
   byte position in the data file, and its units in the compact binary form of
   :class:`~agrame_vdb.unit_table.UnitTable` (kinds numbered in a ``kinds`` table).
@@ -78,7 +81,7 @@ import xxhash
 from ..unit_table import UnitTable
 from ..units import Unit
 from ._codec import units_from_text
-from ._row_format import CODES, RowFormat
+from ..token_rows import CODES, ENCODED_CODES, EncodedTokens, RowFormat
 
 __all__ = ["TokenRows", "TokenStore", "new_version"]
 
@@ -124,7 +127,7 @@ class TokenRows:
 class TokenStore:
     """``id -> (version, [n, dim] vectors, units)`` in a SQLite index and a data file.
 
-    ``code`` is the form rows should have (``_row_format``); ``legacy`` the one a store
+    ``code`` is the form rows should have (``agrame_vdb.token_rows``); ``legacy`` the one a store
     from before the ``dtype`` key was written in (default: ``code``). New rows are
     written in the store's current code until :meth:`compact` moves them all to ``code``.
     """
@@ -422,10 +425,16 @@ class TokenStore:
         except sqlite3.Error as exc:  # still left out of every read: counted once above
             log.debug("token copy %s: could not drop damaged rows: %s", self.path, exc)
 
-    def batch(self, rows: TokenRows, ids: Sequence[str]) -> np.ndarray:
-        """The vectors of ``ids`` (rows of ``rows``) one after another: one new
-        C-contiguous float32 ``[sum n, dim]`` array, expanded in one pass."""
-        return self._format.expand([rows._parts[pid] for pid in ids])
+    def batch(self, rows: TokenRows, ids: Sequence[str]) -> np.ndarray | EncodedTokens:
+        """The vectors of ``ids`` (rows of ``rows``) one after another: float32 rows as
+        one new C-contiguous float32 ``[sum n, dim]`` array; float16, int8 and binary
+        rows as they are stored, gathered into one :class:`~agrame_vdb.token_rows.EncodedTokens`
+        (the MaxSim kernel expands them a chunk at a time; binary: the sign bits
+        gathered, the int8 rerank rows left as views of the memory map)."""
+        parts = [rows._parts[pid] for pid in ids]
+        if self._format.code in ENCODED_CODES:
+            return self._format.encoded(parts)
+        return self._format.expand(parts)
 
     def get(self, ids: Sequence[str]) -> dict[str, tuple[int, np.ndarray]]:
         """``id -> (version, float32 [n, dim] copy)`` of the rows found whole."""

@@ -319,6 +319,11 @@ class RepositoryBase(AliasMixin, abc.ABC):
                 f"cannot create collection {schema.name!r} at schema version {schema.schema_version}: "
                 f"this agrame-vdb writes versions up to {SCHEMA_VERSION}"
             )
+        if schema.dtype not in self._capabilities().dtypes:
+            raise UnsupportedOperationError(
+                f"{self.engine} cannot store token vectors as {schema.dtype!r} (collection {schema.name!r}); "
+                f"it offers {sorted(self._capabilities().dtypes)}"
+            )
         if schema.lexical is not None and not self._capabilities().lexical:
             raise UnsupportedOperationError(
                 f"{self.engine} has no sparse vectors for lexical search: create collection {schema.name!r} "

@@ -6,8 +6,11 @@ fuses the two in the library. Rerank: exact MaxSim
 ``sum_i max_j q_i . d_j`` over the stored token vectors. Filters follow Qdrant's
 payload semantics (see :class:`~agrame_vdb.filters.Filter`). float16
 collections store float16-rounded token vectors; int8 ones keep float32 (as the
-engines keep their originals for rescoring). Aliases are a dict, replaced whole
-on each change. Nothing persists.
+engines keep their originals for rescoring). Binary collections keep each passage's
+``b1`` rows (:mod:`agrame_vdb.token_rows`: sign bits and an int8 rerank copy), which
+``fetch_tokens`` hands over unexpanded, and the int8 copy's values as the passage's
+token vectors (what ``fetch`` returns; the engine's MaxSim scores them). Aliases are
+a dict, replaced whole on each change. Nothing persists.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from ..filters import And, Eq, Filter, In, Not, Or, Range
 from ..lexical import LexicalIndex, SparseVector
 from ..records import Candidate, Capabilities, IdPage, StoredPassage, TokenBatch
 from ..schema import CollectionSchema
+from ..token_rows import I8_ATOL, RowFormat
 from . import StoreURL
 from .base import RepositoryBase
 
@@ -44,6 +48,7 @@ class _Collection:
         self.schema = schema
         self.rows: dict[str, StoredPassage] = {}
         self.versions: dict[str, int] = {}  # a random stamp per write, as Qdrant's
+        self.encoded: dict[str, np.ndarray] = {}  # binary collections: each passage's b1 row bytes
         self.lexical = LexicalIndex()
         self._matrix: tuple[list[str], np.ndarray] | None = None
 
@@ -76,12 +81,12 @@ class MemoryRepository(RepositoryBase):
         return Capabilities(
             engine=self.engine,
             maxsim_rerank=True,
-            dtypes=frozenset(("float32", "float16", "int8")),
+            dtypes=frozenset(("float32", "float16", "int8", "binary")),
             storage_options_honoured=False,
             persistent=False,
             exclusive=False,
             filter_ops=frozenset(("eq", "in", "range", "and", "or", "not")),
-            fetch_atol={"float32": 0.0, "float16": 1e-3, "int8": 0.0},
+            fetch_atol={"float32": 0.0, "float16": 1e-3, "int8": 0.0, "binary": I8_ATOL},
             versions=True,
             lexical=True,
         )
@@ -104,8 +109,16 @@ class MemoryRepository(RepositoryBase):
 
     def _upsert(self, schema: CollectionSchema, passages: Sequence[StoredPassage]) -> None:
         c = self._collections[schema.name]
+        binary = RowFormat("b1", schema.dim) if schema.dtype == "binary" else None
         for p in passages:
-            tokens = p.tokens.astype(np.float16).astype(np.float32) if schema.dtype == "float16" else p.tokens.copy()
+            if binary is not None:
+                row = np.frombuffer(binary.encode(p.tokens), dtype=np.uint8)
+                c.encoded[p.id] = row
+                tokens = binary.expand([row])
+            elif schema.dtype == "float16":
+                tokens = p.tokens.astype(np.float16).astype(np.float32)
+            else:
+                tokens = p.tokens.copy()
             pooled = p.pooled.copy()
             tokens.setflags(write=False)
             pooled.setflags(write=False)
@@ -133,6 +146,7 @@ class MemoryRepository(RepositoryBase):
         for i in ids:
             c.rows.pop(i, None)
             c.versions.pop(i, None)
+            c.encoded.pop(i, None)
             c.lexical.remove(i)
         c.changed()
 
@@ -141,6 +155,7 @@ class MemoryRepository(RepositoryBase):
         for i in [i for i, p in c.rows.items() if matches(filter, p)]:
             del c.rows[i]
             c.versions.pop(i, None)
+            c.encoded.pop(i, None)
             c.lexical.remove(i)
         c.changed()
 
@@ -196,7 +211,13 @@ class MemoryRepository(RepositoryBase):
         c = self._collections[schema.name]
         found = [c.rows[i] for i in ids if i in c.rows]
         missing = tuple(i for i in ids if i not in c.rows)
-        return TokenBatch.from_passages(found, missing, dim=schema.dim, versions=[c.versions.get(p.id) for p in found])
+        versions = [c.versions.get(p.id) for p in found]
+        if schema.dtype == "binary" and found:  # the rows as stored: sign bits, int8 rerank rows
+            encoded = RowFormat("b1", schema.dim).encoded([c.encoded[p.id] for p in found])
+            return TokenBatch(
+                tuple(p.id for p in found), missing, encoded, encoded.offsets, tuple(p.units for p in found), tuple(versions)
+            )
+        return TokenBatch.from_passages(found, missing, dim=schema.dim, versions=versions)
 
     def _list_ids(self, schema: CollectionSchema, filter: Filter | None, limit: int, offset: str | None) -> IdPage:
         rows = self._collections[schema.name].rows

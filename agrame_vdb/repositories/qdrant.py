@@ -3,9 +3,15 @@
 One class serves both. Local mode (``qdrant-local:///path`` or
 ``qdrant-local://:memory:``) is qdrant-client's pure-Python engine: exact and
 convenient for tests and small corpora, but it scores every multivector in a
-Python loop, and it accepts and ignores float16, int8 quantization and
+Python loop, and it accepts and ignores float16, int8 and binary quantization and
 ``on_disk`` (``capabilities().storage_options_honoured`` is False). A server
-honours them. The layout is shared with Qdrant Edge (see ``_qdrant_common``); the
+honours them: int8 collections keep their token vectors as scalar int8 codes in RAM,
+binary ones as 1-bit binary quantization in RAM, both with the float32 originals on
+disk for rescoring. The payload's token copy (``token_copy``) has the collection's
+form on both (:mod:`agrame_vdb.token_rows`): float32, float16, int8 with a float32
+scale per token (``dim + 4`` bytes a token), or sign bits and an int8 rerank copy
+(binary), and ``fetch_tokens`` hands float16, int8 and binary copies to the planner
+unexpanded (:class:`~agrame_vdb.token_rows.EncodedTokens`). The layout is shared with Qdrant Edge (see ``_qdrant_common``); the
 schema is stored in the collection's metadata under ``"agrame"``. Aliases are
 Qdrant's own; a switch is one ``update_collection_aliases`` call (delete and
 create), which a server applies atomically.
@@ -63,6 +69,7 @@ from . import _qdrant_common as qc
 from ._retry import call_with_retries
 from ._options import Bool, Float, Int, TokenCopyOptions, parse_options
 from ._codec import copy_dtype, decode_tokens, join_tokens, units_from_json
+from ..token_rows import I8_ATOL, RowFormat
 from ._token_store import new_version
 
 __all__ = ["QdrantRepository", "from_url", "is_transient"]
@@ -231,12 +238,14 @@ class QdrantRepository(RepositoryBase):
         return Capabilities(
             engine=self.engine,
             maxsim_rerank=True,
-            dtypes=frozenset(("float32", "float16", "int8")),
+            dtypes=frozenset(("float32", "float16", "int8", "binary")),
             storage_options_honoured=self._server,
             persistent=self._persistent,
             exclusive=not self._server and self._persistent,
             filter_ops=frozenset(("eq", "in", "range", "and", "or", "not")),
-            fetch_atol={"float32": 0.0, "float16": 1e-3, "int8": 0.0},
+            # int8 and binary: the payload copy's int8 rows (the engine's float32
+            # originals, read without a copy, are exact)
+            fetch_atol={"float32": 0.0, "float16": 1e-3, "int8": I8_ATOL, "binary": I8_ATOL},
             approximate_first_stage=self._server,
             versions=True,
             lexical=True,
@@ -258,42 +267,53 @@ class QdrantRepository(RepositoryBase):
         return CollectionSchema.from_json(meta[qc.META_KEY])
 
     def _create(self, schema: CollectionSchema) -> None:
+        self._call(
+            self._client.create_collection,
+            schema.name,
+            vectors_config=self._vector_params(schema),
+            sparse_vectors_config=self._sparse_params(schema),
+            metadata={qc.META_KEY: schema.to_json()},
+            **self._placement,
+        )
+        self._create_indexes(schema.name, qc.index_fields(schema))
+
+    @staticmethod
+    def _vector_params(schema: CollectionSchema) -> dict[str, models.VectorParams]:
+        """The named vectors of a new collection. The token multivector follows the
+        dtype: float16 originals for float16; for int8 and binary the codes Qdrant
+        scores (scalar int8 quantization, 1-bit binary quantization) in RAM and the
+        float32 originals it rescores with on disk (memory-mapped), whatever
+        ``on_disk`` says, so the RAM a collection holds is that of its dtype."""
+        quantization: Any = None
+        if schema.dtype == "int8":
+            quantization = models.ScalarQuantization(
+                scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, quantile=qc.SCALAR_QUANTILE, always_ram=True)
+            )
+        elif schema.dtype == "binary":
+            quantization = models.BinaryQuantization(binary=models.BinaryQuantizationConfig(always_ram=True))
         tokens = models.VectorParams(
             size=schema.dim,
             distance=models.Distance.DOT,
             multivector_config=models.MultiVectorConfig(comparator=models.MultiVectorComparator.MAX_SIM),
             hnsw_config=models.HnswConfigDiff(m=0),
-            on_disk=schema.on_disk or None,
+            on_disk=(schema.on_disk or quantization is not None) or None,
             datatype=models.Datatype.FLOAT16 if schema.dtype == "float16" else None,
-            quantization_config=(
-                models.ScalarQuantization(
-                    scalar=models.ScalarQuantizationConfig(
-                        type=models.ScalarType.INT8, quantile=qc.SCALAR_QUANTILE, always_ram=True
-                    )
-                )
-                if schema.dtype == "int8"
-                else None
-            ),
+            quantization_config=quantization,
         )
         pooled = models.VectorParams(
             size=schema.dim, distance=models.Distance.COSINE, hnsw_config=models.HnswConfigDiff(**qc.POOLED_HNSW)
         )
-        sparse = None
-        if schema.lexical is not None:
-            sparse = {
-                qc.LEXICAL: models.SparseVectorParams(
-                    index=models.SparseIndexParams(on_disk=schema.on_disk or None), modifier=models.Modifier.IDF
-                )
-            }
-        self._call(
-            self._client.create_collection,
-            schema.name,
-            vectors_config={qc.TOKENS: tokens, qc.POOLED: pooled},
-            sparse_vectors_config=sparse,
-            metadata={qc.META_KEY: schema.to_json()},
-            **self._placement,
-        )
-        self._create_indexes(schema.name, qc.index_fields(schema))
+        return {qc.TOKENS: tokens, qc.POOLED: pooled}
+
+    @staticmethod
+    def _sparse_params(schema: CollectionSchema) -> dict[str, models.SparseVectorParams] | None:
+        if schema.lexical is None:
+            return None
+        return {
+            qc.LEXICAL: models.SparseVectorParams(
+                index=models.SparseIndexParams(on_disk=schema.on_disk or None), modifier=models.Modifier.IDF
+            )
+        }
 
     def _create_indexes(self, name: str, fields: dict[str, str]) -> None:
         if not self._server:
@@ -348,7 +368,7 @@ class QdrantRepository(RepositoryBase):
         return self._call(self._client.count, schema.name, count_filter=f, exact=True).count
 
     def _search_params(self, schema: CollectionSchema) -> models.SearchParams | None:
-        if schema.dtype == "int8" and self._server:  # local mode warns that it ignores them
+        if schema.dtype in ("int8", "binary") and self._server:  # local mode warns that it ignores them
             return models.SearchParams(quantization=models.QuantizationSearchParams(rescore=True, oversampling=2.0))
         return None
 
@@ -467,6 +487,7 @@ class QdrantRepository(RepositoryBase):
             )
             by_id.update({str(r.id): r for r in again})
         code = copy_dtype(schema.dtype)
+        row_bytes = RowFormat(code, schema.dim).row_bytes
         found, parts, lengths, units, versions = [], [], [], [], []
         for pid in ids:
             r = by_id.get(pid)
@@ -476,7 +497,7 @@ class QdrantRepository(RepositoryBase):
             if qc.P_TOK in payload and payload.get(qc.P_TOKDT, "f4") == code:
                 raw = base64.b64decode(payload[qc.P_TOK])
                 part: Any = raw
-                n = len(raw) // (schema.dim * (2 if code == "f2" else 4))
+                n = len(raw) // row_bytes
             elif qc.P_TOK in payload:
                 part = decode_tokens(payload[qc.P_TOK], schema.dim, payload.get(qc.P_TOKDT, "f4"))
                 n = part.shape[0]

@@ -42,7 +42,11 @@ disk. So with ``token_copy=True`` (the default) the token vectors also go, as ra
 bytes, into a side store tied to the payload by a version stamp (``_token_store``:
 a memory-mapped data file and a SQLite index): float32, float16 for float16
 collections, int8 with a float32 scale per token for int8 collections
-(``_row_format``: read back within 1/254 of values in [-1, 1]). The engine's
+(``agrame_vdb.token_rows``: read back within 1/254 of values in [-1, 1]), sign bits
+and an int8 rerank copy for binary collections (whose engine copy is Turbo8, as
+int8's). Float16, int8 and binary rows reach the planner as stored
+(:class:`~agrame_vdb.token_rows.EncodedTokens`), expanded a chunk at a time by the
+MaxSim kernel (a batch that mixes in engine vectors is expanded). The engine's
 vectors stay the truth: a row whose stamp does not match the payload (a crash
 between the two writes, a restored snapshot) is ignored and the engine's vectors
 are read instead. ``token_copy=False`` keeps only the engine's copy. Every write gets a new stamp (with or without the side store):
@@ -65,7 +69,7 @@ back, a value is off by up to ~0.045 * |x| / sqrt(dim), 0.003 for unit-norm
 tokens). An int8 collection created before Turbo8 keeps its shard (float32
 originals with int8 scalar quantization, rescored); its token copy moves from
 float32 to the int8 form at the next ``optimize()`` (``migrate convert`` rebuilds
-the shard). Measured in all: float32 1207, float16 695, int8 447 bytes a token, of
+the shard). Measured in all: float32 1207, float16 695, int8 447, binary 463 bytes a token, of
 which the engine's WAL is 163: a fixed ~40-60 MB a collection (two 32 MiB
 segments, partly written), whatever the dtype. Edge has no setting for its size,
 only ``wal_enabled``, which is left on: without a WAL, writes are durable only at
@@ -121,7 +125,7 @@ from ._alias_file import AliasFile
 from ._codec import copy_dtype, units_from_json, units_from_text
 from . import _placement
 from ._options import TokenCopyOptions, parse_options
-from ._row_format import I8_ATOL
+from ..token_rows import I8_ATOL, EncodedTokens
 from ._token_store import TokenStore, new_version
 from .base import RepositoryBase
 
@@ -137,16 +141,20 @@ _LEXICAL_OPTIMIZERS = {"deleted_threshold": 0.0, "vacuum_min_vector_number": 0}
 #: the engine's storage of the token multivector per schema dtype (float32: Edge's
 #: default): int8 collections keep only TurboQuant 8-bit codes (~dim + 4 bytes a
 #: token, no float32 originals), which Edge's MaxSim scores directly
-_TOKEN_DATATYPES = {"float16": qe.VectorStorageDatatype.Float16, "int8": qe.VectorStorageDatatype.Turbo8}
+_TOKEN_DATATYPES = {
+    "float16": qe.VectorStorageDatatype.Float16,
+    "int8": qe.VectorStorageDatatype.Turbo8,
+    # binary: the engine's copy is the truth the token copy gives way to, and what the
+    # engine's own MaxSim (first_stage="maxsim") scores: Turbo8, as int8 (1-bit codes
+    # alone would make that a binary MaxSim without a rerank)
+    "binary": qe.VectorStorageDatatype.Turbo8,
+}
 #: the largest error of a token vector value in [-1, 1] read back from a Turbo8
 #: multivector (int8 collections, where the engine's vectors are read: no token
 #: copy, or a copy row that gives way): it grows with the vector's norm, about
 #: 0.045 * |x| / sqrt(dim) at most, measured for dim 16 to 768 (0.041 for +-1
 #: entries; 0.0033 for unit-norm 128-d tokens), rounded up
 _TURBO8_ATOL = 0.05
-
-#: the token copy's row form per schema dtype (``_row_format``)
-_COPY_CODES = {"float32": "f4", "float16": "f2", "int8": "i8"}
 
 _INDEX_TYPES = {
     "keyword": qe.PayloadSchemaType.Keyword,
@@ -247,14 +255,15 @@ class QdrantEdgeRepository(RepositoryBase):
         return Capabilities(
             engine=self.engine,
             maxsim_rerank=True,
-            dtypes=frozenset(("float32", "float16", "int8")),
+            dtypes=frozenset(("float32", "float16", "int8", "binary")),
             storage_options_honoured=True,
             persistent=True,
             exclusive=True,
             filter_ops=frozenset(("eq", "in", "range", "and", "or", "not")),
             # int8: the token copy is within I8_ATOL, the engine's Turbo8 codes (read
             # where the copy gives way, or without one) within _TURBO8_ATOL
-            fetch_atol={"float32": 0.0, "float16": 1e-3, "int8": max(I8_ATOL, _TURBO8_ATOL)},
+            fetch_atol={"float32": 0.0, "float16": 1e-3, "int8": max(I8_ATOL, _TURBO8_ATOL),
+                        "binary": max(I8_ATOL, _TURBO8_ATOL)},
             approximate_first_stage=True,
             versions=True,
             lexical=True,
@@ -325,7 +334,7 @@ class QdrantEdgeRepository(RepositoryBase):
     def _open_token_store(self, schema: CollectionSchema) -> TokenStore:
         path = self._dir(schema.name) / TOKEN_FILE
         # int8 collections' copies were float32 before the i8 form: optimize() moves them
-        code, legacy = _COPY_CODES.get(schema.dtype, "f4"), copy_dtype(schema.dtype)
+        code, legacy = copy_dtype(schema.dtype), "f2" if schema.dtype == "float16" else "f4"
         try:
             return TokenStore(path, schema.dim, code, legacy=legacy)
         except sqlite3.DatabaseError as exc:
@@ -434,7 +443,7 @@ class QdrantEdgeRepository(RepositoryBase):
             stage = "pooled"
         else:
             params = None
-            if schema.dtype == "int8":
+            if schema.dtype in ("int8", "binary"):
                 params = qe.SearchParams(quantization=qe.QuantizationSearchParams(rescore=True, oversampling=2.0))
             req = qe.QueryRequest(
                 limit=limit,
@@ -533,7 +542,7 @@ class QdrantEdgeRepository(RepositoryBase):
         store = self._tokens(schema)
         tokens: dict[str, np.ndarray] = {}  # the engine's vectors of the passages it was read for
         copied: dict[str, slice] = {}  # where the side store's rows lie in ``flat``
-        flat = np.zeros((0, schema.dim), np.float32)
+        flat: np.ndarray | EncodedTokens = np.zeros((0, schema.dim), np.float32)
         units: dict[str, Any] = {}  # binary units (bytes), JSON text (an old row), or Unit tuples
         read: dict[str, Any] = {}  # the version each passage was read at
         if store is None:
@@ -563,7 +572,7 @@ class QdrantEdgeRepository(RepositoryBase):
                     legacy.append(pid)
                 else:
                     units[pid] = row[2]
-            if rows is not None and kept:  # expanded to float32 in one pass
+            if rows is not None and kept:  # float32, or the encoded rows (float16, int8, binary) unexpanded
                 flat = store.batch(rows, kept)
                 ends = np.cumsum([rows.rows[pid][1] for pid in kept]).tolist()
                 copied = {pid: slice(end - rows.rows[pid][1], end) for pid, end in zip(kept, ends)}
@@ -583,10 +592,13 @@ class QdrantEdgeRepository(RepositoryBase):
                 units[pid] = units_from_json(payload.get(qc.P_UNITS, ()))
                 read[pid] = payload.get(qc.P_TV)
         found = [pid for pid in found if pid in units]  # less any deleted between the reads
-        if not tokens and found == list(copied):  # all from the side store: as expanded
+        vectors: np.ndarray | EncodedTokens
+        if not tokens and found == list(copied):  # all from the side store: as read
             vectors = flat
             lengths = [copied[pid].stop - copied[pid].start for pid in found]
-        else:
+        else:  # some from the engine: all as float32
+            if isinstance(flat, EncodedTokens):
+                flat = flat.expand()
             parts = [tokens[pid] if pid in tokens else flat[copied[pid]] for pid in found]
             vectors = np.concatenate(parts) if parts else np.zeros((0, schema.dim), np.float32)
             lengths = [len(t) for t in parts]

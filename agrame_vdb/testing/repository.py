@@ -23,6 +23,7 @@ from ..errors import (
     InvalidIdError,
     MissingPassagesError,
     SchemaMismatchError,
+    UnsupportedOperationError,
 )
 from ..repository import (
     SCHEMA_VERSION,
@@ -376,10 +377,12 @@ class RepositoryTests(EngineFixtures):
         repo.delete(name, [ids[2]])
         assert repo.fetch_tokens(name, ids).missing == (ids[2],)
 
-    @pytest.mark.parametrize("dtype", ["float16", "int8"])
+    @pytest.mark.parametrize("dtype", ["float16", "int8", "binary"])
     def test_storage_dtypes(self, store, repo, dtype):
         caps = repo.capabilities()
         if dtype not in caps.dtypes:
+            with pytest.raises(UnsupportedOperationError, match=dtype):  # refused before the engine is asked
+                repo.create_collection(CollectionSchema(f"{store.collection}_{dtype}", DIM, dtype=dtype))
             pytest.skip(f"{caps.engine} does not offer {dtype}")
         name = f"{store.collection}_{dtype}"
         repo.create_collection(CollectionSchema(name, DIM, dtype=dtype, on_disk=True))

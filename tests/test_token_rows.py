@@ -1,11 +1,11 @@
-"""The token copy's row forms (``_row_format``) against independent numpy references."""
+"""The token copy's row forms (``agrame_vdb.token_rows``) against independent numpy references."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from agrame_vdb.repositories._row_format import I8_ATOL, RowFormat
+from agrame_vdb.token_rows import I8_ATOL, RowFormat
 
 
 def _int8_reference(x: np.ndarray) -> np.ndarray:
@@ -85,7 +85,7 @@ def test_an_unknown_code_is_refused():
 def test_the_module_examples_hold():
     import doctest
 
-    from agrame_vdb.repositories import _row_format
+    from agrame_vdb import token_rows
 
-    result = doctest.testmod(_row_format)
+    result = doctest.testmod(token_rows)
     assert result.failed == 0 and result.attempted > 0
