@@ -1,4 +1,4 @@
-"""Disk bytes per token of a Qdrant Edge store: ``python benchmarks/storage.py [--passages 2000]``.
+"""Disk bytes per token of a Qdrant Edge store: ``python benchmarks/storage.py [--passages 2000] [--token-pooling 1,2,3]``.
 
 Prints figures, asserts nothing. For each storage dtype (float32, float16, int8) it
 builds a collection of N passages of 100-160 random unit-norm 128-d tokens (5
@@ -20,6 +20,12 @@ sentence units each), written through the repository in batches of 250, then
 
 ``--detail`` also lists the segments' bytes per token by part (vector storage,
 quantized vectors, payload, indexes), summed over segments.
+
+``--token-pooling F,...`` also writes the passages with their token rows pooled by each
+factor within their sentences (:mod:`agrame_vdb.pooling`; row 0 kept apart as ``[CLS]``
+is): the bytes are then per token *before* pooling, so they compare with factor 1's,
+and the time pooling took is printed. Random tokens cluster less than a model's do; the
+rows per token are what pooling sets.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import numpy as np
 
 from agrame_vdb import CollectionSchema, StoredPassage, connect
 from agrame_vdb.hardware import cpu_model
+from agrame_vdb.pooling import pool_unit_tokens
 from agrame_vdb.units import Unit
 
 DIM = 128
@@ -57,6 +64,16 @@ def make_passages(n: int, seed: int = 0) -> list[StoredPassage]:
             Unit("sentence", k, ((22 * k, 22 * k + 21),), ((int(cuts[k]), int(cuts[k + 1])),)) for k in range(5)
         )
         out.append(StoredPassage.create(f"doc-{i // 4}", i % 4, t, units=units, text=text, metadata={"year": 2000 + i % 20}))
+    return out
+
+
+def pooled(passages: list[StoredPassage], factor: int) -> list[StoredPassage]:
+    """The passages with their token rows pooled by ``factor`` (the pooled vector kept)."""
+    out = []
+    for p in passages:
+        rows, units = pool_unit_tokens(p.tokens, p.units, factor, protected=[0])
+        out.append(StoredPassage.create(p.doc_id, p.index, rows, pooled=p.pooled, units=units, text=p.text,
+                                        metadata=p.metadata))
     return out
 
 
@@ -96,10 +113,12 @@ def maxsim(q: np.ndarray, d: np.ndarray) -> float:
     return float((q.astype(np.float64) @ d.T.astype(np.float64)).max(axis=1).sum())
 
 
-def measure(root: Path, dtype: str, passages: list[StoredPassage], batch: int, queries: int) -> tuple[dict, dict]:
+def measure(root: Path, dtype: str, passages: list[StoredPassage], batch: int, queries: int,
+            n_tokens: int, factor: int = 1) -> tuple[dict, dict]:
+    """``n_tokens``: the tokens the passages were encoded from (more than their rows when pooled)."""
     url = f"qdrant-edge://{root}"
     repo = connect(url)
-    repo.create_collection(CollectionSchema("c", DIM, dtype=dtype))
+    repo.create_collection(CollectionSchema("c", DIM, dtype=dtype, token_pooling=factor))
     start = time.perf_counter()
     for i in range(0, len(passages), batch):
         repo.upsert("c", passages[i : i + batch])
@@ -108,7 +127,6 @@ def measure(root: Path, dtype: str, passages: list[StoredPassage], batch: int, q
     repo.close()
 
     files = sizes(root / "c")
-    n_tokens = sum(p.n_tokens for p in passages)
     by_part = dict.fromkeys(PARTS, 0)
     detail: dict[str, int] = defaultdict(int)
     for rel, (size, _) in files.items():
@@ -138,6 +156,7 @@ def measure(root: Path, dtype: str, passages: list[StoredPassage], batch: int, q
     row = {"total": total / n_tokens, "less wal": (total - by_part["wal"]) / n_tokens}
     row.update({k: v / n_tokens for k, v in by_part.items()})
     row["apparent"] = sum(apparent for _, apparent in files.values()) / n_tokens
+    row.update({"rows/token": sum(p.n_tokens for p in passages) / n_tokens})
     row.update({"fetch err": err, "maxsim err": score_err, "build s": seconds})
     return row, {k: v / n_tokens for k, v in sorted(detail.items())}
 
@@ -148,6 +167,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=250)
     ap.add_argument("--queries", type=int, default=5)
     ap.add_argument("--dtypes", default=",".join(DTYPES))
+    ap.add_argument("--token-pooling", default="1", help="pooling factors, comma-separated (1: none)")
     ap.add_argument("--detail", action="store_true", help="list the segments' bytes per token by part")
     ap.add_argument("--dir", type=Path, default=None, help="where to build the stores (default: a temporary directory)")
     args = ap.parse_args()
@@ -158,17 +178,25 @@ def main() -> None:
     print(f"{args.passages} passages, {n_tokens} tokens ({n_tokens / args.passages:.1f} per passage), dim {DIM}, "
           f"batches of {args.batch}, optimize()d; raw float32 vector: {DIM * 4} B/token")
     print("bytes/token (allocated blocks)")
-    cols = ("total", "less wal", *PARTS, "apparent", "fetch err", "maxsim err", "build s")
-    print(f"{'dtype':<8}" + "".join(f"{c:>12}" for c in cols))
+    cols = ("total", "less wal", *PARTS, "apparent", "rows/token", "fetch err", "maxsim err", "build s")
+    print(f"{'dtype':<8}{'pool':>5}" + "".join(f"{c:>12}" for c in cols))
     details = {}
-    for dtype in args.dtypes.split(","):
-        root = Path(tempfile.mkdtemp(prefix=f"storage-{dtype}-", dir=args.dir))
-        try:
-            row, details[dtype] = measure(root, dtype, passages, args.batch, args.queries)
-        finally:
-            shutil.rmtree(root, ignore_errors=True)
-        cells = [f"{row[c]:>12.1f}" for c in cols[:-3]] + [f"{row[c]:>12.2e}" for c in cols[-3:-1]] + [f"{row[cols[-1]]:>12.1f}"]
-        print(f"{dtype:<8}" + "".join(cells), flush=True)
+    for factor in [int(f) for f in args.token_pooling.split(",")]:
+        start = time.perf_counter()
+        written = passages if factor == 1 else pooled(passages, factor)
+        if factor > 1:
+            seconds = time.perf_counter() - start
+            print(f"  (pooling by {factor}: {seconds:.2f} s, {1e3 * seconds / n_tokens * 1000:.1f} ms per 1,000 tokens)")
+        for dtype in args.dtypes.split(","):
+            root = Path(tempfile.mkdtemp(prefix=f"storage-{dtype}-", dir=args.dir))
+            try:
+                row, details[f"{dtype} pool {factor}"] = measure(root, dtype, written, args.batch, args.queries,
+                                                                 n_tokens, factor)
+            finally:
+                shutil.rmtree(root, ignore_errors=True)
+            cells = ([f"{row[c]:>12.1f}" for c in cols[:-4]] + [f"{row['rows/token']:>12.3f}"]
+                     + [f"{row[c]:>12.2e}" for c in cols[-3:-1]] + [f"{row[cols[-1]]:>12.1f}"])
+            print(f"{dtype:<8}{factor:>5}" + "".join(cells), flush=True)
     if args.detail:
         print("\nsegments by part, bytes/token")
         for dtype, parts in details.items():
