@@ -4,7 +4,8 @@
 batch the encoder refuses is encoded passage by passage, so one bad passage fails
 only its document. :func:`build_records` turns the documents of a batch and their
 encodings into :class:`~agrame_vdb.repository.StoredPassage` records (the failed
-documents left out), and :func:`stale_passages` says which passages each written
+documents left out; with ``token_pooling``, their token rows pooled within their units
+by :mod:`agrame_vdb.pooling`), and :func:`stale_passages` says which passages each written
 document no longer has: those at or past its new passage count.
 """
 
@@ -18,6 +19,7 @@ from typing import Any
 
 from .chunking import Chunk
 from .errors import InvalidInputError
+from .pooling import pool_encoded
 from .repository import And, Filter, In, Range, StoredPassage
 from .units import Passage
 
@@ -83,20 +85,26 @@ class EncodedBatch:
     """The records of a batch's documents, and what they hold.
 
     ``counts``: passages per written document (a failed document is not there);
-    ``tokens``: token vectors; ``truncated``: units the model's length cut or dropped.
+    ``tokens``: token vectors encoded; ``rows``: token rows stored (fewer with token
+    pooling); ``truncated``: units the model's length cut or dropped.
     """
 
     stored: list[StoredPassage] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     tokens: int = 0
+    rows: int = 0
     truncated: int = 0
 
 
 def build_records(
-    documents: Sequence[tuple[str, Sequence[Chunk]]], encoded: Sequence[Any], failed: Mapping[str, str]
+    documents: Sequence[tuple[str, Sequence[Chunk]]], encoded: Sequence[Any], failed: Mapping[str, str],
+    *, token_pooling: int = 1,
 ) -> EncodedBatch:
     """The records of ``documents`` (``(doc_id, chunks)``, their chunks' encodings in
-    ``encoded`` one after another), leaving out the documents in ``failed``."""
+    ``encoded`` one after another), leaving out the documents in ``failed``. With
+    ``token_pooling`` > 1 each passage's token rows are pooled by that factor within its
+    units (:func:`~agrame_vdb.pooling.pool_encoded`); its pooled (first-stage) vector
+    stays the mean of all its original tokens."""
     batch = EncodedBatch()
     at = 0
     for doc_id, chunks in documents:
@@ -106,13 +114,14 @@ def build_records(
             continue
         batch.counts[doc_id] = len(chunks)
         for c, e in zip(chunks, mine):
+            tokens, units = (e.token_vectors, e.units) if token_pooling == 1 else pool_encoded(e, token_pooling)
             batch.stored.append(
                 StoredPassage.create(
-                    c.doc_id, c.index, e.token_vectors, pooled=e.pooled, units=e.units, text=c.text,
-                    metadata=c.metadata,
+                    c.doc_id, c.index, tokens, pooled=e.pooled, units=units, text=c.text, metadata=c.metadata,
                 )
             )
             batch.tokens += e.n_tokens
+            batch.rows += len(tokens)
             batch.truncated += len(e.truncated)
     return batch
 

@@ -47,6 +47,7 @@ class JobCounts:
     stale_deleted: int = 0
     tokens: int = 0
     truncated_units: int = 0
+    rows: int = 0
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,8 @@ class IndexSummary:
     - ``stale_deleted``: passages deleted because their document now has fewer.
     - ``tokens``: token vectors written; ``truncated_units``: units the model's
       length cut or dropped (pre-split passages longer than the model takes).
+    - ``rows``: token rows written: ``tokens``, or fewer with ``token_pooling`` (the
+      factor; 1: none), when ``tokens`` counts the token vectors encoded.
     - ``seconds_setup`` (checkpoint and input fingerprint, model load, collection),
       ``seconds_read`` (reading, checking, chunking), ``seconds_encode``,
       ``seconds_write`` (upserts and deletions, retries included),
@@ -76,6 +79,7 @@ class IndexSummary:
     stale_deleted: int = 0
     tokens: int = 0
     truncated_units: int = 0
+    rows: int = 0
     run_documents: int = 0
     run_passages: int = 0
     run_tokens: int = 0
@@ -96,6 +100,7 @@ class IndexSummary:
     rejects_sample: tuple[dict[str, Any], ...] = ()
     device: str | None = None
     dtype: str | None = None
+    token_pooling: int = 1
 
     @property
     def working_seconds(self) -> float:
@@ -139,7 +144,10 @@ class IndexSummary:
         )
         lines.append(
             f"  passages: {self.passages:,} {written}, {self.stale_deleted:,} stale deleted, "
-            f"{self.tokens:,} token vectors, {self.truncated_units:,} units truncated"
+            f"{self.tokens:,} token vectors"
+            + (f" ({self.rows:,} rows after token pooling by {self.token_pooling})"
+               if self.token_pooling > 1 and not self.dry_run else "")
+            + f", {self.truncated_units:,} units truncated"
         )
         if self.resumed_after:
             lines.append(f"  resumed after record {self.resumed_after:,}; this run wrote {self.run_documents:,} "

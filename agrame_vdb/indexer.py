@@ -76,6 +76,7 @@ from .checkpoints import load_tokenizer, model_identity as _model_identity
 from .jobstate import JobCheckpoint, file_fingerprint, job_differences
 from .layout import special_tokens
 from .lexical import LexicalSpec
+from .pooling import check_factor
 from .redact import redact_url
 from .rejects import RejectsFile as _Rejects
 from .repository import CollectionSchema, validate_metadata
@@ -143,7 +144,11 @@ class IndexJob:
     only a sample is kept in the summary). ``restart`` ignores an existing
     checkpoint. ``dry_run`` reads, checks and chunks every record, writes nothing,
     and loads only the tokenizer. ``storage_dtype``, ``on_disk`` and
-    ``indexed_fields`` shape the collection when it is created. ``optimize`` asks
+    ``indexed_fields`` shape the collection when it is created. ``token_pooling``
+    (an int >= 1; 1, the default: none) pools each passage's token rows by that factor
+    within its units before they are written (:mod:`agrame_vdb.pooling`; the pooled
+    first-stage vector stays the mean of the original tokens); the collection records
+    the factor, and one made with another factor is refused. ``optimize`` asks
     the engine to build its indexes at the end. ``store`` names the store in the
     job description (a URL; default the engine's name). ``on_progress`` is
     called with an :class:`IndexProgress` after each encoded batch.
@@ -175,6 +180,7 @@ class IndexJob:
         on_disk: bool = False,
         indexed_fields: dict[str, str] | None = None,
         lexical: bool | LexicalSpec = True,
+        token_pooling: int = 1,
         optimize: bool = True,
         store: str | None = None,
         on_progress: Callable[[IndexProgress], None] | None = None,
@@ -182,6 +188,7 @@ class IndexJob:
         if not isinstance(lexical, (bool, LexicalSpec)):
             raise InvalidInputError(f"lexical must be True, False or a LexicalSpec, got {lexical!r}")
         self.lexical = lexical
+        self.token_pooling = check_factor(token_pooling)
         self.is_file = isinstance(source, (str, os.PathLike))
         self.source = Path(source) if self.is_file else source  # type: ignore[arg-type]
         if self.is_file:
@@ -269,6 +276,8 @@ class IndexJob:
             "shard": list(self.shard),
             "model": _model_identity(self.encoder, self.model, self.dtype),
             "chunking": self.chunking.to_json(),
+            # in the job's identity only when set: the checkpoints of jobs without it still match
+            **({"token_pooling": self.token_pooling} if self.token_pooling > 1 else {}),
         }
 
     def _resume_hint(self) -> str:
@@ -400,6 +409,7 @@ class IndexJob:
             schema = CollectionSchema(
                 self.collection, dim=int(self.encoder.dim), dtype=self.storage_dtype, on_disk=self.on_disk,
                 indexed_fields=self.indexed_fields, lexical=self._lexical_spec(),
+                token_pooling=self.token_pooling,
             )
             self._call("create the collection", self.repository.create_collection, schema, setup=True)
         chunker = Chunker(tokenizer, config.doc_maxlen, self.chunking, special_tokens=special_tokens(config))
@@ -521,7 +531,8 @@ class IndexJob:
             for d in pending:
                 if d.doc_id in failed:
                     self._reject(rejects, d.line, d.doc_id, failed[d.doc_id])
-            batch = build_records([(d.doc_id, d.chunks) for d in pending], encoded, failed)
+            batch = build_records([(d.doc_id, d.chunks) for d in pending], encoded, failed,
+                                  token_pooling=self.token_pooling)
         self._finish_write(rejects)  # the batch before this one: written, then its checkpoint
         # what the checkpoint of this batch will say, taken before anything past it is read
         handed = HandedOver(batch, replace(self._counts), self._position, self._line, rejects.sync())
@@ -560,6 +571,7 @@ class IndexJob:
                 c.passages += len(batch.stored)
             for c in (self._counts, handed.counts):
                 c.tokens += batch.tokens
+                c.rows += batch.rows
                 c.stale_deleted += handed.stale
                 c.truncated_units += batch.truncated
             if batch.stored:
@@ -594,6 +606,7 @@ class IndexJob:
             source=str(self.source) if self.is_file else "<iterable>",
             records=c.records, documents=c.documents, passages=c.passages, skipped=c.skipped,
             rejected=c.rejected, stale_deleted=c.stale_deleted, tokens=c.tokens, truncated_units=c.truncated_units,
+            rows=c.rows, token_pooling=self.token_pooling,
             run_documents=r.documents, run_passages=r.passages, run_tokens=r.tokens,
             seconds=time.perf_counter() - self._started, seconds_setup=times["setup"],
             seconds_read=times["read"], seconds_encode=times["encode"], seconds_write=times["write"],

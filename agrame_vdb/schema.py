@@ -71,6 +71,10 @@ class CollectionSchema:
     the lexical and hybrid first stages; the spec's tokenisation is the one queries
     use. It is fixed at creation (a collection gains it by a copy:
     ``agrame-vdb migrate convert --lexical``); a record without it has none.
+    ``token_pooling`` (an int >= 2, or None) says the token rows are pooled by that
+    factor within the passages' units (:mod:`agrame_vdb.pooling`): fewer rows than
+    tokens, unit token ranges over the pooled rows. 1 is stored as None (no pooling);
+    a record without it is not pooled. Rows of another factor cannot be added to it.
     """
 
     name: str
@@ -81,6 +85,7 @@ class CollectionSchema:
     indexed_fields: tuple[tuple[str, str], ...] | Mapping[str, str] = ()
     model: str | None = None
     lexical: LexicalSpec | None = None
+    token_pooling: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not _NAME_RE.fullmatch(self.name):
@@ -118,6 +123,10 @@ class CollectionSchema:
         object.__setattr__(self, "indexed_fields", tuple(sorted(fields.items())))
         if self.lexical is not None:
             object.__setattr__(self, "lexical", LexicalSpec.from_json(self.lexical))
+        if self.token_pooling is not None:
+            if not _is_int(self.token_pooling) or self.token_pooling < 1:
+                raise InvalidSchemaError(f"token_pooling must be None or an int >= 1, got {self.token_pooling!r}")
+            object.__setattr__(self, "token_pooling", None if self.token_pooling == 1 else int(self.token_pooling))
 
     @property
     def indexes(self) -> dict[str, str]:
@@ -129,6 +138,8 @@ class CollectionSchema:
         record = dataclasses.asdict(self) | {"indexed_fields": dict(self.indexed_fields)}  # type: ignore[arg-type]
         if self.lexical is None:  # the record of a collection without lexical vectors is as before them
             del record["lexical"]
+        if self.token_pooling is None:  # and that of a collection without pooled rows too
+            del record["token_pooling"]
         return record
 
     @classmethod
@@ -146,10 +157,11 @@ class CollectionSchema:
             raise SchemaMismatchError(f"stored collection schema is unreadable: {data!r}") from exc
 
     def check_compatible(self, stored: CollectionSchema) -> None:
-        """Raise :class:`SchemaMismatchError` when ``stored`` differs in dim, dtype or version."""
+        """Raise :class:`SchemaMismatchError` when ``stored`` differs in dim, dtype, version
+        or token pooling (rows pooled otherwise would be mixed with its rows)."""
         diffs = [
             f"{what}: stored {getattr(stored, what)!r}, requested {getattr(self, what)!r}"
-            for what in ("dim", "dtype", "schema_version")
+            for what in ("dim", "dtype", "schema_version", "token_pooling")
             if getattr(stored, what) != getattr(self, what)
         ]
         if diffs:

@@ -1,5 +1,5 @@
 """Disk bytes per token of a Qdrant Edge store and of a qdrant-client local-mode store:
-``python benchmarks/storage.py [--passages 2000] [--engines edge,local]``.
+``python benchmarks/storage.py [--passages 2000] [--engines edge,local] [--token-pooling 1,2,3]``.
 
 Prints figures, asserts nothing. For each storage dtype (float32, float16, int8,
 binary) it builds a collection of N passages of 100-160 random unit-norm 128-d tokens
@@ -36,6 +36,12 @@ and for both:
 
 ``--detail`` also lists the Edge segments' bytes per token by part (vector storage,
 quantized vectors, payload, indexes), summed over segments.
+
+``--token-pooling F,...`` also writes the passages with their token rows pooled by each
+factor within their sentences (:mod:`agrame_vdb.pooling`; row 0 kept apart as ``[CLS]``
+is): the bytes are then per token *before* pooling, so they compare with factor 1's,
+and the time pooling took is printed. Random tokens cluster less than a model's do; the
+rows per token are what pooling sets.
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ import numpy as np
 
 from agrame_vdb import CollectionSchema, StoredPassage, connect
 from agrame_vdb.hardware import cpu_model
+from agrame_vdb.pooling import pool_unit_tokens
 from agrame_vdb.units import Unit
 
 DIM = 128
@@ -77,6 +84,16 @@ def make_passages(n: int, seed: int = 0) -> list[StoredPassage]:
             Unit("sentence", k, ((22 * k, 22 * k + 21),), ((int(cuts[k]), int(cuts[k + 1])),)) for k in range(5)
         )
         out.append(StoredPassage.create(f"doc-{i // 4}", i % 4, t, units=units, text=text, metadata={"year": 2000 + i % 20}))
+    return out
+
+
+def pooled(passages: list[StoredPassage], factor: int) -> list[StoredPassage]:
+    """The passages with their token rows pooled by ``factor`` (the pooled vector kept)."""
+    out = []
+    for p in passages:
+        rows, units = pool_unit_tokens(p.tokens, p.units, factor, protected=[0])
+        out.append(StoredPassage.create(p.doc_id, p.index, rows, pooled=p.pooled, units=units, text=p.text,
+                                        metadata=p.metadata))
     return out
 
 
@@ -116,11 +133,12 @@ def maxsim(q: np.ndarray, d: np.ndarray) -> float:
     return float((q.astype(np.float64) @ d.T.astype(np.float64)).max(axis=1).sum())
 
 
-def build(url: str, dtype: str, passages: list[StoredPassage], batch: int) -> float:
-    """Write the passages into a new collection ``c`` at ``url``; the seconds it took."""
+def build(url: str, dtype: str, passages: list[StoredPassage], batch: int, factor: int = 1) -> float:
+    """Write the passages into a new collection ``c`` at ``url`` (rows pooled by ``factor``
+    already, when > 1); the seconds it took."""
     repo = connect(url)
     try:
-        repo.create_collection(CollectionSchema("c", DIM, dtype=dtype))
+        repo.create_collection(CollectionSchema("c", DIM, dtype=dtype, token_pooling=factor))
         start = time.perf_counter()
         for i in range(0, len(passages), batch):
             repo.upsert("c", passages[i : i + batch])
@@ -149,12 +167,13 @@ def errors(repo: Any, passages: list[StoredPassage], queries: int) -> dict[str, 
     return {"fetch err": err, "maxsim err": score_err}
 
 
-def measure(root: Path, dtype: str, passages: list[StoredPassage], batch: int, queries: int) -> tuple[dict, dict]:
-    """One Qdrant Edge collection: bytes per token by part, the errors, the build time."""
+def measure(root: Path, dtype: str, passages: list[StoredPassage], batch: int, queries: int,
+            n_tokens: int, factor: int = 1) -> tuple[dict, dict]:
+    """One Qdrant Edge collection: bytes per token by part, the errors, the build time.
+    ``n_tokens``: the tokens the passages were encoded from (more than their rows when pooled)."""
     url = f"qdrant-edge://{root}"
-    seconds = build(url, dtype, passages, batch)
+    seconds = build(url, dtype, passages, batch, factor)
     files = sizes(root / "c")
-    n_tokens = sum(p.n_tokens for p in passages)
     by_part = dict.fromkeys(PARTS, 0)
     detail: dict[str, int] = defaultdict(int)
     for rel, (size, _) in files.items():
@@ -170,6 +189,7 @@ def measure(root: Path, dtype: str, passages: list[StoredPassage], batch: int, q
     row = {"total": total / n_tokens, "less wal": (total - by_part["wal"]) / n_tokens}
     row.update({k: v / n_tokens for k, v in by_part.items()})
     row["apparent"] = sum(apparent for _, apparent in files.values()) / n_tokens
+    row.update({"rows/token": sum(p.n_tokens for p in passages) / n_tokens})
     row.update({"1st pass": FIRST_PASS[dtype], **errs, "build s": seconds})
     return row, {k: v / n_tokens for k, v in sorted(detail.items())}
 
@@ -219,6 +239,7 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=5)
     ap.add_argument("--dtypes", default=",".join(DTYPES))
     ap.add_argument("--engines", default=",".join(ENGINES), help="edge (Qdrant Edge), local (qdrant-client local mode)")
+    ap.add_argument("--token-pooling", default="1", help="Edge: pooling factors, comma-separated (1: none)")
     ap.add_argument("--detail", action="store_true", help="list the Edge segments' bytes per token by part")
     ap.add_argument("--dir", type=Path, default=None, help="where to build the stores (default: a temporary directory)")
     args = ap.parse_args()
@@ -241,13 +262,20 @@ def main() -> None:
 
     engines = args.engines.split(",")
     if "edge" in engines:
+        for factor in [int(f) for f in args.token_pooling.split(",")]:
+            start = time.perf_counter()
+            written = passages if factor == 1 else pooled(passages, factor)
+            if factor > 1:
+                seconds = time.perf_counter() - start
+                print(f"  (pooling by {factor}: {seconds:.2f} s, {1e6 * seconds / n_tokens:.1f} ms per 1,000 tokens)")
 
-        def edge(root: Path, dtype: str) -> dict:
-            row, details[dtype] = measure(root, dtype, passages, args.batch, args.queries)
-            return row
+            def edge(root: Path, dtype: str, written: list[StoredPassage] = written, factor: int = factor) -> dict:
+                row, details[f"{dtype} pool {factor}"] = measure(root, dtype, written, args.batch, args.queries,
+                                                                 n_tokens, factor)
+                return row
 
-        cols = ("total", "less wal", *PARTS, "apparent", "1st pass", "fetch err", "maxsim err", "build s")
-        print_table("Qdrant Edge, bytes/token (allocated blocks)", cols, run("edge", edge))
+            cols = ("total", "less wal", *PARTS, "apparent", "rows/token", "1st pass", "fetch err", "maxsim err", "build s")
+            print_table(f"Qdrant Edge, token pooling {factor}, bytes/token (allocated blocks)", cols, run("edge", edge))
     if "local" in engines:
         cols = ("total", "apparent", "copy b64", "1st pass", "fetch err", "maxsim err", "build s")
         print_table(

@@ -46,6 +46,7 @@ def index(
     on_disk: Annotated[bool, typer.Option("--on-disk", help="Keep a new collection's token vectors on disk.")] = False,
     index_field: Annotated[Optional[list[str]], typer.Option("--index-field", help="NAME:TYPE metadata field to index for filters (keyword, integer, float, bool); repeatable.")] = None,
     lexical: Annotated[bool, typer.Option("--lexical/--no-lexical", help="Give a new collection BM25 lexical vectors of the text (for the lexical and hybrid first stages) where the engine has them.")] = True,
+    token_pooling: Annotated[int, typer.Option("--token-pooling", help="Pool each passage's token vectors by this factor (Ward clusters, never across a unit boundary); 1: none. Recorded in the collection.")] = 1,
     retries: Annotated[int, typer.Option("--retries", help="Attempts per repository call when the store is unavailable.")] = 8,
     optimize: Annotated[bool, typer.Option("--optimize/--no-optimize", help="Build the engine's indexes at the end.")] = True,
     progress: Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar; default: when stderr is a terminal, else log lines.")] = None,
@@ -77,7 +78,8 @@ def index(
             encode_token_budget=encode_token_budget, overlap=overlap_writes,
             checkpoint=checkpoint or default_checkpoint, rejects=rejects or (None if dry_run else default_rejects),
             restart=restart, dry_run=dry_run, retry=RetryPolicy(attempts=retries), storage_dtype=storage,
-            on_disk=on_disk, indexed_fields=fields, lexical=lexical, optimize=optimize, store=store,
+            on_disk=on_disk, indexed_fields=fields, lexical=lexical, token_pooling=token_pooling, optimize=optimize,
+            store=store,
         )
         with progress_reporter(progress) as report:
             job.on_progress = report

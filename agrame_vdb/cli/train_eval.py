@@ -57,6 +57,7 @@ def eval_command(
     recall_at: Annotated[str, typer.Option("--recall-at", help="N of the first-stage recall@N, comma-separated, measured for each first stage and the exhaustive MaxSim ranking; 'none': not measured.")] = "50,200,1000",
     alpha: Annotated[float, typer.Option("--alpha", help="Weight of S(q,p) in the alpha configuration.")] = 1.0,
     storage: Annotated[str, typer.Option("--storage", help="Token-vector storage of the evaluation collections: float32, float16, int8 or binary.")] = "float32",
+    token_pooling: Annotated[int, typer.Option("--token-pooling", help="Pool the evaluation collections' token vectors by this factor within their units (1: none).")] = 1,
     split: Annotated[str, typer.Option("--split", help="SciFact claims / PropSegmEnt document clusters: heldout, train or all.")] = "heldout",
     distractors: Annotated[int, typer.Option("--distractors", help="SciFact: abstracts added beside the cited ones.")] = 300,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Evaluate only the first N queries.")] = None,
@@ -105,7 +106,7 @@ def eval_command(
             name = "default" if directory is None else str(directory)
             found = evaluate(data, encoder, repository, model_name=name, configurations=configs,
                              candidates=candidates, alpha=alpha, store=label, first_stage=first_stage, recall_at=at,
-                             storage=storage)
+                             storage=storage, token_pooling=token_pooling)
             results.extend(found)
             if json_output:
                 for r in found:

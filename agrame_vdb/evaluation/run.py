@@ -12,8 +12,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import numpy as np
+
 from ..documents import Document, PassageInput
 from ..errors import InvalidInputError
+from ..pooling import check_factor
 from ..schema import DTYPES
 from .datasets import EvalDataset, UnitKey
 from .metrics import mean_metrics
@@ -73,6 +76,9 @@ class ConfigurationResult:
     planner's first stage the ``candidates`` came from; ``recall`` the first-stage
     recall of the collection the configuration ranked (the same for every
     configuration over it; None for ``sentence-encoding`` or when not measured).
+    ``token_pooling`` is the factor the collection's token rows were pooled by (1:
+    none), ``tokens`` the token vectors encoded, ``rows`` the rows stored and
+    ``row_bytes`` the raw bytes of one row (dim times the storage type's size).
     """
 
     dataset: str
@@ -86,6 +92,15 @@ class ConfigurationResult:
     seconds: float = 0.0
     first_stage: str = "pooled"
     recall: FirstStageRecall | None = None
+    token_pooling: int = 1
+    tokens: int = 0
+    rows: int = 0
+    row_bytes: int = 0
+
+    @property
+    def bytes_per_token(self) -> float | None:
+        """Raw vector bytes stored per token encoded: ``row_bytes · rows / tokens``."""
+        return self.row_bytes * self.rows / self.tokens if self.tokens else None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -100,6 +115,10 @@ class ConfigurationResult:
             "unit": dict(self.unit),
             "seconds": round(self.seconds, 1),
             "first_stage_used": self.first_stage,
+            "token_pooling": self.token_pooling,
+            "tokens": self.tokens,
+            "rows": self.rows,
+            "bytes_per_token": None if self.bytes_per_token is None else round(self.bytes_per_token, 1),
             **({"first_stage": self.recall.to_json()} if self.recall is not None else {}),
         }
 
@@ -125,7 +144,11 @@ def _unit_documents(dataset: EvalDataset) -> tuple[list[Any], dict[tuple[str, in
     return docs, back
 
 
-def _index(docs: list[Any], repository: Any, collection: str, encoder: Any, batch_size: int, storage: str = "float32") -> int:
+def _index(
+    docs: list[Any], repository: Any, collection: str, encoder: Any, batch_size: int, storage: str = "float32",
+    token_pooling: int = 1,
+) -> Any:
+    """``docs`` indexed into a new ``collection``: the job's summary."""
     from ..chunking import ChunkingOptions
     from ..indexer import IndexJob
 
@@ -134,10 +157,11 @@ def _index(docs: list[Any], repository: Any, collection: str, encoder: Any, batc
     summary = IndexJob(
         docs, repository, collection, encoder=encoder, chunking=ChunkingOptions(sentences=False),
         encode_batch_size=batch_size, batch_size=max(256, batch_size), storage_dtype=storage,
+        token_pooling=token_pooling,
     ).run()
     if summary.rejected:
         raise InvalidInputError(f"indexing {collection} rejected {summary.rejected} documents: {summary.rejects_sample[:3]}")
-    return summary.passages
+    return summary
 
 
 def evaluate(
@@ -159,6 +183,7 @@ def evaluate(
     first_stage: str | None = None,
     recall_at: Sequence[int] = RECALL_AT,
     storage: str = "float32",
+    token_pooling: int = 1,
 ) -> list[ConfigurationResult]:
     """Index ``dataset`` into ``repository`` and rank its queries in each configuration.
 
@@ -173,21 +198,23 @@ def evaluate(
     ``maxsim``; None: the planner's default) is the first stage they come from. ``recall_at``: the ``N``
     of the first-stage recall measured once per whole-passage collection
     (:func:`~agrame_vdb.evaluation.recall.first_stage_recall`; empty: none).
-    ``storage`` is the collections' token-vector storage (float32, float16, int8, binary).
-    Collections are dropped afterwards unless ``keep``.
+    ``storage`` is the collections' token-vector storage (float32, float16, int8, binary);
+    ``token_pooling`` the factor their token rows are pooled by (1: none; see
+    :mod:`agrame_vdb.pooling`). Collections are dropped afterwards unless ``keep``.
     """
     from ..redact import redact_url
 
     store = redact_url(store)  # a label of the results: never its credentials
     if storage not in DTYPES:
         raise InvalidInputError(f"storage must be one of {DTYPES}, got {storage!r}")
+    token_pooling = check_factor(token_pooling)
     unknown = [c for c in configurations if c not in CONFIGURATIONS]
     if unknown:
         raise InvalidInputError(f"unknown configuration {unknown[0]!r}; use one of {list(CONFIGURATIONS)}")
     if not dataset.queries:
         raise InvalidInputError(f"{dataset.name} has no queries to evaluate")
     run = _Run(dataset, repository, candidates, alpha, k, store, batch_size, on_query, model_name,
-               first_stage, check_recall_at(recall_at), storage)
+               first_stage, check_recall_at(recall_at), storage, token_pooling)
     names = [f"{collection_prefix}_{what}" for what in ("passages", "units", "plain")]
     results: list[ConfigurationResult] = []
     try:
@@ -224,6 +251,15 @@ class _Run:
     first_stage: str | None = None
     recall_at: tuple[int, ...] = RECALL_AT
     storage: str = "float32"
+    token_pooling: int = 1
+
+    def _indexed(self, docs: list[Any], collection: str, encoder: Any) -> tuple[int, dict[str, int]]:
+        """``docs`` indexed into ``collection``: its passages, and what its token rows hold
+        (the :class:`ConfigurationResult` fields ``token_pooling``, ``tokens``, ``rows``, ``row_bytes``)."""
+        summary = _index(docs, self.repository, collection, encoder, self.batch_size, self.storage, self.token_pooling)
+        rows = {"token_pooling": self.token_pooling, "tokens": summary.tokens, "rows": summary.rows,
+                "row_bytes": int(encoder.dim) * np.dtype(self.storage).itemsize}
+        return summary.passages, rows
 
     def _planner(
         self, collection: str, encoder: Any, n_passages: int, unit_coverage: Mapping[str, float] | None = None
@@ -251,7 +287,7 @@ class _Run:
 
         started = time.perf_counter()
         data = self.dataset
-        n_passages = _index(_documents(data), self.repository, collection, encoder, self.batch_size, self.storage)
+        n_passages, rows = self._indexed(_documents(data), collection, encoder)
         q_all, sq_all = encode_queries(encoder, [q.text for q in data.queries], both=True)
         assert sq_all is not None
         planner, n = self._planner(collection, encoder, n_passages, unit_coverage)
@@ -276,7 +312,7 @@ class _Run:
         return [
             ConfigurationResult(data.name, self.model_name, config, passage_metrics, mean_metrics(runs[config]),
                                 self.alpha if config.endswith("+alpha") else None, n, self.store, seconds,
-                                planner.first_stage, recall)
+                                planner.first_stage, recall, **rows)
             for config in configs
         ]
 
@@ -288,7 +324,7 @@ class _Run:
         started = time.perf_counter()
         data = self.dataset
         docs, back = _unit_documents(data)
-        n_units = _index(docs, self.repository, collection, encoder, self.batch_size, self.storage)
+        n_units, rows = self._indexed(docs, collection, encoder)
         q_all, _ = encode_queries(encoder, [q.text for q in data.queries], both=False)
         planner, n = self._planner(collection, encoder, n_units)
         pid_of_doc = {p.doc_id: p.id for p in data.passages}
@@ -307,7 +343,7 @@ class _Run:
             self._tick("sentence encoding", i)
         return ConfigurationResult(data.name, self.model_name, "sentence-encoding", mean_metrics(passage_runs),
                                    mean_metrics(unit_runs), None, n, self.store, time.perf_counter() - started,
-                                   planner.first_stage)
+                                   planner.first_stage, **rows)
 
 
 def results_table(results: Sequence[ConfigurationResult], metrics: Sequence[str] = ("P@1", "R@5")) -> str:

@@ -159,6 +159,12 @@ def add_units(
 
         hint = upgrade_hint if schema.schema_version < SCHEMA_VERSION else newer_hint
         raise MigrationError(hint(name, schema.schema_version))
+    if schema.token_pooling is not None:
+        raise MigrationError(
+            f"collection {collection!r} stores token rows pooled by {schema.token_pooling}: they are no longer the "
+            "tokenizer's positions, so units cannot be added without re-encoding; re-index the documents with "
+            "their units (agrame-vdb index --token-pooling ...)"
+        )
     Unit(kind, 0, ((0, 1),))  # checks the kind's spelling
     model = model or schema.model
     if encoder is None and not model:
@@ -356,6 +362,7 @@ def _derived(src: CollectionSchema, target: str, **changes: Any) -> CollectionSc
         dict(src.indexed_fields),  # type: ignore[arg-type]
         changes.get("model", src.model),
         changes["lexical"] if "lexical" in changes else src.lexical,
+        src.token_pooling,  # a copy keeps the rows as they are; a re-encoding pools them again alike
     )
 
 
@@ -449,7 +456,9 @@ def reindex(
         return _derived(src, target, dim=int(get_encoder().dim), dtype=dtype, on_disk=on_disk, model=recorded)
 
     def transform(passages: list[StoredPassage]) -> list[StoredPassage]:
-        return _reencode(get_encoder(), passages, encode_batch_size)
+        # the copy runs before the switch: the alias still names the source, whose factor the new one keeps
+        pooling = repository.open_collection(alias).token_pooling or 1
+        return _reencode(get_encoder(), passages, encode_batch_size, pooling)
 
     fill = None
     if source is not None:
@@ -464,7 +473,7 @@ def reindex(
             opts = {"batch_size": page, "encode_batch_size": encode_batch_size, **dict(index_options or {})}
             summary = IndexJob(src_path, repository, target, encoder=get_encoder(), checkpoint=checkpoint,
                                storage_dtype=made.dtype, on_disk=made.on_disk, indexed_fields=dict(made.indexed_fields),
-                               **opts).run()
+                               token_pooling=made.token_pooling or 1, **opts).run()
             run.count("copied", summary.passages)
             run.count("rejected", summary.rejected)
             if checkpoint is not None:
@@ -479,7 +488,8 @@ def reindex(
     )
 
 
-def _reencode(encoder: Any, passages: list[StoredPassage], batch_size: int) -> list[StoredPassage]:
+def _reencode(encoder: Any, passages: list[StoredPassage], batch_size: int, token_pooling: int = 1) -> list[StoredPassage]:
+    from ..pooling import pool_encoded
     from ..units import Passage
 
     empty = [p.id for p in passages if not p.text.strip()]
@@ -491,13 +501,12 @@ def _reencode(encoder: Any, passages: list[StoredPassage], batch_size: int) -> l
     inputs = [Passage(p.id, p.doc_id, p.text, p.index, p.metadata) for p in passages]
     units = [[dataclasses.replace(u, token_ranges=()) for u in p.units] for p in passages]
     encoded = encoder.encode_passages(inputs, units, sentences=False, batch_size=batch_size)
-    return [
-        StoredPassage(
-            id=p.id, doc_id=p.doc_id, index=p.index, tokens=e.token_vectors, pooled=e.pooled, units=tuple(e.units),
-            text=p.text, metadata=p.metadata,
-        )
-        for p, e in zip(passages, encoded, strict=True)
-    ]
+    out = []
+    for p, e in zip(passages, encoded, strict=True):
+        tokens, pooled_units = pool_encoded(e, token_pooling)
+        out.append(StoredPassage(id=p.id, doc_id=p.doc_id, index=p.index, tokens=tokens, pooled=e.pooled,
+                                 units=tuple(pooled_units), text=p.text, metadata=p.metadata))
+    return out
 
 
 def rollback(repository: MigratableRepository, alias: str, *, state_dir: str | Path | None = None) -> MigrationResult:

@@ -281,7 +281,8 @@ class RepositoryBase(AliasMixin, abc.ABC):
                 raise SchemaMismatchError(
                     f"this agrame-vdb knows schema versions up to {SCHEMA_VERSION}, not {schema.schema_version}"
                 )
-            fixed = [w for w in ("dim", "dtype", "on_disk", "lexical") if getattr(stored, w) != getattr(schema, w)]
+            fixed = [w for w in ("dim", "dtype", "on_disk", "lexical", "token_pooling")
+                     if getattr(stored, w) != getattr(schema, w)]
             if fixed:
                 raise InvalidSchemaError(
                     f"update_schema cannot change {', '.join(fixed)} of collection {schema.name!r}; "
