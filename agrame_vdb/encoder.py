@@ -176,7 +176,7 @@ class MultiVectorEncoder:
     ) -> MultiVectorEncoder:
         """Load a model directory in any format :mod:`agrame_vdb.checkpoints` accepts.
 
-        ``path=None`` loads the default model (``plain-base``); a packaged model's name
+        ``path=None`` loads the default model (``minilm-qprime-query``); a packaged model's name
         (``plain-base``, ``minilm-frozen-128``) loads that one.
         """
         # Weights load in float32 and are cast once placed, so every dtype sees the same values.

@@ -37,10 +37,11 @@ def encoder():
 
 @pytest.fixture(scope="session")
 def plain_encoder():
-    """The default model: the plain base (no markers, no augmentation, 384-d)."""
+    """The plain base (no markers, no augmentation, 384-d): the baseline, whose passages
+    and [Q] queries the default model shares."""
     from agrame_vdb.encoder import MultiVectorEncoder
 
-    return MultiVectorEncoder.load(device="cpu")
+    return MultiVectorEncoder.load("plain-base", device="cpu")
 
 
 @pytest.fixture(scope="session")

@@ -169,9 +169,9 @@ def test_cite_in_batches_cites_as_in_one_batch(encoder, cite_case, monkeypatch):
     rows = []
     real_embed = type(encoder).embed
 
-    def embed(self, ids, mask):
+    def embed(self, ids, mask, kinds="document"):
         rows.append(ids.shape[0])
-        return real_embed(self, ids, mask)
+        return real_embed(self, ids, mask, kinds)
 
     monkeypatch.setattr(type(encoder), "embed", embed)
     monkeypatch.setattr(cite_module, "CITE_BATCH", 16)

@@ -219,10 +219,11 @@ def test_bad_input(encoder):
 runner = CliRunner()
 
 
-def test_cli_cite(cited):
+def test_cli_cite(cited, encoder):
     from agrame_vdb.cli import app
 
-    args = ["cite", ANSWER, *[x for p in PASSAGES for x in ("--passage", p)], "--device", "cpu"]
+    args = ["cite", ANSWER, *[x for p in PASSAGES for x in ("--passage", p)], "--device", "cpu", "--dtype", "float32",
+            "--model", str(encoder.checkpoint.path)]  # the model the case was calibrated on
     result = runner.invoke(app, [*args, "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)

@@ -26,9 +26,11 @@ def test_info_describes_the_default_model():
     result = runner.invoke(app, ["info", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     info = json.loads(result.output)
-    assert info["format"] == "agrame" and info["dim"] == 384  # the plain base: its own token states
-    assert info["markers"] == {"query": None, "document": None, "subpassage": None}
-    assert info["query_augmentation"] is False and info["projection"] is False and info["unit_coverage"] == {}
+    assert info["format"] == "agrame" and info["dim"] == 384  # the plain base's own token states, and a [Q'] of its own
+    assert info["markers"] == {"query": None, "document": None, "subpassage": "[unused2]"}
+    assert info["query_augmentation"] is False and info["projection"] is True
+    assert (info["projection_scope"], info["subpassage_layers"]) == ("subpassage_query", True)
+    assert info["unit_coverage"] == {"proposition": 0.25}
     assert info["device"] == "cpu" and info["dtype"] in ("float32", "bfloat16")  # auto, resolved for this CPU
 
 
@@ -39,6 +41,7 @@ def test_info_reads_a_trained_model_and_shows_device_and_dtype_as_asked():
     assert (info["format"], info["dim"], info["projection"], info["query_augmentation"]) == ("agrame", 128, True, True)
     assert info["markers"] == {"query": "[unused0]", "document": "[unused1]", "subpassage": "[unused2]"}
     assert (info["device"], info["dtype"]) == ("auto", "bfloat16")
+    assert (info["projection_scope"], info["subpassage_layers"]) == ("all", False)
     assert json.loads(runner.invoke(app, ["info", "--device", "cuda"]).output)["dtype"] == "auto"  # the GPU decides
     bad = runner.invoke(app, ["info", "--dtype", "float8"])
     assert bad.exit_code == 2 and "unknown dtype 'float8'" in bad.output

@@ -1,7 +1,7 @@
 """Encoding settings are read from the model everywhere: markers, query augmentation, dim.
 
-The default model is the plain base (all-MiniLM-L6-v2's own token states): no
-markers, no ``[MASK]`` padding, no projection. Every path that turns text into
+The plain base (all-MiniLM-L6-v2's own token states): no markers, no ``[MASK]``
+padding, no projection; the default model shares its passages and ``[Q]`` queries. Every path that turns text into
 vectors (encoder, planner, cite, eval, migrations, training) must lay text out as
 the model says, checked here against the raw transformer run by hand.
 """
@@ -36,8 +36,29 @@ def _raw_states(encoder: MultiVectorEncoder, text: str) -> np.ndarray:
     return F.normalize(hidden.float(), dim=-1).numpy()
 
 
-def test_the_default_is_the_plain_base(plain_encoder):
-    assert DEFAULT_MODEL == PACKAGED_MODELS["plain-base"]
+def test_the_default_is_the_plain_base_with_its_own_q_prime_query(plain_encoder):
+    """The default (minilm-qprime-query): the plain base's passages and [Q] queries, a
+    trained [Q'] (marker row, its own top two layers, a projection of [Q'] queries only),
+    coverage for propositions."""
+    assert DEFAULT_MODEL == PACKAGED_MODELS["minilm-qprime-query"]
+    default = MultiVectorEncoder.load(device="cpu")
+    cfg = default.config
+    assert (cfg.query_marker, cfg.doc_marker, cfg.subpassage_marker, cfg.query_augmentation) == (None, None, "[unused2]", False)
+    assert (cfg.projection_scope, cfg.dim, cfg.unit_coverage) == ("subpassage_query", 384, {"proposition": 0.25})
+    passages = [Passage.create(f"d{i}", 0, t) for i, t in enumerate(TEXTS)]
+    for ours, base in zip(default.encode_passages(passages), plain_encoder.encode_passages(passages), strict=True):
+        np.testing.assert_array_equal(ours.token_vectors, base.token_vectors)
+    q, sq = encode_queries(default, ["when was the tower built?"], both=True)
+    np.testing.assert_array_equal(q, plain_encoder.encode_queries(["when was the tower built?"]))
+    assert np.abs(sq - q).max() > 0.1  # the [Q'] query is its own
+    layers = default.subpassage_transformer.encoder.layer  # its own top two layers, the rest shared
+    assert [layers[i] is default.transformer.encoder.layer[i] for i in range(6)] == [True] * 4 + [False] * 2
+    assert default.subpassage_transformer.embeddings is default.transformer.embeddings
+    assert not (default.tokenize_queries(["when was it built?"], "subpassage")["input_ids"]
+                == default.tokenizer.mask_token_id).any()
+
+
+def test_the_plain_base_is_the_base_used_plainly(plain_encoder):
     cfg = plain_encoder.config
     assert (cfg.query_marker, cfg.doc_marker, cfg.subpassage_marker, cfg.query_augmentation) == (None, None, None, False)
     assert plain_encoder.projection is None and plain_encoder.dim == plain_encoder.transformer.config.hidden_size == 384

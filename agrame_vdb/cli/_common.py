@@ -31,7 +31,7 @@ DEFAULT_STORE = "qdrant-edge://./agrame-data"
 StoreOption = Annotated[str, typer.Option("--store", help="Store URL, as connect() takes it.")]
 ModelOption = Annotated[
     Optional[Path],
-    typer.Option("--model", help="Model directory (agrame, PyLate/sentence-transformers, Stanford ColBERT or plain encoder) or a packaged model's name (plain-base, minilm-plain-qprime, minilm-frozen-128); default: plain-base."),
+    typer.Option("--model", help="Model directory (agrame, PyLate/sentence-transformers, Stanford ColBERT or plain encoder) or a packaged model's name (minilm-qprime-query, plain-base, minilm-plain-qprime, minilm-frozen-128); default: minilm-qprime-query."),
 ]
 DeviceOption = Annotated[str, typer.Option("--device", help="auto, cpu or cuda[:N].")]
 DtypeOption = Annotated[str, typer.Option("--dtype", help="auto (bfloat16 where the CPU or GPU does it fast: AMX, AVX-512 BF16; else float32), float32, bfloat16 or float16.")]

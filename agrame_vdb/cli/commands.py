@@ -314,7 +314,7 @@ def info(model: ModelOption = None, device: DeviceOption = "auto", dtype: DtypeO
     with --device auto or cuda, dtype auto stays "auto" (what it becomes depends on
     the GPU torch finds when the model is loaded).
     """
-    from ..model_settings import compute_dtype_name, read_settings
+    from ..model_settings import SUBPASSAGE_LAYERS_FILE, compute_dtype_name, read_settings
 
     with failures():
         settings = read_settings(model)
@@ -325,6 +325,8 @@ def info(model: ModelOption = None, device: DeviceOption = "auto", dtype: DtypeO
         "query_maxlen": cfg.query_maxlen, "doc_maxlen": cfg.doc_maxlen,
         "markers": {"query": cfg.query_marker, "document": cfg.doc_marker, "subpassage": cfg.subpassage_marker},
         "query_augmentation": cfg.query_augmentation, "projection": settings.has_projection,
+        "projection_scope": cfg.projection_scope,
+        "subpassage_layers": (settings.path / SUBPASSAGE_LAYERS_FILE).is_file() if settings.format == "agrame" else False,
         "unit_coverage": cfg.unit_coverage, "device": device, "dtype": shown_dtype,
     }, indent=2))
 

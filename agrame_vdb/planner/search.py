@@ -86,7 +86,7 @@ class Planner:
         if encoder is not None and encoder.dim != self.schema.dim:
             raise InvalidInputError(
                 f"the encoder makes {encoder.dim}-d vectors but collection {collection!r} holds {self.schema.dim}-d ones: "
-                "search it with the model that indexed it (--model / encoder=; the default is plain-base, 384-d; "
+                "search it with the model that indexed it (--model / encoder=; the default is minilm-qprime-query, 384-d; "
                 "minilm-frozen-128, 128-d, was the default before)"
             )
         self.candidates = check_int(candidates, "candidates", 1)
