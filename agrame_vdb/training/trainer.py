@@ -322,22 +322,18 @@ class Trainer:
         the rows whose targets come from labels and divided by the batch size: ``[2]``."""
         cfg = self.config
         device = passage_scores.device
-        B = passage_scores.shape[0]
-        passage_term = unit_term = passage_scores.new_zeros(())
-        rows = batch.passage_graded.to(device)  # type: ignore[union-attr]
-        if bool(rows.any()):
-            passage_term = graded_contrastive_loss(
-                passage_scores[rows], batch.passage_grades.to(device)[rows],  # type: ignore[union-attr]
-                mask=batch.passage_mask.to(device)[rows], temperature=cfg.temperature, order_weight=cfg.graded_order_weight,
-            ).sum() / B
-        if unit_scores is not None:
-            rows = batch.unit_graded.to(device)  # type: ignore[union-attr]
-            if bool(rows.any()):
-                unit_term = graded_contrastive_loss(
-                    unit_scores[rows], batch.unit_grades.to(device)[rows],  # type: ignore[union-attr]
-                    mask=batch.unit_valid.to(device)[rows], temperature=cfg.temperature, order_weight=cfg.graded_order_weight,
-                ).sum() / B
-        return torch.stack([passage_term, unit_term])
+
+        def term(scores: torch.Tensor | None, rows: torch.Tensor, grades: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+            rows = rows.to(device)
+            if scores is None or not bool(rows.any()):
+                return passage_scores.new_zeros(())
+            return graded_contrastive_loss(scores[rows], grades.to(device)[rows], mask=mask.to(device)[rows],
+                                           temperature=cfg.temperature, order_weight=cfg.graded_order_weight).sum()
+
+        return torch.stack([
+            term(passage_scores, batch.passage_graded, batch.passage_grades, batch.passage_mask),  # type: ignore[arg-type]
+            term(unit_scores, batch.unit_graded, batch.unit_grades, batch.unit_valid),  # type: ignore[arg-type]
+        ]) / passage_scores.shape[0]
 
     def _plain_distillation(
         self, batch: Batch, passage_scores: torch.Tensor, doc_mask: torch.Tensor, q_hidden: torch.Tensor, q_mask: torch.Tensor
