@@ -232,3 +232,47 @@ def test_a_query_regime_model_saves_again_and_shares_its_lower_layers_in_any_dty
         assert sub.embeddings is enc.transformer.embeddings and sub.encoder.layer[4] is enc.transformer.encoder.layer[4]
         assert sub.encoder.layer[5] is not enc.transformer.encoder.layer[5]
         assert next(sub.encoder.layer[5].parameters()).dtype == next(enc.transformer.parameters()).dtype
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    examples = _tiny_examples()
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(0)
+        trainer = _query_trainer(examples, query_layers=2)
+        if checkpointing:
+            trainer.model.enable_gradient_checkpointing()
+            sub = trainer.model.sub_transformer
+            assert getattr(sub, "is_activation_checkpointing", None) or sub.is_gradient_checkpointing
+        trainer.model.set_training(False)  # no dropout: the two runs must agree exactly
+        trainer.loss(trainer.collate(examples)).total.backward()
+        grads.append({n: p.grad.clone() for n, p in trainer.model.sub_transformer.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and grads[0]
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="gradient_checkpointing"):
+        TrainConfig(output="x", data=[], gradient_checkpointing=True)
+
+
+@pytest.mark.slow
+def test_a_stopped_query_regime_run_resumes_to_the_same_model(tmp_path):
+    from safetensors.torch import load_file
+
+    from agrame_vdb.training.trainer import train
+
+    from .test_training import _tiny_config
+
+    fields = dict(layout="plain", projection_init="identity", dim=384, resume_every=2, lr=1e-2,
+                  projection_scope="subpassage_query", regime="query", query_layers=1)
+    whole = train(_tiny_config(tmp_path, "whole", **fields), quiet=True)
+
+    def stop_at_3(record):
+        if record["step"] == 3:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        train(_tiny_config(tmp_path, "cut", **fields), quiet=True, on_step=stop_at_3)
+    again = train(_tiny_config(tmp_path, "cut", **fields), quiet=True)
+    for name in ("projection.safetensors", "subpassage_layers.safetensors"):
+        a, b = load_file(str(whole.output / name)), load_file(str(again.output / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert again.last_loss == whole.last_loss

@@ -101,6 +101,9 @@ class TrainConfig(BaseModel):
     doc_maxlen: int = Field(default=256, ge=8)
     cache_dtype: Literal["float32", "bfloat16"] = "bfloat16"
     train_dtype: Literal["float32", "bfloat16"] = "bfloat16"
+    #: recompute the trained transformer's activations in the backward pass instead of
+    #: keeping them (``full``: the transformer; ``query``: the ``[Q']`` copy), for memory
+    gradient_checkpointing: bool = False
     cache_dir: str | None = None
     save_every: int = Field(default=0, ge=0)
     #: every this many steps the run's whole state (trained weights, optimizer, schedule,
@@ -118,6 +121,8 @@ class TrainConfig(BaseModel):
                              "(the plain base's passage states are the cached ones)")
         if self.regime == "query" and self.projection_scope != "subpassage_query":
             raise ValueError("regime 'query' needs projection_scope = 'subpassage_query' (only [Q'] queries get their own layers)")
+        if self.gradient_checkpointing and self.regime == "frozen":
+            raise ValueError("gradient_checkpointing needs a trained transformer: regime 'full' or 'query'")
         if self.query_layers is not None and self.regime != "query":
             raise ValueError("query_layers is a setting of the 'query' regime")
         if self.projection_scope != "all" and (self.init != "untrained" or not self.subpassage_marker):

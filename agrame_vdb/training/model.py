@@ -234,6 +234,18 @@ class TrainableModel(nn.Module):
         self._trained_layers = list(_encoder_layers(sub))[len(layers) - top :]
         return sub
 
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the trained transformer's activations in the backward pass (the
+        Hugging Face model's own gradient checkpointing, non-reentrant)."""
+        trained = self.sub_transformer if self.regime == "query" else self.transformer if self.regime == "full" else None
+        if trained is None:
+            raise InvalidInputError("gradient checkpointing needs a trained transformer: regime 'full' or 'query'")
+        enable = getattr(trained, "activation_checkpointing_enable", None)  # the name transformers 5 prefers
+        if enable is not None:
+            enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            trained.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
     def subpassage_layers(self) -> dict[str, torch.Tensor]:
         """The trained weights of the ``[Q']`` transformer, by state-dict name (``query`` regime)."""
         if self.sub_transformer is None:

@@ -412,6 +412,8 @@ def train(
         checkpoint = load_checkpoint(resolve_path(config.init, root))
     encoder = MultiVectorEncoder(checkpoint, device=device, dtype="float32")
     model = TrainableModel(encoder, config.regime, config.query_layers)
+    if config.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
     cache_dtype = torch.bfloat16 if config.cache_dtype == "bfloat16" else torch.float32
     cache = PassageCache(
         encoder,
