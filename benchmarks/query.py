@@ -81,9 +81,10 @@ def build(repo, n: int) -> None:
     print(f"built {n} passages in {time.perf_counter() - start:.0f} s (optimize {time.perf_counter() - t:.0f} s)")
 
 
-def random_queries(n: int, seed: int = 1) -> np.ndarray:
+def random_queries(n: int, seed: int = 1, dim: int = DIM) -> np.ndarray:
+    """``n`` random unit-norm ``[Q]``/``[Q']`` query pairs: ``[n, 2, 32, dim]`` float32."""
     rng = np.random.default_rng(seed)
-    q = rng.standard_normal((n, 2, 32, DIM)).astype(np.float32)
+    q = rng.standard_normal((n, 2, 32, dim)).astype(np.float32)
     return q / np.linalg.norm(q, axis=-1, keepdims=True)
 
 

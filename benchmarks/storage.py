@@ -71,14 +71,17 @@ FIRST_PASS = {"float32": 4 * DIM, "float16": 2 * DIM, "int8": DIM + 4, "binary":
 PARTS = ("segments", "wal", "copy .bin", "copy sqlite", "other")
 
 
-def make_passages(n: int, seed: int = 0) -> list[StoredPassage]:
+def make_passages(n: int, seed: int = 0, *, dim: int = DIM, start: int = 0) -> list[StoredPassage]:
+    """``n`` passages of 100-160 random unit-norm ``dim``-d tokens, 5 sentence units each;
+    numbered from ``start`` (passage ``i`` is index ``i % 4`` of document ``doc-{i // 4}``,
+    so its id depends on ``i`` only: written again, it overwrites)."""
     rng = np.random.default_rng(seed)
     lengths = rng.integers(100, 161, size=n)
-    flat = rng.standard_normal((int(lengths.sum()), DIM), dtype=np.float32)
+    flat = rng.standard_normal((int(lengths.sum()), dim), dtype=np.float32)
     flat /= np.linalg.norm(flat, axis=1, keepdims=True)
     text = "Sentence one is here. " * 5
     out = []
-    for i, t in enumerate(np.split(flat, np.cumsum(lengths)[:-1])):
+    for i, t in enumerate(np.split(flat, np.cumsum(lengths)[:-1]), start):
         cuts = np.linspace(1, len(t) - 1, 6).astype(int)
         units = tuple(
             Unit("sentence", k, ((22 * k, 22 * k + 21),), ((int(cuts[k]), int(cuts[k + 1])),)) for k in range(5)

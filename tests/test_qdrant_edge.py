@@ -630,3 +630,65 @@ def test_hybrid_is_one_engine_request_with_the_librarys_scores(lexical_edge, rrf
         for c in got:
             assert c.score == pytest.approx(fused[c.id], rel=1e-6)
         assert {i for i, s in fused.items() if s > got[-1].score * (1 + 1e-6)} <= {c.id for c in got}
+
+
+def _allocated(path) -> int:
+    import os
+
+    return sum(os.stat(os.path.join(d, f)).st_blocks * 512 for d, _, files in os.walk(path) for f in files)
+
+
+def test_writes_flush_the_wal_as_they_go(tmp_path, monkeypatch):
+    """Edge keeps every update in its WAL until a flush: the repository flushes every
+    ``WAL_FLUSH_BYTES`` of token vectors, so the WAL stays bounded, and nothing is lost."""
+    from agrame_vdb.repositories import qdrant_edge
+    from agrame_vdb.repository import StoredPassage
+
+    monkeypatch.setattr(qdrant_edge, "WAL_FLUSH_BYTES", 4 << 20)
+    dim, rng = 1024, np.random.default_rng(3)
+    repo = connect(f"qdrant-edge://{tmp_path}/store")
+    repo.create_collection(CollectionSchema("c", dim, dtype="int8"))
+    written = 0
+    try:
+        for b in range(12):  # 12 x 10 MiB of float32 tokens, ~150 MiB in a WAL never flushed
+            batch = [StoredPassage.create(f"d{b}", i, unit_vectors(rng, 256, dim)) for i in range(10)]
+            repo.upsert("c", batch)
+            written += sum(p.tokens.nbytes for p in batch)
+        wal = _allocated(tmp_path / "store" / "c" / "shard" / "wal")
+        # the engine's two 32 MiB WAL files at most, and what came since the last flush;
+        # never flushed, the WAL holds ~1.25x the float32 bytes written (~150 MiB here)
+        assert written == 120 * 2**20
+        assert wal < 64 * 2**20 + 2 * (4 << 20)
+    finally:
+        repo.close()
+    with connect(f"qdrant-edge://{tmp_path}/store") as again:
+        assert again.count("c") == 120
+        got = again.fetch_tokens("c", [batch[-1].id])
+        np.testing.assert_allclose(got.tokens, batch[-1].tokens, atol=1 / 127)
+
+
+def _bytes_read() -> int:
+    with open("/proc/self/io") as fh:
+        return next(int(line.split()[1]) for line in fh if line.startswith("rchar:"))
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/io"), reason="needs Linux's /proc/self/io")
+@pytest.mark.parametrize("limit, warmed", [(1 << 30, True), (1, False)])
+def test_loading_a_shard_reads_its_payload_files_once_unless_they_are_too_big(tmp_path, monkeypatch, limit, warmed):
+    from agrame_vdb.repositories import qdrant_edge
+
+    monkeypatch.setattr(qdrant_edge, "PAYLOAD_WARM_BYTES", limit)
+    with connect(f"qdrant-edge://{tmp_path}/store") as repo:
+        repo.create_collection(CollectionSchema("c", DIM))
+        repo.upsert("c", make_passages(40))
+        repo.optimize("c")
+    files = qdrant_edge._payload_files(tmp_path / "store" / "c" / "shard")
+    size = sum(f.stat().st_size for f in files)
+    assert files and size > 0
+    before = _bytes_read()
+    with connect(f"qdrant-edge://{tmp_path}/store") as repo:
+        repo.open_collection("c")
+        read = _bytes_read() - before
+        assert repo.count("c") == 40
+    # read(2) counts what the process read through system calls (Edge maps its files)
+    assert (read >= size) == warmed

@@ -67,6 +67,18 @@ def test_float_rows_read_back_as_numpy_casts(code, dtype):
     np.testing.assert_array_equal(got, x.astype(dtype).astype(np.float32))
 
 
+def test_every_float16_value_reads_back_as_numpys_cast():
+    """All 65,536 float16 bit patterns (subnormals, infinities, NaNs), as numpy widens
+    them: the same float32 bits, NaN as NaN."""
+    half = np.arange(2**16, dtype=np.uint16).view(np.float16).reshape(-1, 64)
+    got = RowFormat("f2", 64).expand([half.view(np.uint8).reshape(-1)])
+    want = half.astype(np.float32)
+    assert got.dtype == np.float32 and got.shape == want.shape and got.flags.c_contiguous and got.flags.writeable
+    nan = np.isnan(want)
+    assert np.array_equal(np.isnan(got), nan)
+    assert np.array_equal(got[~nan].view(np.uint32), want[~nan].view(np.uint32))
+
+
 @pytest.mark.parametrize("code", ["f4", "f2", "i8"])
 def test_expanding_several_passages_equals_expanding_each(code):
     rng = np.random.default_rng(3)

@@ -156,6 +156,19 @@ _TOKEN_DATATYPES = {
 #: entries; 0.0033 for unit-norm 128-d tokens), rounded up
 _TURBO8_ATOL = 0.05
 
+#: float32 token bytes written to a shard between two flushes. Edge keeps every update in
+#: its WAL until ``flush()`` and never flushes by itself: without one, a job's WAL grew by
+#: ~640 bytes a 128-d token (~1.25x the float32 vectors, whatever the dtype) until the
+#: ``optimize()`` at its end, so a store held twice its final size on disk at its peak
+#: (200k passages, float32: ~58 GB for a 28 GB store; ``benchmarks/scale.py``). Flushed
+#: every 256 MiB, the WAL stays under ~0.4 GB, for a flush of ~0.3-0.7 s per 256 MiB
+#: (a few % of the write time; a Qdrant server flushes every 5 s)
+WAL_FLUSH_BYTES = 256 << 20
+
+#: a shard's payload files are read once when it is loaded, up to this many bytes
+#: together (``_warm_payload``): larger payloads are left to the page cache
+PAYLOAD_WARM_BYTES = 1 << 30
+
 _INDEX_TYPES = {
     "keyword": qe.PayloadSchemaType.Keyword,
     "integer": qe.PayloadSchemaType.Integer,
@@ -203,6 +216,34 @@ def _unit_table(sources: list[Any], kinds: Sequence[str]) -> UnitTable:
     )
 
 
+def _payload_files(shard_dir: Path) -> list[Path]:
+    """The payload storage files of a shard's segments."""
+    return [f for f in (shard_dir / "segments").glob("*/payload_storage/**/*") if f.is_file()]
+
+
+def _warm_payload(shard_dir: Path) -> int:
+    """Read a loaded shard's payload files once, in order, when they are at most
+    ``PAYLOAD_WARM_BYTES`` together; the bytes read. Every search that carries
+    versions reads each hit's stamp from the payload, which Edge keeps on disk, mapped
+    and not read ahead (``Memory.Cold``): in a freshly opened store of 200k passages each
+    first touch was a page fault to disk, ~18 ms more a search of 200 candidates
+    (~21 ms against ~4.5 ms with the pages cached; ``benchmarks/scale.py``), until most
+    pages had been touched. Reading the files (261 MB there) took ~0.25 s;
+    ``posix_fadvise(WILLNEED)`` did not help."""
+    try:
+        files = _payload_files(shard_dir)
+        if sum(f.stat().st_size for f in files) > PAYLOAD_WARM_BYTES:
+            return 0
+        read = 0
+        for f in files:
+            with open(f, "rb", buffering=0) as fh:
+                while chunk := fh.read(1 << 22):
+                    read += len(chunk)
+        return read
+    except OSError:  # only a warm-up: the engine reads the files itself
+        return 0
+
+
 def _is_panic(exc: BaseException) -> bool:
     return type(exc).__name__ == "PanicException"
 
@@ -221,6 +262,7 @@ class QdrantEdgeRepository(RepositoryBase):
         self._token_copy = token_copy
         self._shards: dict[str, Any] = {}
         self._token_stores: dict[str, TokenStore] = {}
+        self._unflushed: dict[str, int] = {}  # token bytes written since the shard's last flush
         self._shard_lock = threading.RLock()
         try:
             self._root.mkdir(parents=True, exist_ok=True)
@@ -323,6 +365,7 @@ class QdrantEdgeRepository(RepositoryBase):
                 path = self._dir(schema.name) / SHARD_DIR
                 if (path / "edge_config.json").exists() or (path / "segments").exists():
                     shard = qe.EdgeShard.load(str(path))
+                    _warm_payload(path)
                 else:  # the schema was written but the shard never made it
                     shard = qe.EdgeShard.create(str(path), self._config(schema))
                     self._create_indexes(shard, qc.index_fields(schema))
@@ -368,6 +411,7 @@ class QdrantEdgeRepository(RepositoryBase):
     def _drop(self, name: str) -> bool:
         with self._shard_lock:
             shard = self._shards.pop(name, None)
+            self._unflushed.pop(name, None)
             if shard is not None:
                 shard.close()
             store = self._token_stores.pop(name, None)
@@ -391,9 +435,15 @@ class QdrantEdgeRepository(RepositoryBase):
             qe.Point(p.id, self._point_vectors(schema, p), qc.build_payload(p, schema, version=v))
             for p, v in zip(passages, versions)
         ]
-        self._shard(schema).update(qe.UpdateOperation.upsert_points(points))
+        shard = self._shard(schema)
+        shard.update(qe.UpdateOperation.upsert_points(points))
         if store is not None:  # a row is used only while its stamp matches the payload's
             store.put((p.id, v, p.tokens, p.units) for p, v in zip(passages, versions))
+        unflushed = self._unflushed.get(schema.name, 0) + sum(p.tokens.nbytes for p in passages)
+        if unflushed >= WAL_FLUSH_BYTES:  # the WAL is cut back to what is not yet in the segments
+            shard.flush()
+            unflushed = 0
+        self._unflushed[schema.name] = unflushed
 
     def _point_vectors(self, schema: CollectionSchema, p: StoredPassage) -> dict[str, Any]:
         """A point's named vectors: tokens, pooled and (when it has one) the lexical vector."""
@@ -625,6 +675,7 @@ class QdrantEdgeRepository(RepositoryBase):
         shard = self._shard(schema)
         shard.optimize()
         shard.flush()
+        self._unflushed.pop(schema.name, None)
         store = self._tokens(schema)
         if store is not None:
             orphans = store.ids() - set(self._iter_ids(schema, None))
