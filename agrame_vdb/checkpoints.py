@@ -192,9 +192,11 @@ def subpassage_copy(transformer: Any, tensors: dict[str, torch.Tensor], where: P
     if wrong:
         raise ModelLoadError(f"{where}: {wrong[0]} has shape {tuple(tensors[wrong[0]].shape)}, "
                              f"the transformer's is {tuple(state[wrong[0]].shape)}")
-    sub = copy.deepcopy(transformer)
+    # only the modules ``tensors`` reach are copied: the deep copy finds every other one in
+    # its memo and keeps the original (the embeddings and lower layers, held once)
+    memo: dict[int, Any] = {id(m): m for m in _untouched(transformer, "", tuple(tensors))}
+    sub = copy.deepcopy(transformer, memo)
     sub.load_state_dict({k: v.to(dtype=state[k].dtype, device=state[k].device) for k, v in tensors.items()}, strict=False)
-    _share_untouched(sub, transformer, "", tuple(tensors))
     return sub.eval()
 
 
@@ -207,15 +209,16 @@ def own_layers(transformer: Any, sub: Any) -> dict[str, torch.Tensor]:
     return {k: v for k, v in sub.state_dict().items() if v.data_ptr() not in shared}
 
 
-def _share_untouched(sub: nn.Module, original: nn.Module, prefix: str, keys: tuple[str, ...]) -> None:
-    """Put ``original``'s own submodules back into its copy ``sub`` wherever ``keys`` change
-    nothing inside them (the embeddings and lower layers), so they are held once."""
-    for name, child in original.named_children():
+def _untouched(module: nn.Module, prefix: str, keys: tuple[str, ...]) -> list[nn.Module]:
+    """The largest submodules of ``module`` that hold none of the state-dict names ``keys``."""
+    found = []
+    for name, child in module.named_children():
         inside = f"{prefix}{name}."
         if not any(k.startswith(inside) for k in keys):
-            setattr(sub, name, child)
+            found.append(child)
         else:
-            _share_untouched(getattr(sub, name), child, inside, keys)
+            found.extend(_untouched(child, inside, keys))
+    return found
 
 
 def marker_token_id(tokenizer: Any, token: str) -> int:

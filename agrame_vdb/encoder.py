@@ -138,11 +138,12 @@ class MultiVectorEncoder:
         self.projection: Projection | None = (
             self._placed(checkpoint.projection) if checkpoint.projection is not None else None
         )
-        own = own_layers(checkpoint.transformer, checkpoint.subpassage_transformer)
-        # the [Q'] transformer: the placed transformer with its own tensors in place (the rest shared)
-        self.subpassage_transformer = (
-            subpassage_copy(self.transformer, own) if checkpoint.subpassage_transformer is not None else None
-        )
+        # the [Q'] transformer: the checkpoint's when the transformer stayed where it was;
+        # else the placed transformer with the [Q'] tensors in place (the rest shared)
+        self.subpassage_transformer = checkpoint.subpassage_transformer
+        if self.subpassage_transformer is not None and self.transformer is not checkpoint.transformer:
+            own = own_layers(checkpoint.transformer, checkpoint.subpassage_transformer)
+            self.subpassage_transformer = subpassage_copy(self.transformer, own)
         self.checkpoint = replace(checkpoint, transformer=self.transformer, projection=self.projection,
                                   subpassage_transformer=self.subpassage_transformer)
         max_positions = getattr(self.transformer.config, "max_position_embeddings", 512) or 512

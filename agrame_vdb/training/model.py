@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoints import Checkpoint, marker_rows, save_checkpoint, subpassage_copy
+from ..checkpoints import Checkpoint, marker_rows, own_layers, save_checkpoint, subpassage_copy
 from ..encoder import MultiVectorEncoder
 from ..errors import InvalidInputError
 from ..layout import document_tokens
@@ -248,9 +248,7 @@ class TrainableModel(nn.Module):
 
     def subpassage_layers(self) -> dict[str, torch.Tensor]:
         """The trained weights of the ``[Q']`` transformer, by state-dict name (``query`` regime)."""
-        if self.sub_transformer is None:
-            return {}
-        return {n: p.detach().float().cpu().clone() for n, p in self.sub_transformer.named_parameters() if p.requires_grad}
+        return own_layers(self.transformer, self.sub_transformer)
 
     def set_training(self, training: bool) -> None:
         """Train mode (dropout) for what trains: the whole model in ``full``, the ``[Q']``
