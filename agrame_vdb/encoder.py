@@ -232,8 +232,9 @@ class MultiVectorEncoder:
             projected = torch.tensor([self.config.projects(k) for k in per_row], device=hidden.device)
             if bool(projected.all()):
                 hidden = self.projection(hidden)
-            elif bool(projected.any()):
-                hidden = torch.where(projected[:, None, None], self.projection(hidden), hidden)
+            elif bool(projected.any()):  # (only a [hidden, hidden] projection applies to some rows)
+                hidden = hidden.clone()
+                hidden[projected] = self.projection(hidden[projected])
         return F.normalize(hidden.float(), p=2, dim=-1)
 
     def _states(self, ids: torch.Tensor, mask: torch.Tensor, kinds: list[str]) -> torch.Tensor:
