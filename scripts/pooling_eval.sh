@@ -12,7 +12,7 @@ for factor in 1 2 3; do
     else d=(--dataset wikiqa --path "$data/wikiqa/WikiQA-dev.tsv"); fi
     [ -s "$out/$set-pool$factor.jsonl" ] && continue   # done by an earlier run: resumable
     /usr/bin/time -f "$set pool $factor %e s" agrame-vdb eval "${d[@]}" --model plain-base --configuration plain-base \
-      --token-pooling "$factor" --recall-at none --device cpu --json \
+      --token-pooling "$factor" --storage float32 --recall-at none --device cpu --json \
       > "$out/$set-pool$factor.tmp" && mv "$out/$set-pool$factor.tmp" "$out/$set-pool$factor.jsonl"
   done
 done

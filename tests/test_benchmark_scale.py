@@ -63,6 +63,7 @@ def test_row_matches_the_store(smoke: tuple[Path, subprocess.CompletedProcess[st
     assert row["B/token"] == pytest.approx(allocated(store) / row["tokens"], rel=0.1)
     assert row["peak B/token"] >= row["B/token"] > 2 * DIM  # two float16 copies at least
     assert row["segments B/token"] > 0 and row["copy B/token"] >= 2 * DIM
+    assert row["segments"] >= 1 and row["open s"] > 0
 
 
 def test_figures_are_sane(smoke: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
@@ -78,6 +79,19 @@ def test_figures_are_sane(smoke: tuple[Path, subprocess.CompletedProcess[str]]) 
     # the printed table has the row
     line = next(x for x in done.stdout.splitlines() if x.startswith(f"| {N} "))
     assert "float16" in line and f"| {row['tokens']} " in line
+
+
+def test_warm_reads_the_token_copy_before_the_queries(smoke: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
+    tmp, _ = smoke  # before the rerun below, which removes the kept store
+    store = tmp / "stores" / f"scale-{N}-float16-d{DIM}"
+    copy = sum(f.stat().st_size for f in (store / "scale").glob("tokens.sqlite*.bin"))
+    cmd = [sys.executable, str(SCRIPT), "--probe", str(store), "--dim", str(DIM), "--queries", "3", "--warmup", "1",
+           "--floor-queries", "1"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    rows = [json.loads(subprocess.run(c, capture_output=True, text=True, env=env, timeout=300, check=True).stdout.splitlines()[-1])
+            for c in (cmd, [*cmd, "--warm"])]
+    assert copy > 0 and rows[0]["warm copy MB"] == 0
+    assert rows[1]["warm copy MB"] * 2**20 == pytest.approx(copy) and rows[1]["count"] == N
 
 
 def test_a_rerun_skips_what_is_done(smoke: tuple[Path, subprocess.CompletedProcess[str]]) -> None:
@@ -105,3 +119,4 @@ def test_passage_ids_depend_on_the_number_only() -> None:
     tail = make_passages(2, seed=[DIM, 4], dim=DIM, start=4)
     assert [p.id for p in tail] == [p.id for p in whole[4:]]  # written again in another batch: overwritten
     assert len({p.id for p in whole}) == 6 and whole[0].tokens.shape[1] == DIM
+

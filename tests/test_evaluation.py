@@ -489,5 +489,15 @@ def test_evaluate_stores_token_vectors_as_asked(plain_encoder):
     kw = {"configurations": ["passage-span-q"], "candidates": 2, "recall_at": (), "keep": True}
     evaluate(ds, plain_encoder, repo, storage="float16", **kw)
     assert repo.open_collection("agrame_eval_passages").dtype == "float16"
+    dim = int(plain_encoder.dim)
+    # every storage, binary too: the bytes a row takes in the token copy's form
+    for storage, row in (("float32", 4 * dim), ("float16", 2 * dim), ("int8", dim + 4), ("binary", dim // 8 + dim + 4)):
+        store = connect("memory://")
+        [result] = evaluate(ds, plain_encoder, store, storage=storage, **kw)
+        assert result.row_bytes == row and store.open_collection("agrame_eval_passages").dtype == storage
+    store = connect("memory://")
+    [default] = evaluate(ds, plain_encoder, store, **kw)
+    assert store.open_collection("agrame_eval_passages").dtype == "float16"  # the index job's default
+    assert default.row_bytes == 2 * dim
     with pytest.raises(InvalidInputError, match="storage"):
         evaluate(ds, plain_encoder, repo, storage="int4", **kw)

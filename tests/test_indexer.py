@@ -61,6 +61,7 @@ def test_real_encoder_job_is_idempotent_on_qdrant_edge(tmp_path, encoder):
         again = index_documents(src, repo, "docs", checkpoint=tmp_path / "ck.json", restart=True, **options)
         after = snapshot(repo, "docs")
         assert repo.count("docs") == first.passages == again.passages == len(before)
+        repo_dtype = repo.open_collection("docs").dtype
     assert first.documents == 10 and first.rejected == 0 and first.passages > 10  # some documents were cut
     assert again.stale_deleted == 0 and again.run_passages == first.passages
     assert_same_collection(before, after)  # same ids, same count, the very same vectors
@@ -70,7 +71,9 @@ def test_real_encoder_job_is_idempotent_on_qdrant_edge(tmp_path, encoder):
         [Passage.create(some.doc_id, 1, some.text)], [[Unit(k, i, spans) for k, i, spans, _ in some.units]],
         sentences=False,
     )
-    np.testing.assert_allclose(enc.token_vectors, some.tokens, atol=1e-5)
+    # (stored as float16, the default storage: the encoder's values rounded to float16)
+    assert repo_dtype == "float16"
+    np.testing.assert_allclose(enc.token_vectors.astype(np.float16).astype(np.float32), some.tokens, atol=1e-5)
     # sentence units keep the document's numbering across passages
     doc = next(d for d in docs if d["id"] == some.doc_id)
     for kind, index, spans, _ in some.units:
@@ -566,3 +569,29 @@ def test_an_overlapped_job_stopped_by_its_store_resumes_to_a_clean_runs_collecti
     clean = connect("memory://")
     index_documents(src, clean, "docs", **{**opts, "checkpoint": tmp_path / "clean.json"})
     assert_same_collection(snapshot(inner, "docs"), snapshot(clean, "docs"))
+
+
+def test_a_new_collection_gets_float16_and_an_existing_one_keeps_its_storage(tmp_path, fake):
+    """Unless told, a job creates its collection as DEFAULT_STORAGE (float16); a job that
+    adds to an existing collection keeps that one's storage instead of being refused;
+    a storage asked for that differs from the existing one's is refused before a write."""
+    from agrame_vdb import CollectionSchema
+    from agrame_vdb.errors import SchemaMismatchError
+    from agrame_vdb.schema import DEFAULT_STORAGE
+
+    assert DEFAULT_STORAGE == "float16"
+    docs = make_docs(4)
+    src = write_jsonl(tmp_path / "docs.jsonl", docs)
+    opts = dict(encoder=fake, chunking=ChunkingOptions(max_tokens=16), batch_size=8)
+    with edge(tmp_path / "store") as repo:
+        index_documents(src, repo, "fresh", **opts)
+        assert repo.open_collection("fresh").dtype == "float16"
+        repo.create_collection(CollectionSchema("old", fake.dim, dtype="float32"))
+        summary = index_documents(src, repo, "old", **opts)
+        assert summary.documents == 4 and repo.open_collection("old").dtype == "float32"
+        assert repo.count("old") == repo.count("fresh") > 0
+        index_documents(src, repo, "asked", storage_dtype="int8", **opts)
+        assert repo.open_collection("asked").dtype == "int8"
+        with pytest.raises(SchemaMismatchError):
+            index_documents(src, repo, "old", storage_dtype="int8", restart=True, **opts)
+        assert repo.open_collection("old").dtype == "float32" and repo.count("old") == repo.count("fresh")

@@ -278,7 +278,8 @@ def test_index_job_pools_rows_counts_them_and_keeps_the_factor(tmp_path):
     for p in stored:
         [e] = fake.encode_passages([Passage(p.id, p.doc_id, p.text, p.index)])
         rows, units = pool_encoded(e, 2)
-        assert p.tokens.tobytes() == rows.tobytes() and p.units == units
+        stored_rows = rows.astype(np.float16).astype(np.float32)  # the default storage, float16
+        assert p.tokens.tobytes() == stored_rows.tobytes() and p.units == units
         np.testing.assert_allclose(p.pooled, e.pooled, atol=1e-6)  # the first stage: the original tokens' mean
     # rows pooled otherwise cannot join the collection
     with pytest.raises(SchemaMismatchError, match="token_pooling"):
@@ -296,7 +297,7 @@ def test_edge_schema_file_without_pooling_is_byte_identical(tmp_path):
         IndexJob([{"id": "a", "text": "One sentence. Two."}], repo, "pooled", encoder=FakeEncoder(), token_pooling=2).run()
     finally:
         repo.close()
-    record = {"name": "docs", "dim": 16, "dtype": "float32", "on_disk": False, "schema_version": 2, "indexed_fields": {},
+    record = {"name": "docs", "dim": 16, "dtype": "float16", "on_disk": False, "schema_version": 2, "indexed_fields": {},
               "model": None, "lexical": LexicalSpec().to_json()}
     assert (root / "docs" / "collection.json").read_text() == json.dumps(record, indent=1)
     pooled = json.loads((root / "pooled" / "collection.json").read_text())
@@ -386,7 +387,8 @@ def test_evaluate_with_token_pooling_reports_rows_and_bytes(plain_encoder):
     for a, b in zip(plain, pooled):
         assert a.token_pooling == 1 and b.token_pooling == 2
         assert a.rows == a.tokens == b.tokens and b.rows < b.tokens
-        assert a.bytes_per_token == 384 * 4 and b.bytes_per_token == pytest.approx(384 * 4 * b.rows / b.tokens)
+        # the default storage, float16: 2 bytes a value
+        assert a.bytes_per_token == 384 * 2 and b.bytes_per_token == pytest.approx(384 * 2 * b.rows / b.tokens)
         assert b.to_json()["rows"] == b.rows and b.to_json()["token_pooling"] == 2
     for factor in (0, 1.5):
         with pytest.raises(InvalidInputError, match="token pooling factor"):

@@ -692,3 +692,118 @@ def test_loading_a_shard_reads_its_payload_files_once_unless_they_are_too_big(tm
         assert repo.count("c") == 40
     # read(2) counts what the process read through system calls (Edge maps its files)
     assert (read >= size) == warmed
+
+
+class _CountingShard:
+    """An Edge shard that counts its ``optimize()`` calls."""
+
+    def __init__(self, shard):
+        self.shard, self.optimized = shard, 0
+
+    def optimize(self):
+        self.optimized += 1
+        return self.shard.optimize()
+
+    def __getattr__(self, name):
+        return getattr(self.shard, name)
+
+
+@pytest.mark.parametrize("dtype, value_bytes", [("float32", 4), ("float16", 2), ("int8", 1), ("binary", 1)])
+def test_writes_optimize_the_shard_every_optimize_bytes_of_engine_tokens(tmp_path, monkeypatch, dtype, value_bytes):
+    """Edge never optimizes by itself: the repository runs the engine's optimize every
+    ``OPTIMIZE_BYTES`` of token bytes in the engine's own form (4, 2 or 1 a value), so
+    the rebuild at a job's end handles one bounded segment; nothing is lost."""
+    from agrame_vdb.repositories import qdrant_edge
+    from agrame_vdb.repository import StoredPassage
+
+    monkeypatch.setattr(qdrant_edge, "OPTIMIZE_BYTES", 2 << 20)
+    dim, rng = 256, np.random.default_rng(5)
+    repo = connect(f"qdrant-edge://{tmp_path}/store")
+    repo.create_collection(CollectionSchema("c", dim, dtype=dtype))
+    counting = repo._shards["c"] = _CountingShard(repo._shards["c"])
+    written, calls = [], []
+    try:
+        for b in range(8):  # 8 x 2**18 token values: 8, 4 or 2 MiB in the engine's form
+            batch = [StoredPassage.create(f"d{b}", i, unit_vectors(rng, 256, dim)) for i in range(4)]
+            repo.upsert("c", batch)
+            written += batch
+            calls.append(counting.optimized)
+        step = (2 << 20) // (value_bytes << 18)  # batches between two optimizations
+        assert calls == [(b + 1) // step for b in range(8)]
+        repo._shards["c"] = counting.shard
+        repo.optimize("c")  # the job's end: counted afresh from here
+        counting = repo._shards["c"] = _CountingShard(counting.shard)
+        repo.upsert("c", written[: 4 * (step - 1)] if step > 1 else [])
+        assert counting.optimized == 0
+    finally:
+        repo._shards["c"] = getattr(repo._shards["c"], "shard", repo._shards["c"])
+        repo.close()
+    atol = {"float32": 0.0, "float16": 1e-3, "int8": 1 / 127, "binary": 1 / 127}[dtype]
+    with connect(f"qdrant-edge://{tmp_path}/store") as again:
+        assert again.count("c") == 32
+        got = again.fetch_tokens("c", [p.id for p in written])
+        assert not got.missing
+        for p in written:
+            np.testing.assert_allclose(got.tokens_of(got.ids.index(p.id)), p.tokens, atol=atol)
+
+
+def test_large_writes_leave_optimized_segments_behind_them(tmp_path, monkeypatch):
+    """The optimizations during writes turn the appendable segment into optimized ones
+    as the job goes (Edge merges small ones, up to its segment size limit); queries and
+    fetches give what a store optimized once at the end gives."""
+    from agrame_vdb.repositories import qdrant_edge
+    from agrame_vdb.repository import StoredPassage
+
+    def build(where, every):
+        monkeypatch.setattr(qdrant_edge, "OPTIMIZE_BYTES", every)
+        rng = np.random.default_rng(6)
+        repo = connect(f"qdrant-edge://{where}")
+        repo.create_collection(CollectionSchema("c", 128))
+        written = []
+        for b in range(12):  # 12 x 4 MiB of float32 tokens
+            batch = [StoredPassage.create(f"d{b}", i, unit_vectors(rng, 256, 128)) for i in range(32)]
+            repo.upsert("c", batch)
+            written += batch
+        before = repo._shards["c"].info().indexed_vectors_count
+        repo.optimize("c")
+        return repo, before, written
+
+    once, never, written = build(tmp_path / "once", 1 << 40)
+    often, indexed, _ = build(tmp_path / "often", 12 << 20)
+    try:
+        # optimized segments (with the pooled index) were there before the job's optimize()
+        assert never == 0 and indexed > 0
+        ids = [p.id for p in written[::7]]
+        a, b = once.fetch_tokens("c", ids), often.fetch_tokens("c", ids)
+        for p in written[::7]:
+            np.testing.assert_array_equal(a.tokens_of(a.ids.index(p.id)), p.tokens)
+            np.testing.assert_array_equal(b.tokens_of(b.ids.index(p.id)), p.tokens)
+        rng = np.random.default_rng(7)
+        for _ in range(3):
+            q = unit_vectors(rng, 8, 128)
+            a = once.candidates("c", q.mean(0), tokens=q, limit=10, prefetch=400)
+            b = often.candidates("c", q.mean(0), tokens=q, limit=10, prefetch=400)
+            assert [c.id for c in a] == [c.id for c in b]
+            np.testing.assert_allclose([c.score for c in a], [c.score for c in b], rtol=1e-6)
+    finally:
+        once.close()
+        often.close()
+
+
+@pytest.mark.parametrize("token_copy, on_disk, cold", [(True, False, True), (True, True, True), (False, False, False), (False, True, True)])
+def test_the_engine_copy_is_left_cold_where_a_token_copy_serves_the_queries(tmp_path, token_copy, on_disk, cold):
+    """With a token copy the planner never reads the engine's token vectors, so a new
+    collection keeps them mapped and not read in (``Memory.Cold``), as ``on_disk`` asks;
+    without one they are the scoring path and stay cached unless ``on_disk``."""
+    import json
+
+    with connect(f"qdrant-edge://{tmp_path}/store?token_copy={str(token_copy).lower()}") as repo:
+        repo.create_collection(CollectionSchema("c", DIM, on_disk=on_disk))
+        passages = make_passages(6)
+        repo.upsert("c", passages)
+        got = repo.fetch_tokens("c", [p.id for p in passages])
+        for p in passages:
+            np.testing.assert_array_equal(got.tokens_of(got.ids.index(p.id)), p.tokens)
+    config = json.loads((tmp_path / "store" / "c" / "shard" / "edge_config.json").read_text())
+    assert (config["vectors"]["tokens"].get("memory") == "cold") == cold
+    assert "memory" not in config["vectors"]["pooled"]  # the first stage's vectors stay in RAM

@@ -42,7 +42,7 @@ def index(
     rejects: Annotated[Optional[Path], typer.Option("--rejects", help="Rejects file (JSON Lines); default: beside the checkpoint.")] = None,
     restart: Annotated[bool, typer.Option("--restart", help="Ignore an existing checkpoint and index from the start.")] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Read, check and chunk every record; write nothing, load no model weights.")] = False,
-    storage: Annotated[str, typer.Option("--storage", help="Token-vector storage of a new collection: float32, float16, int8 or binary (sign bits, an int8 rerank copy).")] = "float32",
+    storage: Annotated[Optional[str], typer.Option("--storage", help="Token-vector storage of a new collection: float32, float16, int8 or binary (sign bits, an int8 rerank copy); default float16 (an existing collection keeps its own).")] = None,
     on_disk: Annotated[bool, typer.Option("--on-disk", help="Keep a new collection's token vectors on disk.")] = False,
     index_field: Annotated[Optional[list[str]], typer.Option("--index-field", help="NAME:TYPE metadata field to index for filters (keyword, integer, float, bool); repeatable.")] = None,
     lexical: Annotated[bool, typer.Option("--lexical/--no-lexical", help="Give a new collection BM25 lexical vectors of the text (for the lexical and hybrid first stages) where the engine has them.")] = True,

@@ -10,6 +10,7 @@ import typer
 
 from ..errors import AgrameError
 from ._common import DeviceOption, DtypeOption, app, connect_store, failures
+from ..schema import DEFAULT_STORAGE
 
 
 @app.command()
@@ -56,7 +57,7 @@ def eval_command(
     first_stage: Annotated[Optional[str], typer.Option("--first-stage", help="Where the candidates come from: pooled, lexical (BM25), hybrid (pooled + lexical, reciprocal rank fusion) or maxsim (the engine's MaxSim over a pooled prefetch). Default: the planner's (auto: hybrid where the collection has lexical vectors, else pooled).")] = None,
     recall_at: Annotated[str, typer.Option("--recall-at", help="N of the first-stage recall@N, comma-separated, measured for each first stage and the exhaustive MaxSim ranking; 'none': not measured.")] = "50,200,1000",
     alpha: Annotated[float, typer.Option("--alpha", help="Weight of S(q,p) in the alpha configuration.")] = 1.0,
-    storage: Annotated[str, typer.Option("--storage", help="Token-vector storage of the evaluation collections: float32, float16, int8 or binary.")] = "float32",
+    storage: Annotated[str, typer.Option("--storage", help="Token-vector storage of the evaluation collections: float32, float16 (the index job's default), int8 or binary.")] = DEFAULT_STORAGE,
     token_pooling: Annotated[int, typer.Option("--token-pooling", help="Pool the evaluation collections' token vectors by this factor within their units (1: none).")] = 1,
     split: Annotated[str, typer.Option("--split", help="SciFact claims / PropSegmEnt document clusters: heldout, train or all.")] = "heldout",
     distractors: Annotated[int, typer.Option("--distractors", help="SciFact: abstracts added beside the cited ones.")] = 300,

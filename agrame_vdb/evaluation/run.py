@@ -12,12 +12,11 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-import numpy as np
-
 from ..documents import Document, PassageInput
 from ..errors import InvalidInputError
 from ..pooling import check_factor
-from ..schema import DTYPES
+from ..schema import DEFAULT_STORAGE, DTYPES
+from ..token_rows import row_bytes
 from .datasets import EvalDataset, UnitKey
 from .metrics import mean_metrics
 from .recall import RECALL_AT, FirstStageRecall, check_recall_at, first_stage_recall
@@ -78,7 +77,7 @@ class ConfigurationResult:
     configuration over it; None for ``sentence-encoding`` or when not measured).
     ``token_pooling`` is the factor the collection's token rows were pooled by (1:
     none), ``tokens`` the token vectors encoded, ``rows`` the rows stored and
-    ``row_bytes`` the raw bytes of one row (dim times the storage type's size).
+    ``row_bytes`` the bytes of one row in the storage's form (:func:`agrame_vdb.token_rows.row_bytes`).
     """
 
     dataset: str
@@ -145,7 +144,7 @@ def _unit_documents(dataset: EvalDataset) -> tuple[list[Any], dict[tuple[str, in
 
 
 def _index(
-    docs: list[Any], repository: Any, collection: str, encoder: Any, batch_size: int, storage: str = "float32",
+    docs: list[Any], repository: Any, collection: str, encoder: Any, batch_size: int, storage: str = DEFAULT_STORAGE,
     token_pooling: int = 1,
 ) -> Any:
     """``docs`` indexed into a new ``collection``: the job's summary."""
@@ -182,7 +181,7 @@ def evaluate(
     plain_encoder: Any = None,
     first_stage: str | None = None,
     recall_at: Sequence[int] = RECALL_AT,
-    storage: str = "float32",
+    storage: str = DEFAULT_STORAGE,
     token_pooling: int = 1,
 ) -> list[ConfigurationResult]:
     """Index ``dataset`` into ``repository`` and rank its queries in each configuration.
@@ -250,7 +249,7 @@ class _Run:
     model_name: str
     first_stage: str | None = None
     recall_at: tuple[int, ...] = RECALL_AT
-    storage: str = "float32"
+    storage: str = DEFAULT_STORAGE
     token_pooling: int = 1
 
     def _indexed(self, docs: list[Any], collection: str, encoder: Any) -> tuple[int, dict[str, int]]:
@@ -258,7 +257,7 @@ class _Run:
         (the :class:`ConfigurationResult` fields ``token_pooling``, ``tokens``, ``rows``, ``row_bytes``)."""
         summary = _index(docs, self.repository, collection, encoder, self.batch_size, self.storage, self.token_pooling)
         rows = {"token_pooling": self.token_pooling, "tokens": summary.tokens, "rows": summary.rows,
-                "row_bytes": int(encoder.dim) * np.dtype(self.storage).itemsize}
+                "row_bytes": row_bytes(self.storage, int(encoder.dim))}
         return summary.passages, rows
 
     def _planner(

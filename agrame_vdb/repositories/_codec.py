@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..token_rows import ENCODED_CODES, I8_ATOL, EncodedTokens, RowFormat
+from ..token_rows import ENCODED_CODES, I8_ATOL, STORAGE_CODES, EncodedTokens, RowFormat
 from ..units import Unit, trusted_unit
 
 __all__ = [
@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 #: the token copy's row form per schema dtype
-COPY_CODES = {"float32": "f4", "float16": "f2", "int8": "i8", "binary": "b1"}
+COPY_CODES = STORAGE_CODES
 
 
 def copy_dtype(schema_dtype: str) -> str:

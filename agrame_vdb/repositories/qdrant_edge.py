@@ -76,8 +76,12 @@ only ``wal_enabled``, which is left on: without a WAL, writes are durable only a
 ``flush()`` and the shard has no lock (a second process opens it unhindered).
 
 Writes pass vectors as lists, which Edge converts about twice as fast as numpy
-arrays. ``optimize()`` builds the pooled HNSW index (Edge never optimises by
-itself; until then the first stage is an exact scan), drops orphaned rows of the
+arrays. Edge never optimises by itself: writes run the engine's optimize every
+``OPTIMIZE_BYTES`` (the appendable segment becomes an optimized one, with the pooled
+HNSW index; what came since is searched by exact scan), and flush every
+``WAL_FLUSH_BYTES``. With a token copy the engine's token multivector is created
+``Memory.Cold`` (mapped, not read in): the query path reads the copy. ``optimize()``
+optimizes what is left, drops orphaned rows of the
 side store, fills in the units of rows written before the units column,
 compacts the side store's data file (rows in the earlier form move to the current
 one) and gives rows written before the checksum column one, where they equal the
@@ -164,6 +168,19 @@ _TURBO8_ATOL = 0.05
 #: every 256 MiB, the WAL stays under ~0.4 GB, for a flush of ~0.3-0.7 s per 256 MiB
 #: (a few % of the write time; a Qdrant server flushes every 5 s)
 WAL_FLUSH_BYTES = 256 << 20
+
+#: token bytes, in the engine's own form (:data:`_ENGINE_VALUE_BYTES`), written to a shard
+#: between two engine optimizations while a job writes. Edge never optimizes by itself:
+#: a job's points pile up in appendable segments, which Edge keeps mapped and read in,
+#: and the ``optimize()`` at the end rebuilds them all at once, which needs the old and
+#: the new copy at the same time (200k passages in float32: 13 GB of engine vectors, twice,
+#: beside the 13 GB token copy, in 23 GiB of RAM: page-fault bound at a few MB/s, stopped
+#: after 32 min; ``benchmarks/scale.py``). Optimized every 2 GiB, each rebuild handles one
+#: bounded segment (~18 s for float32 on one core; Edge does not merge them into one
+#: past its own segment size limit), and the final ``optimize()`` only the last one
+OPTIMIZE_BYTES = 2 << 30
+#: bytes a token value takes in the engine's copy per schema dtype (Turbo8 codes: one)
+_ENGINE_VALUE_BYTES = {"float32": 4, "float16": 2, "int8": 1, "binary": 1}
 
 #: a shard's payload files are read once when it is loaded, up to this many bytes
 #: together (``_warm_payload``): larger payloads are left to the page cache
@@ -263,6 +280,7 @@ class QdrantEdgeRepository(RepositoryBase):
         self._shards: dict[str, Any] = {}
         self._token_stores: dict[str, TokenStore] = {}
         self._unflushed: dict[str, int] = {}  # token bytes written since the shard's last flush
+        self._unoptimized: dict[str, int] = {}  # engine token bytes written since its last optimize
         self._shard_lock = threading.RLock()
         try:
             self._root.mkdir(parents=True, exist_ok=True)
@@ -324,7 +342,9 @@ class QdrantEdgeRepository(RepositoryBase):
             multivector_config=qe.MultiVectorConfig(qe.MultiVectorComparator.MaxSim),
             hnsw_config=qe.HnswIndexConfig(m=0, ef_construct=100, full_scan_threshold=10000),
             datatype=_TOKEN_DATATYPES.get(schema.dtype),
-            memory=qe.Memory.Cold if schema.on_disk else None,
+            # with a token copy the query path never reads the engine's copy: kept mapped,
+            # not read in (Memory.Cold), it no longer crowds the copy out of the page cache
+            memory=qe.Memory.Cold if schema.on_disk or self._token_copy else None,
         )
         pooled = qe.EdgeVectorParams(
             size=schema.dim, distance=qe.Distance.Cosine, hnsw_config=qe.HnswIndexConfig(**qc.POOLED_HNSW)
@@ -412,6 +432,7 @@ class QdrantEdgeRepository(RepositoryBase):
         with self._shard_lock:
             shard = self._shards.pop(name, None)
             self._unflushed.pop(name, None)
+            self._unoptimized.pop(name, None)
             if shard is not None:
                 shard.close()
             store = self._token_stores.pop(name, None)
@@ -439,11 +460,18 @@ class QdrantEdgeRepository(RepositoryBase):
         shard.update(qe.UpdateOperation.upsert_points(points))
         if store is not None:  # a row is used only while its stamp matches the payload's
             store.put((p.id, v, p.tokens, p.units) for p, v in zip(passages, versions))
-        unflushed = self._unflushed.get(schema.name, 0) + sum(p.tokens.nbytes for p in passages)
+        values = sum(p.tokens.size for p in passages)
+        unflushed = self._unflushed.get(schema.name, 0) + 4 * values
+        unoptimized = self._unoptimized.get(schema.name, 0) + _ENGINE_VALUE_BYTES[schema.dtype] * values
+        if unoptimized >= OPTIMIZE_BYTES:  # the appendable segments become one optimized segment
+            shard.optimize()
+            unflushed = WAL_FLUSH_BYTES
+            unoptimized = 0
         if unflushed >= WAL_FLUSH_BYTES:  # the WAL is cut back to what is not yet in the segments
             shard.flush()
             unflushed = 0
         self._unflushed[schema.name] = unflushed
+        self._unoptimized[schema.name] = unoptimized
 
     def _point_vectors(self, schema: CollectionSchema, p: StoredPassage) -> dict[str, Any]:
         """A point's named vectors: tokens, pooled and (when it has one) the lexical vector."""
@@ -676,6 +704,7 @@ class QdrantEdgeRepository(RepositoryBase):
         shard.optimize()
         shard.flush()
         self._unflushed.pop(schema.name, None)
+        self._unoptimized.pop(schema.name, None)
         store = self._tokens(schema)
         if store is not None:
             orphans = store.ids() - set(self._iter_ids(schema, None))
