@@ -299,14 +299,14 @@ def test_qdrant_local_mode_keeps_an_int8_payload_copy(tmp_path, dtype, code, per
 
 
 def test_an_int8_point_written_with_a_float32_copy_is_still_read_exactly(tmp_path, monkeypatch):
-    from agrame_vdb.repositories import _codec
+    from agrame_vdb import token_rows
 
     repo = connect(f"qdrant-local://{tmp_path}/q")
     try:
         corpus = _corpus(np.random.default_rng(9), 6)
         repo.create_collection(CollectionSchema("c", DIM, dtype="int8"))
         with monkeypatch.context() as m:  # as written before the int8 copy
-            m.setitem(_codec.COPY_CODES, "int8", "f4")
+            m.setitem(token_rows.STORAGE_CODES, "int8", "f4")
             repo.upsert("c", corpus[:3])
         repo.upsert("c", corpus[3:])
         assert _payload_copy(repo, corpus[0].id)[0] == "f4" and _payload_copy(repo, corpus[3].id)[0] == "i8"

@@ -116,11 +116,11 @@ def _old_int8_collection(tmp_path, monkeypatch, passages):
     originals and int8 scalar quantization, a float32 copy, no ``dtype`` in its meta."""
     import qdrant_edge as qe
 
-    from agrame_vdb.repositories import _codec
+    from agrame_vdb import token_rows
     from agrame_vdb.repositories import _qdrant_common as qc
 
     with monkeypatch.context() as m:
-        m.setitem(_codec.COPY_CODES, "int8", "f4")
+        m.setitem(token_rows.STORAGE_CODES, "int8", "f4")
         m.setattr(qdrant_edge, "_TOKEN_DATATYPES", {"float16": qe.VectorStorageDatatype.Float16})
         real_params = qe.EdgeVectorParams
 

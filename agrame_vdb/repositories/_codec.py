@@ -29,7 +29,6 @@ from ..token_rows import ENCODED_CODES, I8_ATOL, STORAGE_CODES, EncodedTokens, R
 from ..units import Unit, trusted_unit
 
 __all__ = [
-    "COPY_CODES",
     "encode_tokens",
     "decode_tokens",
     "join_tokens",
@@ -39,14 +38,11 @@ __all__ = [
     "copy_dtype",
 ]
 
-#: the token copy's row form per schema dtype
-COPY_CODES = STORAGE_CODES
-
 
 def copy_dtype(schema_dtype: str) -> str:
     """The form of the binary token copy of a collection of ``schema_dtype``: float32,
     float16, int8 with a scale per token, or sign bits with an int8 rerank copy."""
-    return COPY_CODES[schema_dtype]
+    return STORAGE_CODES[schema_dtype]
 
 
 def encode_tokens(tokens: np.ndarray, code: str) -> str:

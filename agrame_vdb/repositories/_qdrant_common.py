@@ -22,7 +22,7 @@ Collection layout (one per agrame collection):
   avoids per-float Python objects: in the payload (``tokens_b64`` and
   ``tokens_dtype``, qdrant-client) or in a side store whose rows are tied to the
   payload by ``tokens_version`` (Qdrant Edge, see ``_token_store``), both in the
-  collection's form (``_codec.COPY_CODES``, :mod:`agrame_vdb.token_rows`: float32,
+  collection's form (``token_rows.STORAGE_CODES``, :mod:`agrame_vdb.token_rows`: float32,
   float16, int8 with a scale per token, sign bits and an int8 rerank copy). The engine's
   own vectors stay the source of truth for MaxSim. ``tokens_version`` is a new
   random stamp at every write, on both clients: the passage's write version

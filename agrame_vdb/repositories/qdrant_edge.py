@@ -464,11 +464,11 @@ class QdrantEdgeRepository(RepositoryBase):
         values = sum(p.tokens.size for p in passages)
         unflushed = self._unflushed.get(schema.name, 0) + 4 * values
         unoptimized = self._unoptimized.get(schema.name, 0) + _ENGINE_VALUE_BYTES[schema.dtype] * values
-        if unoptimized >= OPTIMIZE_BYTES:  # the appendable segments become one optimized segment
+        optimize = unoptimized >= OPTIMIZE_BYTES
+        if optimize:  # the appendable segments become one optimized segment
             shard.optimize()
-            unflushed = WAL_FLUSH_BYTES
             unoptimized = 0
-        if unflushed >= WAL_FLUSH_BYTES:  # the WAL is cut back to what is not yet in the segments
+        if optimize or unflushed >= WAL_FLUSH_BYTES:  # the WAL is cut back to what is not yet in the segments
             shard.flush()
             unflushed = 0
         self._unflushed[schema.name] = unflushed
